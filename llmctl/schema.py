@@ -1,0 +1,190 @@
+"""The config file's shape: pydantic models, every one of them strict about unknown keys.
+
+Imported only when a config is loaded (pydantic is heavy); `llmctl --help` never imports it.
+config.example.yaml documents every key here and a test loads it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SIZE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGT]?$")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ValueError(
+            f"{kind} name {name!r} must be lower-case letters, digits, '.', '_' or '-' (at most 64)"
+        )
+
+
+class ModelSpec(Strict):
+    """A model the host should have: from the Hub (repo + file) or a local file (path)."""
+
+    repo: str | None = None
+    file: str | None = None
+    revision: str = "main"
+    sha256: str | None = None
+    path: str | None = None
+    chat_format: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.lower().removeprefix("sha256:")
+        if not SHA256_RE.match(v):
+            raise ValueError("must be 64 hex digits")
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v is not None and (v.count("/") != 1 or v.startswith("/") or v.endswith("/")):
+            raise ValueError("must look like 'owner/name'")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> ModelSpec:
+        if self.path is None and (self.repo is None or self.file is None):
+            raise ValueError("give either 'repo' and 'file', or 'path'")
+        if self.path is not None and (self.repo is not None or self.file is not None):
+            raise ValueError("give either 'repo' and 'file', or 'path', not both")
+        if self.file is not None and not self.file.endswith(".gguf"):
+            raise ValueError("'file' must name a .gguf file")
+        return self
+
+
+class Limits(Strict):
+    """Bounds on what one client can ask of `llmctl serve`."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_tokens: int = Field(1024, ge=1)  # cap on a request's max_tokens (and its default)
+    max_prompt_tokens: int | None = Field(None, ge=1)  # default: the context size minus max_tokens
+    queue_length: int = Field(16, ge=0)  # requests waiting for the model beyond the one running
+    queue_timeout_s: PositiveFloat = 30.0  # how long a request may wait for the model
+    max_concurrent_streams: int = Field(16, ge=1)
+    rate_limit_rpm: NonNegFloat = 600.0  # per API key, or per client IP without keys; 0 = off
+    rate_limit_burst: int = Field(20, ge=1)
+
+
+class ServiceSpec(Strict):
+    """One inference server (one systemd unit, one `llmctl serve`)."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    n_ctx: int = Field(4096, ge=64)
+    n_batch: int = Field(512, ge=1)
+    n_threads: int | None = Field(None, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1)  # -1 = all layers
+    gpu: bool = False
+    flash_attn: bool = False
+    chat_format: str | None = None  # overrides the model's chat_format
+    embeddings: bool = False
+    api_keys_file: str | None = None  # one key per line; or the systemd credential "api-keys"
+    public_health: bool = True  # /health without an API key
+    public_metrics: bool = False  # /metrics without an API key
+    allow_unverified_path: bool = False  # serve a GGUF that is not in the store
+    shutdown_timeout_s: PositiveFloat = 10.0
+    memory_max: str | None = "8G"  # systemd MemoryMax=
+    unit: str | None = None  # systemd unit name; default llmctl-<service>.service
+    limits: Limits = Limits()
+
+    @field_validator("memory_max")
+    @classmethod
+    def _mem(cls, v: str | None) -> str | None:
+        if v is not None and not SIZE_RE.match(v):
+            raise ValueError("must be a size such as 512M or 8G")
+        return v
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu or self.n_gpu_layers != 0
+
+
+class HealthPolicy(Strict):
+    """How `llmctl health` probes and when it restarts."""
+
+    timeout_s: PositiveFloat = 10.0  # per probe
+    retries: int = Field(2, ge=0)  # extra attempts after a failed probe
+    retry_delay_s: NonNegFloat = 1.0
+    slow_ms: int = Field(2000, ge=1)  # a completion slower than this is WARNING
+    failures_before_restart: int = Field(1, ge=1)  # consecutive failed runs before acting
+    restart: bool = True
+    restart_command: list[str] | None = None  # default: systemctl restart {unit}
+    recovery_timeout_s: PositiveFloat = 60.0  # wait this long for the service to come back
+    backoff_initial_s: NonNegFloat = 30.0  # wait between restarts, doubled each time
+    backoff_max_s: NonNegFloat = 900.0
+    restart_budget: int = Field(3, ge=0)  # at most this many restarts ...
+    budget_window_s: PositiveFloat = 3600.0  # ... per window
+    interval: str = "1min"  # the systemd timer's period
+    check_gpu: bool = True  # for GPU services: confirm offload is active
+
+
+class BenchDefaults(Strict):
+    """Defaults for `llmctl bench`."""
+
+    model: str = "smoke"
+    n_prompt: list[Annotated[int, Field(ge=0)]] = [512]
+    n_gen: list[Annotated[int, Field(ge=0)]] = [128]
+    repetitions: int = Field(5, ge=1)
+    threads: list[Annotated[int, Field(ge=1)]] | None = None
+    n_gpu_layers: list[Annotated[int, Field(ge=-1)]] = [0]
+    batch_size: list[Annotated[int, Field(ge=1)]] = [2048]
+    n_ctx: int | None = Field(None, ge=64)
+    flash_attn: bool = False
+
+
+class Config(Strict):
+    version: Literal[1] = 1
+    models: dict[str, ModelSpec] = {}
+    services: dict[str, ServiceSpec] = {}
+    health: HealthPolicy = HealthPolicy()
+    bench: BenchDefaults = BenchDefaults()
+
+    @field_validator("models", "services", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @model_validator(mode="after")
+    def _names(self) -> Config:
+        for name in self.models:
+            _check_name("model", name)
+        for name in self.services:
+            _check_name("service", name)
+        return self
+
+
+def known_keys(loc: list[str]) -> list[str]:
+    """The keys allowed at a key path (for 'did you mean' on unknown keys)."""
+    model: type[BaseModel] | None = Config
+    i = 0
+    while model is not None and i < len(loc):
+        part = loc[i]
+        fld = model.model_fields.get(part)
+        if fld is None:
+            return []
+        ann = fld.annotation
+        if part in ("models", "services") and model is Config:
+            model = ModelSpec if part == "models" else ServiceSpec
+            i += 2  # skip the entry's name
+            continue
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        i += 1
+    return list(model.model_fields) if model is not None and i == len(loc) else []

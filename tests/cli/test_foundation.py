@@ -1,0 +1,145 @@
+"""Wiring of the root command: help, version, the error table, exit codes, the --json shape, import cost."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from llmctl import __version__
+from llmctl.cli.app import app
+
+runner = CliRunner()
+GROUPS = ["models", "systemd", "health", "bench", "serve", "config"]
+HEAVY = ["httpx", "huggingface_hub", "llama_cpp", "jinja2", "prometheus_client", "yaml", "pydantic",
+         "fastapi", "uvicorn", "filelock", "psutil"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_lists_every_group():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for group in GROUPS:
+        assert group in result.output
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_has_help(group):
+    result = invoke(group, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"llmctl {__version__}"
+
+
+def test_config_check_example_exits_0():
+    from tests.unit.test_config import EXAMPLE
+
+    result = invoke("config", "check", str(EXAMPLE))
+    assert result.exit_code == 0, result.output
+
+
+def test_misspelled_key_exits_2_with_key_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n  chat:\n    model: smoke\n    prot: 8000\n")
+    result = invoke("config", "check", str(bad))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: services.chat.prot: unknown key (did you mean 'port'?)"
+    assert result.stdout == ""
+
+
+def test_invalid_yaml_exits_2_in_one_line_without_traceback(tmp_path, llmctl):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: }\n")
+    proc = llmctl("config", "check", str(bad))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "invalid YAML" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_traceback(tmp_path, llmctl):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    proc = llmctl("config", "check", str(bad), env={"LLMCTL_DEBUG": "1"})
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr
+
+
+def test_unknown_flag_is_usage_error():
+    result = invoke("config", "show", "--bogus")
+    assert result.exit_code == 2
+
+
+def test_config_show_json_shape(write_config, monkeypatch):
+    write_config("services:\n  chat:\n    model: smoke\n    port: 8001\n")
+    monkeypatch.setenv("LLMCTL_HEALTH__RETRIES", "5")
+    result = invoke("config", "show", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["schema_version"] == 1 and doc["kind"] == "config"
+    assert doc["config"]["services"]["chat"]["port"] == 8001
+    assert doc["config"]["health"]["retries"] == 5
+    assert doc["sources"]["services.chat.port"] == "file"
+    assert doc["sources"]["health.retries"] == "env:LLMCTL_HEALTH__RETRIES"
+    assert doc["sources"]["health.timeout_s"] == "default"
+    assert doc["file"].endswith("config.yaml")
+
+
+def test_config_flag_beats_env(tmp_path, write_config):
+    write_config("services:\n  chat:\n    model: smoke\n    port: 8001\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("services:\n  chat:\n    model: smoke\n    port: 9001\n")
+    result = invoke("--config", str(other), "config", "show", "--json")
+    assert json.loads(result.stdout)["config"]["services"]["chat"]["port"] == 9001
+
+
+def test_python_dash_m_and_console_script_agree(llmctl):
+    proc = llmctl("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"llmctl {__version__}"
+
+
+def test_help_imports_no_heavy_module():
+    """After `llmctl --help` none of the heavy libraries is loaded (cron runs health every minute)."""
+    code = (
+        "import sys\n"
+        "from llmctl.cli.app import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"heavy = {HEAVY!r}\n"
+        "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-300:]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_help_imports_no_heavy_module(group):
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from llmctl.cli.app import app\n"
+        "try:\n"
+        f"    app([{group!r}, '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-300:]
