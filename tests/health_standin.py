@@ -2,6 +2,7 @@
 
 - StandIn(mode="ok"): /health 200, /v1/models lists the model, /v1/completions answers one token.
 - mode="hang_completions": the port and /health answer, inference hangs (the case a port check misses).
+- mode="fail_completions": inference answers 500 at once (a quick failure, for policy tests).
 - mode="loading": /health 503, as serve answers while the model loads.
 - mode="slow": completions answer after `delay_s`.
 - api_key="k": 401 in OpenAI's shape without `Authorization: Bearer k` (except /health).
@@ -80,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if self.server.mode == "hang_completions":
             return self._hang()
+        if self.server.mode == "fail_completions":
+            return self._error(500, "engine failed", "server_error", "internal_error")
         if body.get("model") != self.server.model:
             return self._error(404, f"model {body.get('model')!r} not found", "invalid_request_error", "model_not_found")
         if self.server.mode == "slow":
