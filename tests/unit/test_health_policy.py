@@ -208,3 +208,13 @@ def test_corrupt_state_is_reported(tmp_path, text):
     path.write_text(text)
     with pytest.raises(pol.StateCorrupt):
         pol.load_state(path)
+
+
+def test_empty_restart_command_is_a_config_error():
+    from llmctl.config import validate
+    from llmctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="health.restart_command: must name a command"):
+        validate({"health": {"restart_command": []}})
+    assert validate({"health": {"restart_command": ["my-restart", "{service}"]}}).health.restart_command == [
+        "my-restart", "{service}"]
