@@ -300,3 +300,19 @@ def test_corrupt_state_is_reset_with_a_warning(tmp_path):
     assert report.status is Status.OK and "state_reset" in events.names()
     assert pol.load_state(state_dir / pol.STATE_FILE).get("chat").last_ok is not None
 
+
+
+@pytest.mark.parametrize(("listed", "status", "gpu"), [("self", Status.OK, "active"), ("other", Status.WARNING, "inactive")])
+def test_gpu_offload_from_nvidia_smi(monkeypatch, tmp_path, listed, status, gpu):
+    """A fake nvidia-smi (no GPU on this machine): it lists our pid, or another one, as a compute app.
+    The stand-in serves from this process, so the pid behind the port is ours."""
+    import os
+
+    pid = os.getpid() if listed == "self" else 999_999_999
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n[ \"$1\" = --query-compute-apps=pid ] || exit 9\necho {pid}\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with StandIn() as s:  # its /health does not report gpu_offload
+        r = only(run([target(s.port, gpu=True)])[0])
+    assert r.status is status and r.check.gpu == gpu
