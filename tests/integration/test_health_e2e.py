@@ -35,18 +35,20 @@ REPO = Path(__file__).resolve().parents[2]
 RESTART = REPO / "tests" / "health_restart.py"
 
 
-def _serve_available() -> bool:
-    try:
-        import importlib.util
+def _serve_missing() -> str | None:
+    import importlib.util
 
-        return importlib.util.find_spec("llama_cpp") is not None
-    except (ImportError, ValueError):
-        return False
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "needs llama-cpp-python (llmctl[serve]) for the real `llmctl serve`"
+    if importlib.util.find_spec("llmctl.serve") is None:
+        return "`llmctl serve` is not in this tree yet"
+    return None
 
 
-def wait_ready(port: int, deadline_s: float, log: Path) -> None:
+def wait_ready(port: int, deadline_s: float, log: Path, pidfile: Path) -> None:
     end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+    pid = int(pidfile.read_text())
+    while time.monotonic() < end and alive(pid):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -54,7 +56,7 @@ def wait_ready(port: int, deadline_s: float, log: Path) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise AssertionError(f"server on port {port} not ready after {deadline_s}s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"server on port {port} not ready (exited or {deadline_s}s passed):\n{log.read_text()[-3000:]}")
 
 
 def alive(pid: int) -> bool:
@@ -84,8 +86,9 @@ def events(stderr: str) -> list[dict]:
 @pytest.fixture(params=["standin", pytest.param("serve", marks=[pytest.mark.model, pytest.mark.slow])])
 def server_kind(request):
     if request.param == "serve":
-        if not _serve_available():
-            pytest.skip("needs llama-cpp-python (llmctl[serve]) for the real `llmctl serve`")
+        missing = _serve_missing()
+        if missing:
+            pytest.skip(missing)
         request.getfixturevalue("smoke_model")  # the smoke GGUF in this test's store
     return request.param
 
@@ -113,7 +116,7 @@ def test_end_to_end_hang_restart_recover_fail_budget(server_kind, tmp_path, writ
     launch = [sys.executable, str(RESTART), "--pidfile", str(pidfile), "--log", str(log), "--", *server]
     assert run_cmd(launch).returncode == 0
     try:
-        wait_ready(port, ready_s, log)
+        wait_ready(port, ready_s, log, pidfile)
 
         # 1. healthy
         ok = llmctl("health", timeout=ready_s)
