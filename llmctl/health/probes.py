@@ -305,7 +305,7 @@ def _listening_pids(port: int) -> set[int]:
 
     try:
         conns = psutil.net_connections(kind="inet")
-    except (psutil.AccessDenied, PermissionError):
+    except (psutil.Error, OSError):  # e.g. ProcSubset=pid hides /proc/net in the health unit
         return set()
     return {
         c.pid

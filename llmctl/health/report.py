@@ -128,6 +128,8 @@ def textfile_bytes(report: HealthReport | None, *, status: Status | None = None,
         restarted = Gauge("llmctl_health_restarted", "1 when this run restarted the service", labels, registry=reg)
         last = Gauge("llmctl_health_last_restart_timestamp_seconds", "When the service was last restarted",
                      labels, registry=reg)
+        gpu = Gauge("llmctl_health_gpu_offload", "GPU services: 1 offload active, 0 not (absent: not known)",
+                    labels, registry=reg)
         for r in report.services:
             st.labels(r.name).set(int(r.status))
             final = r.after_restart or r.check
@@ -145,6 +147,8 @@ def textfile_bytes(report: HealthReport | None, *, status: Status | None = None,
             restarted.labels(r.name).set(1 if r.restart is not None else 0)
             if r.last_restart is not None:
                 last.labels(r.name).set(r.last_restart)
+            if final is not None and final.gpu in ("active", "inactive"):
+                gpu.labels(r.name).set(1 if final.gpu == "active" else 0)
     return generate_latest(reg)
 
 

@@ -100,9 +100,11 @@ def _ok_text(target: Target, res: CheckResult, settings: ProbeSettings) -> tuple
     if res.slow(settings):
         status = Status.WARNING
         notes.append(f"slower than {settings.slow_ms}ms")
-    if res.gpu is not None and res.gpu != "active":
+    if res.gpu == "inactive":  # known to run on the CPU: degraded
         status = Status.WARNING
         notes.append(res.gpu_detail or "GPU offload not active")
+    elif res.gpu == "unknown":  # could not tell (e.g. the sandboxed health unit): say so, no alarm
+        notes.append(res.gpu_detail or "GPU offload not confirmed")
     if res.attempts > 1:
         notes.append(f"after {res.attempts} attempts")
     return status, text + (", " + "; ".join(notes) if notes else "")

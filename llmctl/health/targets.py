@@ -41,14 +41,19 @@ def first_key(path: Path) -> str:
     raise ValueError("it holds no key")
 
 
-def credentials_key_file(environ: dict[str, str] | None = None) -> Path | None:
-    """`$CREDENTIALS_DIRECTORY/api-keys` when systemd passed that credential to this run."""
+def credentials_key_file(service: str, environ: dict[str, str] | None = None) -> Path | None:
+    """The key file systemd passed to this run as a credential, if any.
+
+    `$CREDENTIALS_DIRECTORY/api-keys-<service>` (the health unit loads one per service), else
+    `$CREDENTIALS_DIRECTORY/api-keys`.
+    """
     env = os.environ if environ is None else environ
     cred = env.get("CREDENTIALS_DIRECTORY")
     if cred:
-        path = Path(cred) / CREDENTIAL_NAME
-        if path.is_file():
-            return path
+        for name in (f"{CREDENTIAL_NAME}-{service}", CREDENTIAL_NAME):
+            path = Path(cred) / name
+            if path.is_file():
+                return path
     return None
 
 
@@ -58,7 +63,7 @@ def service_target(name: str, spec: Any, *, environ: dict[str, str] | None = Non
     api_key = None
     setup_error = None
     if spec.api_keys_file:
-        path = credentials_key_file(environ) or Path(spec.api_keys_file).expanduser()
+        path = credentials_key_file(name, environ) or Path(spec.api_keys_file).expanduser()
         try:
             api_key = first_key(path)
         except (OSError, UnicodeDecodeError, ValueError) as exc:

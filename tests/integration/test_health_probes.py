@@ -156,12 +156,12 @@ def test_gpu_offload_reported_by_the_server(offload, status, gpu):
     assert r.action == "none"  # degraded, not down: no restart
 
 
-def test_gpu_offload_unconfirmable_is_warning(monkeypatch, tmp_path):
+def test_gpu_offload_unconfirmable_is_a_note_not_an_alarm(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi here (nor on this machine)
     with StandIn() as s:
         r = only(run([target(s.port, gpu=True)])[0])
-    assert r.status is Status.WARNING and r.check.gpu == "unknown"
-    assert "nvidia-smi" in r.summary
+    assert r.status is Status.OK and r.check.gpu == "unknown"
+    assert "GPU offload not confirmed" in r.summary and "nvidia-smi" in r.summary
 
 
 def test_gpu_not_checked_when_disabled():

@@ -104,6 +104,9 @@ def test_key_file_first_key_and_credentials(tmp_path, monkeypatch):
     (creds / "api-keys").write_text("k-cred\n")
     (t,) = config_targets(cfg, [], environ={"CREDENTIALS_DIRECTORY": str(creds)})
     assert t.api_key == "k-cred"
+    (creds / "api-keys-a").write_text("k-cred-a\n")  # the health unit loads one credential per service
+    (t,) = config_targets(cfg, [], environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert t.api_key == "k-cred-a"
     keys.write_text("# nothing\n")
     (t,) = config_targets(cfg, [])
     assert t.api_key is None and "holds no key" in t.setup_error
