@@ -287,6 +287,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
                 if p.startswith(("/home/", "/root/", "/run/user/")):
                     warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides "
                                     f"from {unit}")
+        warnings += _readable_warnings(unit, name, spec.model, options, system)
         content = env.get_template("server.service.j2").render(**ctx)
         files.append(RenderedFile(unit, "service", _unit_rel(unit, system), content, service=name))
 
@@ -308,7 +309,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
     else:
         state_rel = ""
         if options.paths is not None:
-            read_write.append(unit_path("the state directory", str(options.paths.state_dir)))
+            read_write.append("-" + unit_path("the state directory", str(options.paths.state_dir)))
     hctx = {
         "header": _header("#", options.config_path, "health check"),
         "after": " ".join(["network.target", *server_units]),
@@ -348,6 +349,32 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         files.append(RenderedFile(SYSUSERS_CONF, "sysusers", str(SYSUSERS_DIR / SYSUSERS_CONF),
                                   env.get_template("sysusers.conf.j2").render(**sctx)))
     return RenderResult(tuple(files), tuple(warnings))
+
+
+def _readable_warnings(unit: str, service: str, model_ref: str, options: RenderOptions, system: bool) -> list[str]:
+    """The servers run as a dynamic user: the model and the config must be readable by others."""
+    if not system:
+        return []
+    out = []
+    candidates = [("the config file", Path(options.config_path))]
+    if options.paths is not None:
+        try:
+            from llmctl.models.store import Store
+
+            entry = Store(options.paths).read_lock().get(model_ref)
+        except Exception:
+            entry = None
+        if entry is not None:
+            candidates.append((f"model '{model_ref}'", options.paths.models_dir / entry.path))
+    for label, path in candidates:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o004:
+            out.append(f"{label} {path} is not world-readable; {unit} runs as a dynamic user and cannot "
+                       f"read it (chmod o+r)")
+    return out
 
 
 def _unit_rel(name: str, system: bool) -> str:
