@@ -21,12 +21,9 @@ import pytest
 from llmctl.config import validate
 from llmctl.units.render import RenderOptions, render
 
-pytestmark = [
-    pytest.mark.model,
-    pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
-CHILD = r'''
+SECCOMP_PRELUDE = r'''
 import ctypes, ctypes.util, errno, json, os, socket, sys
 
 spec = json.loads(sys.argv[1])
@@ -87,6 +84,9 @@ for name in spec["allow"]:
     rule(ctx, ALLOW, name)
 load(ctx)
 
+'''
+
+CHILD = SECCOMP_PRELUDE + r'''
 result = {}
 import mmap
 try:
@@ -191,6 +191,7 @@ def _policy(unit: str) -> dict:
     return {"allow": sorted(allow), "families": families, "mdwe": "MemoryDenyWriteExecute=yes" in unit}
 
 
+@pytest.mark.model
 def test_engine_runs_under_the_server_units_seccomp_policy(smoke_model: Path, tmp_path: Path):
     pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
     config = validate({"services": {"chat": {"model": "smoke"}}})
@@ -212,3 +213,90 @@ def test_engine_runs_under_the_server_units_seccomp_policy(smoke_model: Path, tm
     # ... and the engine and the network still work inside it.
     assert result["tokens"] >= 1
     assert result["http"] == "pong"
+
+
+# A CUDA workload through the driver API (what llama.cpp's CUDA backend rests on): context, PTX JIT,
+# memory, a kernel launch, a copy back.
+GPU_CHILD = SECCOMP_PRELUDE + r'''
+PTX = b"""
+.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry add_one(.param .u64 p, .param .u32 n)
+{
+    .reg .pred %p<2>; .reg .b32 %r<6>; .reg .b64 %rd<5>; .reg .f32 %f<3>;
+    ld.param.u64 %rd1, [p]; ld.param.u32 %r2, [n];
+    mov.u32 %r3, %ctaid.x; mov.u32 %r4, %ntid.x; mov.u32 %r5, %tid.x;
+    mad.lo.s32 %r1, %r3, %r4, %r5;
+    setp.ge.u32 %p1, %r1, %r2;
+    @%p1 bra DONE;
+    cvta.to.global.u64 %rd2, %rd1; mul.wide.u32 %rd3, %r1, 4; add.s64 %rd4, %rd2, %rd3;
+    ld.global.f32 %f1, [%rd4]; add.f32 %f2, %f1, 0f3F800000; st.global.f32 [%rd4], %f2;
+DONE:
+    ret;
+}
+"""
+cuda = ctypes.CDLL("libcuda.so.1")
+def ck(rc, what):
+    if rc != 0:
+        name = ctypes.c_char_p()
+        cuda.cuGetErrorName(rc, ctypes.byref(name))
+        raise SystemExit(f"{what}: CUDA error {rc} {name.value}")
+ck(cuda.cuInit(0), "cuInit")
+dev = ctypes.c_int()
+ck(cuda.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+ctx = ctypes.c_void_p()
+ck(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev), "cuCtxCreate")
+mod = ctypes.c_void_p()
+ck(cuda.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(PTX)), "cuModuleLoadData (PTX JIT)")
+fn = ctypes.c_void_p()
+ck(cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"add_one"), "cuModuleGetFunction")
+n = 1024
+host = (ctypes.c_float * n)(*range(n))
+dptr = ctypes.c_uint64()
+ck(cuda.cuMemAlloc_v2(ctypes.byref(dptr), n * 4), "cuMemAlloc")
+ck(cuda.cuMemcpyHtoD_v2(dptr, host, n * 4), "cuMemcpyHtoD")
+arg_p, arg_n = ctypes.c_uint64(dptr.value), ctypes.c_uint32(n)
+args = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(arg_p), ctypes.c_void_p),
+                             ctypes.cast(ctypes.byref(arg_n), ctypes.c_void_p))
+ck(cuda.cuLaunchKernel(fn, 4, 1, 1, 256, 1, 1, 0, None, args, None), "cuLaunchKernel")
+ck(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
+out = (ctypes.c_float * n)()
+ck(cuda.cuMemcpyDtoH_v2(out, dptr, n * 4), "cuMemcpyDtoH")
+assert all(out[i] == i + 1 for i in range(n)), "wrong result"
+try:
+    mmap_ok = __import__("mmap").mmap(-1, 4096, prot=7) and "allowed"
+except OSError as exc:
+    mmap_ok = errno.errorcode[exc.errno]
+print(json.dumps({"cuda": "ok", "wx_mapping": mmap_ok}))
+'''
+
+
+def _has_cuda() -> bool:
+    import ctypes
+
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def gpu_policy() -> dict:
+    config = validate({"services": {"g": {"model": "smoke", "n_gpu_layers": -1}}})
+    unit = render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml")
+                  ).get("llmctl-g.service").content
+    return _policy(unit)
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs an NVIDIA GPU and libcuda")
+def test_cuda_runs_under_the_gpu_units_seccomp_policy():
+    policy = gpu_policy()
+    assert policy["mdwe"]
+    proc = subprocess.run([sys.executable, "-c", GPU_CHILD, json.dumps(policy)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"cuda": "ok", "wx_mapping": "EPERM"}

@@ -96,6 +96,7 @@ def test_gpu_services_keep_the_sandbox_and_reach_the_gpu(gpu_keys: str, home: Pa
     assert "DevicePolicy=closed" in lines
     assert not any(line.startswith("PrivateDevices=") for line in lines)
     assert _unit(unit, "SupplementaryGroups") == ["video render"]
+    assert _unit(unit, "SystemCallFilter") == ["@system-service", "~@privileged"]
     for setting in ("ProtectSystem=strict", "NoNewPrivileges=yes", "DynamicUser=yes", "CapabilityBoundingSet="):
         assert setting in lines
 
