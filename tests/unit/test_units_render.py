@@ -226,3 +226,36 @@ def test_user_units(home: Path):
     assert _unit(chat, "ProtectHome") == ["read-only"]
     assert _unit(chat, "ExecStart")[0].endswith(f"{home}/models/smoke/gemma-3-270m-q4_k_m.gguf")
     assert "WantedBy=default.target" in chat
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node to run the polkit rule")
+def test_polkit_rule_allows_only_restarts_of_the_listed_units_by_the_health_user(home: Path):
+    """polkitd cannot run here; node runs the same JavaScript against the same polkit API shape."""
+    import subprocess
+
+    rules = _render(FLEET, home).get("50-llmctl-health.rules").content
+    harness = r'''
+var rules = [];
+var polkit = { Result: { YES: "yes" }, addRule: function (f) { rules.push(f); } };
+''' + rules + r'''
+function decide(user, verb, unit, id) {
+    var action = { id: id || "org.freedesktop.systemd1.manage-units",
+                   lookup: function (k) { return { verb: verb, unit: unit }[k]; } };
+    var out = undefined;
+    rules.forEach(function (r) { var v = r(action, { user: user }); if (v !== undefined) out = v; });
+    return out === undefined ? "no" : out;
+}
+console.log(JSON.stringify([
+    decide("llmctl-health", "restart", "llmctl-chat.service"),
+    decide("llmctl-health", "try-restart", "llm-public.service"),
+    decide("llmctl-health", "stop", "llmctl-chat.service"),
+    decide("llmctl-health", "start", "llmctl-chat.service"),
+    decide("llmctl-health", "restart", "sshd.service"),
+    decide("llmctl-health", "restart", "llmctl-health.service"),
+    decide("nobody", "restart", "llmctl-chat.service"),
+    decide("llmctl-health", "restart", "llmctl-chat.service", "org.freedesktop.systemd1.manage-unit-files"),
+]));
+'''
+    proc = subprocess.run(["node", "-e", harness], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
