@@ -95,20 +95,31 @@ def default_llmctl() -> str:
     raise NotFound("cannot find the installed `llmctl` executable", hint="pass --llmctl PATH")
 
 
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+\.service")
+_TIMESPAN = re.compile(r"(?:[0-9]+(?:\.[0-9]+)? *(?:[a-z]+)? *)+")
+
+
 def unit_name(service: str, spec: ServiceSpec) -> str:
     name = spec.unit or f"llmctl-{service}.service"
-    return name if name.endswith(".service") else f"{name}.service"
+    name = name if name.endswith(".service") else f"{name}.service"
+    if not _UNIT_NAME.fullmatch(name) or name.startswith((".", "-")) or len(name) > 255:
+        raise UsageError(f"services.{service}.unit: {spec.unit!r} is not a valid unit name "
+                         "(letters, digits, ':', '_', '.', '-')")
+    if name in (HEALTH_UNIT,):
+        raise UsageError(f"services.{service}.unit: {name} is the health check's unit")
+    return name
 
 
-_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+_SAFE_ARG = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
 def quote_arg(arg: str, first: bool = False) -> str:
     """One ExecStart= argument: quoted when needed, with % and $ escaped (systemd.service(5))."""
     arg = arg.replace("%", "%%").replace("$", "$$")
-    if _SAFE_ARG.match(arg) and not (first and arg.startswith(("@", "-", ":", "+", "!"))):
+    if _SAFE_ARG.fullmatch(arg) and not (first and arg.startswith(("@", "-", ":", "+", "!"))):
         return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return '"' + escaped + '"'
 
 
 def exec_line(argv: list[str]) -> str:
@@ -216,17 +227,17 @@ def _environment():
 
 
 def _check_abs(label: str, value: str) -> None:
-    if not os.path.isabs(value):
+    if not os.path.isabs(value) or any(c in value for c in "\n\r\0"):
         raise UsageError(f"{label} must be an absolute path, not {value!r}")
 
 
-_PLAIN_PATH = re.compile(r"^/[^\s\"'\\;]*$")
+_PLAIN_PATH = re.compile(r"/[^\s\"'\\;]*")
 
 
 def unit_path(label: str, value: str) -> str:
     """A path for a unit setting that takes a bare path (LoadCredential=, ReadWritePaths=):
     absolute, no white space or quotes; '%' escaped as '%%' (a specifier otherwise)."""
-    if not _PLAIN_PATH.match(value):
+    if not _PLAIN_PATH.fullmatch(value):
         raise UsageError(f"{label}: {value!r} must be an absolute path without spaces or quotes")
     return value.replace("%", "%%")
 
@@ -293,7 +304,11 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
 
     # The health check covers every configured service, whichever were named.
     server_units = [unit_name(n, s) for n, s in config.services.items()]
+    if len(set(server_units)) != len(server_units):
+        raise UsageError("services: two services have the same unit name")
     h = config.health
+    if not _TIMESPAN.fullmatch(h.interval):
+        raise UsageError(f"health.interval: {h.interval!r} is not a systemd time span (e.g. 1min, 30s)")
     probe_hosts = [_probe_host(s.host) for s in config.services.values()]
     per_service = h.timeout_s * (h.retries + 1) + h.retry_delay_s * h.retries + h.recovery_timeout_s
     health_argv = [*base, "health", "--quiet"]

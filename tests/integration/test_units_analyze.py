@@ -89,3 +89,17 @@ def test_verify_reports_warnings_of_a_broken_unit(tmp_path: Path):
     result = verify_units([bad])
     assert not result.ok
     assert result.units[0].warnings
+
+
+def test_quoted_paths_pass_verify(tmp_path: Path):
+    config = validate({"models": {"odd": {"path": "/srv/my models/100% odd.gguf"}},
+                       "services": {"chat": {"model": "odd"}}})
+    result = render(config, RenderOptions(llmctl=LLMCTL, config_path="/etc/llm ctl/config $x.yaml"))
+    chat = result.get("llmctl-chat.service").content
+    assert '"/etc/llm ctl/config $$x.yaml"' in chat and '"/var/lib/llmctl/models/odd/100%% odd.gguf"' in chat
+    files = []
+    for f in result.files:
+        (tmp_path / f.name).write_text(f.content)
+        files.append(tmp_path / f.name)
+    proc = _analyze_verify(files)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr.strip()) == (0, "", "")

@@ -259,3 +259,23 @@ console.log(JSON.stringify([
     proc = subprocess.run(["node", "-e", harness], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
+
+
+@pytest.mark.parametrize("services, message", [
+    ({"a": {"model": "smoke", "unit": "../../etc/passwd"}}, "services.a.unit"),
+    ({"a": {"model": "smoke", "unit": "x\nExecStartPre=/bin/evil"}}, "services.a.unit"),
+    ({"a": {"model": "smoke", "unit": "llmctl-health"}}, "the health check's unit"),
+    ({"a": {"model": "smoke", "unit": "x"}, "b": {"model": "smoke", "unit": "x.service"}}, "same unit name"),
+])
+def test_unit_names_that_could_escape_are_refused(services, message, home: Path):
+    options = RenderOptions(llmctl=LLMCTL, config_path=CONFIG, paths=_paths(home))
+    with pytest.raises(UsageError, match=message):
+        render(validate({"services": services}), options)
+
+
+def test_health_interval_must_be_a_time_span(home: Path):
+    options = RenderOptions(llmctl=LLMCTL, config_path=CONFIG, paths=_paths(home))
+    with pytest.raises(UsageError, match="health.interval"):
+        render(validate({"health": {"interval": "1min\n5s"}}), options)
+    ok = render(validate({"health": {"interval": "1h 30min"}}), options).get("llmctl-health.timer").content
+    assert "OnUnitInactiveSec=1h 30min" in ok
