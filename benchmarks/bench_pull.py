@@ -53,7 +53,7 @@ def main() -> None:
             hub.add(REPO, SMOKE_FILE, src, sha256=SMOKE_SHA256)
             base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCTL_", "HF_"))}
             base_env.update({"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-                             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1"})
+                             "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
             (tmp / "config.yaml").write_text("version: 1\n")
 
             def run_llmctl() -> float:
