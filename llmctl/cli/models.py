@@ -23,9 +23,27 @@ def _store():
     return Store(resolve_paths())
 
 
+class _Live:
+    """The progress bar of the command that runs now, so that notices print above it, not through it."""
+
+    console = None
+
+
+def _note(quiet: bool):
+    def note(msg: str) -> None:
+        if quiet:
+            return
+        if _Live.console is not None:
+            _Live.console.print(msg, markup=False, highlight=False)
+        else:
+            info(msg)
+
+    return note
+
+
 @contextlib.contextmanager
 def _progress(description: str, quiet: bool):
-    """A rich progress bar (bytes, rate, ETA) on a terminal; nothing otherwise."""
+    """A rich progress bar (bytes, rate, ETA) on stderr when it is a terminal; nothing otherwise."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
@@ -34,14 +52,21 @@ def _progress(description: str, quiet: bool):
 
     from llmctl.cli._common import stderr_console
 
+    if len(description) > 40:
+        description = "…" + description[-39:]
+    console = stderr_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=stderr_console(), transient=True) as bar:
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        yield update
+        _Live.console = bar.console
+        try:
+            yield update
+        finally:
+            _Live.console = None
 
 
 def _describe(r) -> str:
@@ -74,7 +99,7 @@ def pull(
     from llmctl.models import ops
 
     store = _store()
-    note = (lambda msg: info(msg, quiet=quiet))
+    note = _note(quiet)
     if repo is None:
         if any(v is not None for v in (file, sha256, name)):
             raise UsageError("--sha256 and --name need REPO and FILE")
@@ -85,7 +110,7 @@ def pull(
             _pull_named(store, repo, json_out, quiet, note)
             return
         raise UsageError("FILE is missing: `llmctl models pull OWNER/REPO FILE.gguf`")
-    with _progress(f"{repo}/{file}", quiet) as update:
+    with _progress(Path(file).name, quiet) as update:
         result = ops.pull(store, repo, file, revision=revision, name=name, sha256=sha256,
                           progress=update, notice=note)
     _report([result], json_out, quiet)

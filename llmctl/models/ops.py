@@ -157,6 +157,9 @@ def pull(
             and _present(store, existing)):
         return _result(existing, store, "present", seconds=time.perf_counter() - t0)
 
+    if existing is not None and notice:
+        notice(f"replacing '{name}' ({existing.repo or existing.source}/{existing.file}"
+               f"@{(existing.revision or '')[:12]}) with {label}")
     partial_dir = store.partial_dir()
     partial = partial_dir / f"{want}.part"
     have = partial.stat().st_size if partial.exists() else 0

@@ -155,6 +155,7 @@ class Store:
         from llmctl.fsutil import commit_file
 
         dest = self.root / entry.path
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         with self.locked():
             lock = self.read_lock()
             old = lock.get(entry.name)
