@@ -249,8 +249,8 @@ def verify(
         emit_json("models.verify", {"ok": all(r.ok for r in results), "models": [r.to_json() for r in results]})
     else:
         for r in results:
-            if r.ok:
-                info(f"OK  {r.name}  {r.path}  sha256 {r.actual}", quiet=quiet)
+            if r.ok and not quiet:
+                sys.stdout.write(f"OK  {r.name}  {r.path}  sha256 {r.actual}\n")
     bad = [r for r in results if not r.ok]
     for r in bad:
         render_error(f"{r.name}: {r.message}")

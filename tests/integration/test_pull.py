@@ -364,3 +364,20 @@ def test_pull_one_configured_name(hub, home, llmctl, write_config):
     assert lock(home)["tiny"]["chat_format"] == "chatml"
     r = llmctl("models", "pull", "nothing-like-that")
     assert r.returncode == 2
+
+
+def test_second_pull_of_the_same_file_waits_its_turn(hub, home, gguf_file, llmctl):
+    hub.faults.stall_after = 1 << 20
+    proc = subprocess.Popen([sys.executable, "-m", "llmctl", "models", "pull", REPO, FILE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: partials(home) and partials(home)[0].stat().st_size >= 1 << 20, "the partial file")
+        r = llmctl("models", "pull", REPO, FILE, "--name", "again")
+        assert r.returncode == 1 and "another llmctl process is downloading" in r.stderr
+        assert lock(home) == {}
+    finally:
+        hub.release()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert set(lock(home)) == {NAME}
+    assert (home / "models" / lock(home)[NAME]["path"]).read_bytes() == gguf_file.read_bytes()
