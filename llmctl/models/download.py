@@ -8,6 +8,7 @@ size. Nothing here installs anything: the caller moves the partial into the stor
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -31,6 +32,14 @@ class Downloaded:
 
 class _Transient(Exception):
     """A dropped connection or a short body: worth resuming."""
+
+
+def write_all(out, data) -> None:
+    """An unbuffered write may be short: loop until every byte is on its way to the disk."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        view = view[n:]
 
 
 def _hash_existing(path: Path, digest, progress: Progress | None, total: int) -> int:
@@ -116,7 +125,7 @@ def fetch_verified(
                         msg = resp.headers.get("X-Error-Message") or resp.reason_phrase
                         raise OperationFailed(f"GET {url} answered {resp.status_code}: {msg}")
                     for chunk in resp.iter_raw():
-                        out.write(chunk)
+                        write_all(out, chunk)
                         digest.update(chunk)
                         have += len(chunk)
                         fetched += len(chunk)
@@ -129,6 +138,13 @@ def fetch_verified(
                             progress(have, size)
                 if have < size:
                     raise _Transient(f"body ended at {have} of {size} bytes")
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OperationFailed(
+                        f"disk full while writing {partial} ({have} of {size} bytes); partial download kept",
+                        hint="free some space and run the same command again: it resumes",
+                    ) from None
+                raise
             except (httpx.TransportError, _Transient) as exc:
                 failures += 1
                 if failures > retries:
@@ -138,8 +154,12 @@ def fetch_verified(
                     ) from None
                 if notice:
                     notice(f"connection lost at {have} of {size} bytes ({exc or type(exc).__name__}); resuming")
-        out.flush()
-        os.fsync(out.fileno())
+        try:
+            os.fsync(out.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OperationFailed(f"disk full while writing {partial}", hint="free some space and retry") from None
+            raise
     actual = digest.hexdigest()
     for expected, what in ((sha256, "the Hub's"), (pinned, "the pinned")):
         if expected is not None and actual != expected:

@@ -5,6 +5,7 @@ Nothing here prints. Progress goes through callbacks; failures are LlmctlErrors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmctl.errors import IntegrityError, LlmctlError, NotFound, OperationFailed, UsageError
-from llmctl.models.download import Notice, fetch_verified
+from llmctl.models.download import Notice, fetch_verified, write_all
 from llmctl.models.gguf import GgufInfo, read_gguf_info
 from llmctl.models.hub import HubSettings, hub_settings, resolve_remote
 from llmctl.models.store import HASH_CHUNK, LockEntry, Progress, Store, free_bytes, sha256_file, utc_now
@@ -220,11 +221,18 @@ def import_file(
             view = memoryview(buf)
             while n := fh.readinto(buf):
                 digest.update(view[:n])
-                out.write(view[:n])
+                write_all(out, view[:n])
                 done += n
                 if progress:
                     progress(done, total)
             os.fsync(out.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OperationFailed(f"disk full while importing {src} into {partial_dir}",
+                                  hint="free some space and retry") from None
+        raise
+    try:
         actual = digest.hexdigest()
         if pinned is not None and actual != pinned:
             raise IntegrityError(f"{src}: sha256 {actual} does not match the pinned {pinned}; nothing imported")
