@@ -17,6 +17,8 @@ X-Error-Message). Fault switches on `FakeHub.faults` make it misbehave on purpos
     require_token  answer 401 unless `Authorization: Bearer <token>`
     ignore_range   answer 200 with the whole file to a Range request
     linked_etag    False: send the LFS hash only through paths-info (ETag is a git blob id)
+    bad_content_range  answer a Range request with a 206 whose Content-Range does not match it
+    redirect       resolve answers 302 to /cdn/<sha256> (served there, with Range), as the Hub does for LFS
 
 Usage:
     with FakeHub() as hub:
@@ -48,6 +50,8 @@ class Faults:
     require_token: str | None = None
     ignore_range: bool = False
     linked_etag: bool = True
+    bad_content_range: bool = False  # a 206 whose Content-Range starts one byte early (body is right)
+    redirect: bool = False  # resolve answers 302 to /cdn/<sha256> like the Hub does for LFS files
 
 
 @dataclass
@@ -94,7 +98,7 @@ class FakeHub:
         self._stall = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._cdn: ThreadingHTTPServer | None = None
 
     # -- content ------------------------------------------------------------------------------
 
@@ -139,18 +143,26 @@ class FakeHub:
             pass
 
         Handler.hub = hub
+        # Two listeners: the Hub, and a "CDN" on another port (another origin) that LFS redirects point to.
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
-        self._thread.start()
+        self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        for srv in (self._server, self._cdn):
+            srv.daemon_threads = True
+            threading.Thread(target=srv.serve_forever, name="fake-hub", daemon=True).start()
         return self
+
+    @property
+    def cdn_url(self) -> str:
+        host, port = self._cdn.server_address[:2]
+        return f"http://{host}:{port}"
 
     def stop(self) -> None:
         self._stall.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        for srv in (self._server, self._cdn):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        self._server = self._cdn = None
 
     def __enter__(self) -> FakeHub:
         return self.start()
@@ -175,6 +187,7 @@ class FakeHub:
 RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 API_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+?)(?:/revision/(?P<rev>[^/]+))?$")
 PATHS_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
+CDN_RE = re.compile(r"^/cdn/(?P<sha>[0-9a-f]{64})$")
 RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -236,6 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
             if (m := RESOLVE_RE.match(path)) and self.command in ("GET", "HEAD"):
                 return self._resolve(urllib.parse.unquote(m["repo"]), urllib.parse.unquote(m["rev"]),
                                      urllib.parse.unquote(m["file"]))
+            if (m := CDN_RE.match(path)) and self.command in ("GET", "HEAD"):
+                return self._cdn(m["sha"])
             if (m := PATHS_RE.match(path)) and self.command == "POST":
                 return self._paths_info(m["repo"], urllib.parse.unquote(m["rev"]))
             if (m := API_RE.match(path)) and self.command == "GET":
@@ -300,18 +315,37 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.linked_etag:
             headers["X-Linked-Etag"] = f'"{f.sha256}"'
             headers["X-Linked-Size"] = str(f.size)
+        if faults.redirect:
+            headers["Location"] = f"{self.hub.cdn_url}/cdn/{f.sha256}"
+            for k in ("Accept-Ranges", "Content-Type", "Content-Disposition"):
+                headers.pop(k)
+            return self._send(302, b"", headers, "resolve")
+        self._serve(f, headers, "resolve")
+
+    def _cdn(self, sha: str) -> None:
+        for repo in self.hub.repos.values():
+            for files in repo.files.values():
+                for f in files.values():
+                    if f.sha256 == sha:
+                        return self._serve(f, {"ETag": f'"{sha}"', "Accept-Ranges": "bytes",
+                                               "Content-Type": "application/octet-stream"}, "cdn")
+        self._error(404, None, "NoSuchKey", "cdn")
+
+    def _serve(self, f: HubFile, headers: dict, kind: str) -> None:
+        faults = self.hub.faults
         start, end, status = 0, f.size, 200
         rng = self.headers.get("Range")
         if rng and not faults.ignore_range:
             m = RANGE_RE.match(rng.strip())
             if not m or int(m[1]) >= f.size:
                 headers["Content-Range"] = f"bytes */{f.size}"
-                return self._error(416, None, "Range Not Satisfiable", "resolve")
+                return self._error(416, None, "Range Not Satisfiable", kind)
             start = int(m[1])
             end = min(int(m[2]) + 1, f.size) if m[2] else f.size
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
-        self._record("resolve", status)
+            shown = start - 1 if faults.bad_content_range and start > 0 else start
+            headers["Content-Range"] = f"bytes {shown}-{end - 1}/{f.size}"
+        self._record(kind, status)
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)

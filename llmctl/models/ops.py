@@ -182,8 +182,7 @@ def pull(
         )
         store.install(got.path, entry)
     finally:
-        lock.release()
-        Path(str(partial) + ".flock").unlink(missing_ok=True)
+        lock.release()  # the empty .flock file stays: deleting it would race with a waiting process
     return _result(entry, store, "installed", resumed_from=got.resumed_from, fetched=got.fetched,
                    seconds=time.perf_counter() - t0)
 

@@ -381,3 +381,28 @@ def test_second_pull_of_the_same_file_waits_its_turn(hub, home, gguf_file, llmct
     assert proc.returncode == 0, err
     assert set(lock(home)) == {NAME}
     assert (home / "models" / lock(home)[NAME]["path"]).read_bytes() == gguf_file.read_bytes()
+
+
+def test_lfs_redirect_to_a_cdn_with_resume(hub, home, llmctl, gguf_file):
+    hub.faults.redirect = True  # as the Hub does for LFS files: 302 from resolve to the storage host
+    hub.faults.cut_after = 1 << 20
+    hub.faults.cut_times = 1
+    hub.faults.require_token = "hf_secret"
+    r = llmctl("models", "pull", REPO, FILE, env={"HF_TOKEN": "hf_secret"})
+    assert r.returncode == 0, r.stderr
+    cdn = [(q["range"], q["status"], q["auth"]) for q in hub.requests if q["kind"] == "cdn"]
+    # resumed on the CDN; the token never left the Hub's origin
+    assert cdn == [(None, 200, False), (f"bytes={1 << 20}-", 206, False)]
+    assert (home / "models" / lock(home)[NAME]["path"]).read_bytes() == gguf_file.read_bytes()
+
+
+def test_mismatched_content_range_is_refused(hub, home, llmctl):
+    hub.faults.cut_after = 1 << 20
+    hub.faults.cut_times = 1
+    hub.faults.bad_content_range = True
+    r = llmctl("models", "pull", REPO, FILE)
+    assert r.returncode == 1
+    assert f"Content-Range 'bytes {(1 << 20) - 1}-" in r.stderr and "partial download kept" in r.stderr
+    assert_nothing_installed(home)
+    (part,) = partials(home)
+    assert part.stat().st_size == 1 << 20
