@@ -236,6 +236,8 @@ def verify(
     def progress_for(entry):
         if quiet or not sys.stderr.isatty():
             return None
+        while bars:  # one live display at a time: close the previous model's bar
+            bars.pop().__exit__(None, None, None)
         cm = _progress(f"verify {entry.name}", quiet)
         bars.append(cm)
         return cm.__enter__()
