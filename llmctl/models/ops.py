@@ -123,8 +123,12 @@ def pull(
     t0 = time.perf_counter()
     if repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/"):
         raise UsageError(f"REPO {repo!r} must look like 'owner/name'")
-    if not file:
-        raise UsageError("FILE is required")
+    if not file or not file.endswith(".gguf"):
+        raise UsageError(f"FILE {file!r} must name a .gguf file in the repository")
+    if file.startswith("/") or ".." in file.split("/"):
+        raise UsageError(f"FILE {file!r} must be a path inside the repository")
+    if not revision.strip():
+        raise UsageError(f"--revision {revision!r}: give a branch, tag or commit")
     name = check_name(name) if name else default_name(file)
     pinned = normalize_sha256(sha256)
     settings = settings or hub_settings()

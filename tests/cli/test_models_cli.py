@@ -90,6 +90,10 @@ def test_verify_missing_file_exit_3(home, llmctl, tiny):
     (["models", "pull", "owner/repo"], 2, "FILE is missing"),
     (["models", "pull", "not-a-repo", "x.gguf"], 2, "owner/name"),
     (["models", "pull", "a/b", "x.gguf", "--name", "Bad Name"], 2, "--name"),
+    (["models", "pull", "a/b", "notes.txt"], 2, "must name a .gguf file"),
+    (["models", "pull", "a/b", "../x.gguf"], 2, "inside the repository"),
+    (["models", "pull", "a/b", "x.gguf", "--revision", ""], 2, "--revision"),
+    (["models", "pull", "a/b c", "x.gguf"], 2, "bad repository or file name"),
 ])
 def test_bad_input_one_line_and_exit_code(home, llmctl, args, code, words):
     r = llmctl(*args)
