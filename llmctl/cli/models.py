@@ -152,16 +152,24 @@ def _pull_config(store, json_out: bool, quiet: bool, note) -> None:
     from llmctl.models import ops
 
     config = load_config().config
-    if not config.models:
+    if not config.models and not any(s.model == "smoke" for s in config.services.values()):
         info("no models in the config's models: section; nothing to pull", quiet=quiet)
         if json_out:
             emit_json("models.pull", {"models": [], "errors": []})
         return
+    from llmctl.models.smoke import SMOKE_NAME
+
     results, errors = [], []
-    for name, spec in config.models.items():
+    todo: list = list(config.models.items())
+    if SMOKE_NAME not in config.models and any(s.model == SMOKE_NAME for s in config.services.values()):
+        todo.append((SMOKE_NAME, None))  # a service runs the smoke model: assemble it now, not at first start
+    for name, spec in todo:
         try:
             with _progress(name, quiet) as update:
-                r = ops.pull_spec(store, name, spec, progress=update, notice=note)
+                if spec is None:
+                    r = ops.pull_smoke(store, update)
+                else:
+                    r = ops.pull_spec(store, name, spec, progress=update, notice=note)
             results.append(r)
             info(_describe(r), quiet=quiet or json_out)
         except Exception as exc:

@@ -22,7 +22,7 @@ from llmctl.models.hub import HubSettings, hub_settings, resolve_remote
 from llmctl.models.store import HASH_CHUNK, LockEntry, Progress, Store, free_bytes, sha256_file, utc_now
 
 if TYPE_CHECKING:
-    from llmctl.schema import Config, ModelSpec
+    from llmctl.schema import ModelSpec
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as llmctl.schema (not imported: pydantic is heavy)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -250,13 +250,6 @@ def import_file(
 # -- the config's models: section -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PlanItem:
-    name: str
-    result: PullResult | None
-    error: LlmctlError | None
-
-
 def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
     if spec.path is not None:
         existing = store.read_lock().get(name)
@@ -269,19 +262,6 @@ def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
                            progress=kw.get("progress"))
     return pull(store, spec.repo, spec.file, revision=spec.revision, name=name, sha256=spec.sha256,
                 chat_format=spec.chat_format, **kw)
-
-
-def pull_config(store: Store, config: Config, *, on_start=None, **kw) -> list[PlanItem]:
-    """Pull every model of the config's `models:` section; a failure does not stop the others."""
-    out: list[PlanItem] = []
-    for name, spec in config.models.items():
-        if on_start:
-            on_start(name, spec)
-        try:
-            out.append(PlanItem(name, pull_spec(store, name, spec, **kw), None))
-        except LlmctlError as exc:
-            out.append(PlanItem(name, None, exc))
-    return out
 
 
 def pull_smoke(store: Store, progress: Progress | None = None) -> PullResult:

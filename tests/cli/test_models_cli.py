@@ -144,3 +144,16 @@ def test_empty_store_list_and_verify(home, llmctl):
     assert r.returncode == 0 and json.loads(r.stdout)["models"] == []
     r = llmctl("models", "verify")
     assert r.returncode == 0
+
+
+def test_pull_all_includes_smoke_when_a_service_runs_it(home, llmctl, write_config, smoke_model):
+    write_config("version: 1\nservices:\n  chat:\n    model: smoke\n")
+    r = llmctl("models", "pull", "--json")
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["models"]
+    assert res["name"] == "smoke" and res["status"] == "present"
+
+
+def test_pull_all_with_nothing_configured(home, llmctl):
+    r = llmctl("models", "pull")
+    assert r.returncode == 0 and "nothing to pull" in r.stderr
