@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,8 +158,10 @@ def pull(
     if want is None:
         raise OperationFailed(f"{label}: the Hub publishes no SHA256 for this file (not an LFS file)",
                               hint="pin the expected hash with --sha256")
-    if (same_source and existing.revision == remote.commit and existing.sha256 == want
-            and _present(store, existing)):
+    if same_source and existing.sha256 == want and _present(store, existing):
+        if existing.revision != remote.commit:
+            # The revision moved but this file's bytes did not: record the new commit, download nothing.
+            existing = store.record(replace(existing, revision=remote.commit))
         return _result(existing, store, "present", seconds=time.perf_counter() - t0)
 
     if existing is not None and notice:

@@ -406,3 +406,17 @@ def test_mismatched_content_range_is_refused(hub, home, llmctl):
     assert_nothing_installed(home)
     (part,) = partials(home)
     assert part.stat().st_size == 1 << 20
+
+
+def test_moved_branch_with_same_bytes_updates_the_commit_only(hub, home, llmctl):
+    assert llmctl("models", "pull", REPO, FILE, "-q").returncode == 0
+    old = lock(home)[NAME]
+    repo = hub.repos[REPO]
+    new_commit = "f" * 40
+    repo.files[new_commit] = dict(repo.files[old["revision"]])
+    repo.branches["main"] = new_commit
+    r = llmctl("models", "pull", REPO, FILE, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models"][0]["status"] == "present"
+    assert hub.count("GET", "resolve") == 1
+    assert lock(home)[NAME] == {**old, "revision": new_commit}
