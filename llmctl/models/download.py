@@ -75,7 +75,10 @@ def fetch_verified(
     partial is kept (resumable) and OperationFailed raised after `retries` in-process resumes.
     Ctrl-C leaves the partial in place.
     """
-    import httpx
+    try:  # the HTTP client huggingface_hub 2.x itself uses (already imported for the metadata)
+        import httpx2 as httpx
+    except ImportError:  # huggingface_hub 1.x: plain httpx, same API
+        import httpx
 
     label = label or url
     if sha256 is None and pinned is None:
@@ -95,7 +98,7 @@ def fetch_verified(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     failures = 0
-    # httpx drops the Authorization header itself when a redirect leaves the origin (a CDN).
+    # httpx(2) drops the Authorization header itself when a redirect leaves the origin (a CDN).
     with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)) as client, \
             open(partial, "ab", buffering=0) as out:
         while have < size:
