@@ -240,10 +240,44 @@ def _model_params_hook() -> Callable[[], None]:
     return undo
 
 
+_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp calls it from C
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's warnings and errors to the `llmctl.serve.llama` logger (JSON on stderr when
+    serving) and drop its info chatter. llama-cpp-python's own callback maps ggml's current log
+    levels wrongly (it prints warnings raw, whatever `verbose` says)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+    import logging
+
+    import llama_cpp.llama_cpp as C
+
+    log = logging.getLogger("llmctl.serve.llama")
+    # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+    last = [0]
+
+    @C.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level == 5:
+            level = last[0]
+        last[0] = level
+        if level >= 3:
+            message = text.decode("utf-8", "replace").rstrip()
+            if message:
+                log.log(logging.ERROR if level >= 4 else logging.WARNING, message)
+
+    _LOG_CALLBACK = callback
+    C.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def load_llama(settings: ServeSettings, **overrides: Any):
     """Load the model the way the engine does (the benchmark uses this for its baseline)."""
     from llama_cpp import Llama
 
+    route_llama_logs()
     kwargs: dict[str, Any] = dict(
         model_path=str(settings.model_path),
         n_ctx=settings.n_ctx,
@@ -261,6 +295,15 @@ def load_llama(settings: ServeSettings, **overrides: Any):
     kwargs.update(overrides)
     undo = _model_params_hook()
     try:
+        if kwargs.get("embedding") and "pooling_type" not in kwargs:
+            # A generative GGUF declares no pooling: its embeddings would be one vector per token.
+            # Mean-pool those, so /v1/embeddings returns one vector per input as OpenAI's does.
+            import llama_cpp
+
+            meta = Llama(model_path=kwargs["model_path"], vocab_only=True, verbose=False).metadata
+            arch = meta.get("general.architecture", "")
+            if f"{arch}.pooling_type" not in meta:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         return Llama(**kwargs)
     finally:
         undo()

@@ -59,7 +59,7 @@ class RunResult:
     worker_stopped: bool
 
 
-def run(settings: ServeSettings, *, log_level: str = "info",
+def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
         on_ready: Callable[[ServeSettings], None] | None = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound."""
@@ -106,7 +106,9 @@ def run(settings: ServeSettings, *, log_level: str = "info",
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    server = Server(config)
+    server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
+    for line in warnings:
+        log.warning(line)
 
     async def supervise() -> None:
         """READY=1 once loaded and listening; WATCHDOG=1 while the worker is healthy."""

@@ -206,3 +206,31 @@ def test_systemd_credential_keys_take_precedence(smoke_store: Path, tmp_path: Pa
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
     assert os.path.exists(server.log_path)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_embeddings_when_enabled(smoke_store: Path, tmp_path: Path):
+    pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+    import openai
+
+    home = tmp_path / "home"
+    home.mkdir()
+    link_store(smoke_store, home)
+    port = free_port()
+    server = start_server(home, f"version: 1\nservices:\n  emb:\n    model: smoke\n    port: {port}\n"
+                                "    n_ctx: 256\n    embeddings: true\n", "emb")
+    try:
+        wait_healthy(server)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        r = client.embeddings.create(model="smoke", input=["hello world", "a cat"])
+        assert [d.index for d in r.data] == [0, 1]
+        assert len(r.data[0].embedding) == len(r.data[1].embedding) > 16
+        assert all(isinstance(x, float) for x in r.data[0].embedding)
+        assert r.usage.prompt_tokens > 0
+        # Generation still works on an embeddings-enabled service.
+        c = client.completions.create(model="smoke", prompt="Hello", max_tokens=2)
+        assert c.usage.completion_tokens >= 1
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
