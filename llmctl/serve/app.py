@@ -9,6 +9,7 @@ relay chunks. Nothing here touches the model: the HTTP layer only sees the Sched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import json
 import sys
@@ -371,6 +372,15 @@ class EventStream:
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         except OSError:  # the client went away mid-write
             self.job.cancel()
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                raise
+            # The shutdown timeout is over: end the stream cleanly with an error event, then stop.
+            self.job.cancel()
+            self.info["error"] = "cut_at_shutdown"
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "more_body": False, "body": sse(error_body(
+                    "The server is shutting down; this stream was cut.", "server_error", "shutting_down"))})
         finally:
             if not self.job.done:
                 self.job.cancel()
@@ -557,6 +567,11 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         except ClientGone:
             info["error"] = "client_disconnected"
             return Response(status_code=499)
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                raise
+            info["error"] = "cut_at_shutdown"
+            return error_response(503, "The server is shutting down.", "server_error", "shutting_down")
         finally:
             if not handed_over:
                 if not job.done:

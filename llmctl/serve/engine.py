@@ -139,11 +139,18 @@ class Job:
         self._started = asyncio.Event()
         self._cancel = threading.Event()
         self.done = False
+        self.dequeued = False  # taken off the wait count (started, or abandoned while waiting)
+        self.on_cancel: Callable[[Job], None] | None = None
 
     # -- the event loop's side --------------------------------------------------------------------
 
     def cancel(self) -> None:
+        """Stop at the next token; a job still waiting gives its queue place back at once."""
+        if self._cancel.is_set():
+            return
         self._cancel.set()
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
     @property
     def cancelled(self) -> bool:
@@ -380,10 +387,8 @@ class Engine:
             except queue.Empty:
                 break
             if job is not None:
-                job.cancel()
+                job.cancel()  # gives its place back (on_cancel)
                 job._post(ShuttingDown("the server is shutting down"))
-                with self._lock:
-                    self._waiting -= 1
         self._queue.put(None)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -410,8 +415,16 @@ class Engine:
                                 retry_after=max(1.0, min(limits.queue_timeout_s, 5.0)))
             self._waiting += 1
         job = Job(request, asyncio.get_running_loop())
+        job.on_cancel = self._abandon
         self._queue.put(job)
         return job
+
+    def _abandon(self, job: Job) -> None:
+        """A waiting job was cancelled (client gone, queue timeout): free its place now."""
+        with self._lock:
+            if not job.dequeued:
+                job.dequeued = True
+                self._waiting -= 1
 
     # -- the worker thread ------------------------------------------------------------------------
 
@@ -439,8 +452,18 @@ class Engine:
                 if job is None:
                     break
                 with self._lock:
-                    self._waiting -= 1
-                    self._running += 1
+                    abandoned = job.dequeued
+                    if not abandoned:
+                        job.dequeued = True
+                        self._waiting -= 1
+                        self._running += 1
+                if abandoned:  # cancelled while it waited: its place is already free
+                    job.stats.cancelled = True
+                    job.stats.finished = time.monotonic()
+                    job._post(_END)
+                    if self.on_done is not None:
+                        job._call(self.on_done, job)
+                    continue
                 self.busy_since = time.monotonic()
                 try:
                     self._process(job)

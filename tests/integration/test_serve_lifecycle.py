@@ -9,7 +9,6 @@ import signal
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,13 @@ from tests.integration.test_serve import (
     assert_openai_error,
     free_port,
     link_store,
+    metric,
+    poll,
     start_server,
     wait_healthy,
 )
+
+NO_EOS = {"1": -100, "106": -100}  # the smoke model's <eos> and <end_of_turn>: keep the stream going
 
 httpx = pytest.importorskip("httpx")
 
@@ -111,12 +114,13 @@ services:
   lone:
     model: smoke
     port: {free_port()}
-    n_ctx: 512
+    n_ctx: 1024
     api_keys_file: {keys}
     shutdown_timeout_s: 3
     limits:
-      queue_length: 0
-      max_tokens: 400
+      queue_length: 1
+      queue_timeout_s: 2
+      max_tokens: 1000
 """
         server = start_server(home, config, "lone", env={"NOTIFY_SOCKET": str(notify_path)})
         try:
@@ -132,7 +136,8 @@ services:
                 try:
                     with httpx.Client(timeout=120) as h, h.stream(
                         "POST", server.url + "/v1/completions", headers=headers,
-                        json={"prompt": "Tell a long story:", "max_tokens": 400, "stream": True}) as r:
+                        json={"prompt": "Tell a long story:", "max_tokens": 1000, "stream": True,
+                              "logit_bias": NO_EOS}) as r:
                         outcome["status"] = r.status_code
                         lines = []
                         for line in r.iter_lines():
@@ -150,18 +155,38 @@ services:
             assert started.wait(120)
             assert outcome.get("status", 200) == 200
 
-            # The one slot is busy and queue_length is 0: 503 with Retry-After, in OpenAI's shape.
+            # The model is busy with the stream; one request may wait (queue_length 1) for 2 s.
+            waiting: dict = {}
+
+            def queued() -> None:
+                waiting["r"] = httpx.post(server.url + "/v1/completions", headers=headers, timeout=60,
+                                          json={"prompt": "hi", "max_tokens": 1})
+
+            q = threading.Thread(target=queued)
+            q.start()
+            poll(lambda: metric(httpx.get(server.url + "/metrics", headers=headers).text,
+                                "llamacpp:requests_deferred") == 1, what="a request to wait in the queue")
+            # The queue is full: 503 with Retry-After, in OpenAI's shape.
             r = httpx.post(server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1})
             assert_openai_error(r, 503, "queue_full")
             assert int(r.headers["Retry-After"]) >= 1
+            # The waiting one gives up after queue_timeout_s: 503, and its place is free again.
+            q.join(60)
+            assert_openai_error(waiting["r"], 503, "queue_timeout")
+            assert int(waiting["r"].headers["Retry-After"]) >= 1
+            r = httpx.post(server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1},
+                           timeout=60)
+            assert r.status_code == 200 or r.json()["error"]["code"] == "queue_timeout", r.text
 
-            t0 = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             code = server.proc.wait(3 + 30)  # the shutdown timeout plus a wide margin for a loaded machine
             assert code == 0, "\n".join(server.log_lines()[-20:])
             t.join(30)
             assert not t.is_alive()
-            assert outcome.get("lines") or outcome.get("error")
+            # The stream ended cleanly: finished ([DONE]) or cut at the shutdown timeout with an error event.
+            lines = outcome.get("lines")
+            assert lines, outcome
+            assert lines[-1] == "data: [DONE]" or json.loads(lines[-1][6:])["error"]["code"] == "shutting_down"
             notes = []
             notify.settimeout(5)
             try:
@@ -174,7 +199,6 @@ services:
                 httpx.get(server.url + "/health", timeout=2)
             records = [json.loads(ln) for ln in server.log_lines() if ln.startswith("{")]
             assert any("SIGTERM" in r.get("message", "") for r in records)
-            print(f"exit 0 {time.monotonic() - t0:.1f}s after SIGTERM")
         finally:
             if server.proc.poll() is None:
                 server.proc.kill()
