@@ -41,7 +41,8 @@ from llmctl.serve.settings import ServeSettings
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics")
-DRAIN_LIMIT = 16 * 1024 * 1024  # an oversized body is read and dropped up to this, then cut
+DRAIN_LIMIT = 16 * 1024 * 1024
+READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes  # an oversized body is read and dropped up to this, then cut
 
 
 # -- errors in OpenAI's shape -----------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Gate:
         ctx = self.ctx
         s = ctx.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        public = (path == "/health" and s.public_health) or (path == "/metrics" and s.public_metrics)
+        public = (path in ("/health", "/ready") and s.public_health) or (path == "/metrics" and s.public_metrics)
         bucket = f"ip:{client_ip}"
         if s.api_keys and not public:
             key = match_key(s.api_keys, presented_key(headers))
@@ -446,23 +447,41 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             return error_response(503, "The server is shutting down.", "server_error", "shutting_down",
                                   retry_after=1)
         if not engine.ready:
-            state = getattr(engine, "state", "loading")
-            if state == "failed":
+            if engine.state == "failed":
                 return error_response(503, "The model failed to load.", "server_error", "model_failed")
             return error_response(503, "Loading model.", "server_error", "model_loading", retry_after=1)
         return JSONResponse({"status": "ok", "model": settings.model_name})
 
+    probe_lock = asyncio.Lock()
+
     async def ready(request: Request) -> Response:
-        """Readiness: the model is loaded, the worker is alive, and there is room in the queue."""
+        """Readiness: a model that can answer. Proof is a token generated in the last
+        READY_FRESH_S seconds; when idle longer, a one-token probe through the queue."""
         resp = await health(request)
         if resp.status_code != 200:
             return resp
-        alive = getattr(engine, "alive", None)
-        if alive is not None and not alive(120.0):
+        if not engine.alive(120.0):
             return error_response(503, "The model worker is not making progress.", "server_error", "worker_stuck")
-        if engine.waiting >= limits.queue_length + (0 if engine.running else 1):
-            return error_response(503, "The queue is full.", "server_error", "queue_full", retry_after=1)
-        return JSONResponse({"status": "ready", "model": settings.model_name,
+        probed = False
+        async with probe_lock:  # concurrent readiness checks share one probe
+            last = engine.last_token_at
+            if last is None or time.monotonic() - last > READY_FRESH_S:
+                probed = True
+                job = await engine.submit(GenerationRequest(
+                    "completion", {"prompt": "Hello", "max_tokens": 1, "temperature": 0.0,
+                                   "model": settings.model_name}))
+                try:
+                    await job.wait_started(min(limits.queue_timeout_s, 10.0))
+                    result = None
+                    async for item in job:
+                        result = item
+                finally:
+                    if not job.done:
+                        job.cancel()
+                if not result or job.stats.completion_tokens + job.stats.prompt_tokens == 0:
+                    return error_response(503, "The model did not answer the probe.", "server_error",
+                                          "probe_failed")
+        return JSONResponse({"status": "ready", "model": settings.model_name, "probed": probed,
                              "waiting": engine.waiting, "running": engine.running})
 
     async def models(request: Request) -> Response:

@@ -203,10 +203,14 @@ class Scheduler(Protocol):
 
     model_id: str
     n_ctx: int
+    state: str  # loading | ready | failed | stopped
     on_done: Callable[[Job], None] | None
+    last_token_at: float | None  # time.monotonic() of the last token any job produced
 
     @property
     def ready(self) -> bool: ...
+
+    def alive(self, stuck_after_s: float) -> bool: ...
 
     @property
     def waiting(self) -> int: ...
@@ -336,6 +340,7 @@ class Engine:
         self.error: BaseException | None = None
         self.load_seconds: float | None = None
         self.heartbeat = time.monotonic()
+        self.last_token_at: float | None = None
         self.busy_since: float | None = None
         self._loader = loader
         self._on_state = on_state
@@ -563,7 +568,7 @@ class Engine:
         try:
             for token in inner:
                 now = time.monotonic()
-                self.heartbeat = now
+                self.heartbeat = self.last_token_at = now
                 if stats.first_token is None:
                     stats.first_token = now
                 if job.cancelled:

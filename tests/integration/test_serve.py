@@ -274,7 +274,8 @@ def test_health_is_public_metrics_is_not(served):
     assert httpx.get(served.url + "/health").status_code == 200
     assert_openai_error(httpx.get(served.url + "/metrics"), 401)
     assert httpx.get(served.url + "/metrics", headers=auth()).status_code == 200
-    assert httpx.get(served.url + "/ready", headers=auth()).status_code == 200
+    ready = httpx.get(served.url + "/ready")  # public with /health (public_health)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
 def test_burst_past_the_limit_is_429_with_retry_after(served):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,7 +104,6 @@ def test_full_queue_503_then_sigterm_drains_and_exits_0(smoke_store: Path):
         notify_path = short / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        notify.settimeout(120)
         home = short / "home"
         home.mkdir()
         link_store(smoke_store, home)
@@ -122,11 +122,25 @@ services:
       queue_timeout_s: 2
       max_tokens: 1000
 """
-        server = start_server(home, config, "lone", env={"NOTIFY_SOCKET": str(notify_path)})
+        server = start_server(home, config, "lone", env={"NOTIFY_SOCKET": str(notify_path),
+                                                          "WATCHDOG_USEC": "500000"})
         try:
             wait_healthy(server)
-            messages = notify.recv(4096).decode()
-            assert "READY=1" in messages.splitlines()
+            notes: list[str] = []  # what the server told "systemd", drained as systemd does
+
+            def drain() -> None:
+                while True:
+                    try:
+                        notes.extend(notify.recv(4096).decode().splitlines())
+                    except OSError:
+                        return
+
+            threading.Thread(target=drain, daemon=True).start()
+            poll(lambda: "READY=1" in notes, what="READY=1")
+            poll(lambda: "WATCHDOG=1" in notes, what="WATCHDOG=1")  # every WATCHDOG_USEC/2 while healthy
+            # An idle server is ready: /ready runs a one-token probe through the queue.
+            ready = httpx.get(server.url + "/ready", timeout=60)
+            assert ready.status_code == 200 and ready.json()["probed"] is True
 
             headers = {"Authorization": "Bearer sk-lifecycle"}
             started = threading.Event()
@@ -152,7 +166,7 @@ services:
 
             t = threading.Thread(target=stream)
             t.start()
-            assert started.wait(120)
+            assert started.wait(120), "\n".join(server.log_lines()[-15:])
             assert outcome.get("status", 200) == 200
 
             # The model is busy with the stream; one request may wait (queue_length 1) for 2 s.
@@ -187,14 +201,7 @@ services:
             lines = outcome.get("lines")
             assert lines, outcome
             assert lines[-1] == "data: [DONE]" or json.loads(lines[-1][6:])["error"]["code"] == "shutting_down"
-            notes = []
-            notify.settimeout(5)
-            try:
-                while True:
-                    notes += notify.recv(4096).decode().splitlines()
-            except (TimeoutError, socket.timeout):
-                pass
-            assert "STOPPING=1" in notes
+            poll(lambda: "STOPPING=1" in notes, what="STOPPING=1")
             with pytest.raises(httpx.TransportError):
                 httpx.get(server.url + "/health", timeout=2)
             records = [json.loads(ln) for ln in server.log_lines() if ln.startswith("{")]
@@ -203,6 +210,8 @@ services:
             if server.proc.poll() is None:
                 server.proc.kill()
                 server.proc.wait()
+            with contextlib.suppress(OSError):
+                notify.shutdown(socket.SHUT_RDWR)
             notify.close()
     finally:
         shutil.rmtree(short, ignore_errors=True)
