@@ -69,11 +69,22 @@ def wait_http(url: str, proc: subprocess.Popen, deadline_s: float = 180) -> None
     raise SystemExit(f"server not ready: {url}")
 
 
-def stream_once(base_url: str, max_tokens: int) -> tuple[int, float]:
-    """One streaming completion through the openai client: (text chunks, seconds)."""
+_CLIENTS: dict[tuple[str, int], object] = {}
+
+
+def client_for(base_url: str, slot: int = 0):
+    """One openai client (and its connection pool) per server and thread slot, made outside the timings."""
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
+    key = (base_url, slot)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
+    return _CLIENTS[key]
+
+
+def stream_once(base_url: str, max_tokens: int, slot: int = 0) -> tuple[int, float]:
+    """One streaming completion through the openai client: (text chunks, seconds)."""
+    client = client_for(base_url, slot)
     t0 = time.perf_counter()
     n = 0
     for chunk in client.completions.create(model="smoke", prompt=PROMPT, max_tokens=max_tokens, temperature=0,
@@ -96,13 +107,15 @@ def concurrent_once(base_url: str, max_tokens: int, clients: int) -> tuple[int, 
     results: list[tuple[int, float]] = []
     errors: list[BaseException] = []
 
-    def one() -> None:
+    def one(slot: int) -> None:
         try:
-            results.append(stream_once(base_url, max_tokens))
+            results.append(stream_once(base_url, max_tokens, slot))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for slot in range(clients):
+        client_for(base_url, slot)
+    threads = [threading.Thread(target=one, args=(slot,)) for slot in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -159,10 +172,10 @@ def main() -> None:
             llmctl_url = f"http://127.0.0.1:{llmctl_port}/v1"
             lcp_url = f"http://127.0.0.1:{lcp_port}/v1"
 
-            # Warm-up: every candidate once (page cache, first-decode allocations).
+            # Warm-up: every candidate once (page cache, first-decode allocations, connections).
             in_process_once(llm, 8)
-            stream_once(llmctl_url, 8)
-            stream_once(lcp_url, 8)
+            concurrent_once(llmctl_url, 8, args.concurrency)
+            concurrent_once(lcp_url, 8, args.concurrency)
 
             single: dict[str, list[float]] = {"in-process llama-cpp-python": [], "llmctl serve": []}
             for _ in range(args.rounds):

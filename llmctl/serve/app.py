@@ -131,8 +131,19 @@ class ServerContext:
     limiter: RateLimiter
     access_log: Callable[[dict], None]
     shutting_down: bool = False
-    streams: int = 0
+    streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
+
+    def admit_stream(self) -> None:
+        limit = self.settings.limits.max_concurrent_streams
+        if self.streams >= limit:
+            raise Unavailable(f"too many streams ({limit}) are open; try again later")
+        self.streams += 1
+        self.metrics.streams.inc()
+
+    def release_stream(self) -> None:
+        self.streams -= 1
+        self.metrics.streams.dec()
 
 
 def json_access_log(record: dict) -> None:
@@ -342,8 +353,6 @@ class EventStream:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         ctx = self.ctx
-        ctx.streams += 1
-        ctx.metrics.streams.inc()
         last: dict | None = None
         try:
             await send({
@@ -386,8 +395,7 @@ class EventStream:
             if not self.job.done:
                 self.job.cancel()
             self.watch.close()
-            ctx.streams -= 1
-            ctx.metrics.streams.dec()
+            ctx.release_stream()
             if last is not None and last.get("choices"):
                 self.info["finish"] = last["choices"][0].get("finish_reason")
             self.finish()
@@ -540,12 +548,17 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             if n > limit:
                 raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
                                     f"(context {settings.n_ctx} minus max_tokens {max_tokens})")
-        if body.stream and ctx.streams >= limits.max_concurrent_streams:
-            raise Unavailable(f"too many open streams ({limits.max_concurrent_streams}); try again later")
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         info["stream"] = body.stream
-        job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
-                                                    max_prompt_tokens=limit))
+        if body.stream:
+            ctx.admit_stream()  # released by the EventStream, or below when it never starts
+        try:
+            job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
+                                                        max_prompt_tokens=limit))
+        except BaseException:
+            if body.stream:
+                ctx.release_stream()
+            raise
         watch = DisconnectWatch(request.receive, job)
         finished = False
 
@@ -596,6 +609,8 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
                 if not job.done:
                     job.cancel()
                 watch.close()
+                if body.stream:
+                    ctx.release_stream()
                 finish()
 
     async def chat_completions(request: Request) -> Response:
