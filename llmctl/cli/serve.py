@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import guard, info, load_config, resolve_paths
+from llmctl.cli._common import guard, load_config, resolve_paths
 
 HELP = "Serve a verified model on an OpenAI-compatible HTTP endpoint with API keys, rate limits, bounded queues and metrics."
 
@@ -79,14 +79,15 @@ def main(
 
         raise UsageError(f"llmctl serve needs the [serve] extra ({exc.name} is missing)",
                          hint="pip install 'llmctl[serve]'") from None
+    warnings = []
     if not settings.verified:
-        info(f"Warning: serving {settings.model_path}, a file outside the verified store (--allow-unverified)")
+        warnings.append(f"serving {settings.model_path}, a file outside the verified store (--allow-unverified)")
     if not settings.auth_enabled and not settings.loopback:
-        info(f"Warning: no API keys and bound to {settings.host}: anyone who can reach this port can use "
-             "the model (set --api-keys-file)")
+        warnings.append(f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
+                        "the model (set --api-keys-file)")
     from llmctl.serve.server import run
 
-    result = run(settings)
+    result = run(settings, warnings=tuple(warnings))
     sys.stderr.flush()
     if not result.worker_stopped:
         # The model worker is still inside llama.cpp; do not let interpreter teardown race it.

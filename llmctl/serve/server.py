@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ class RunResult:
     worker_stopped: bool
 
 
-def run(settings: ServeSettings, *, log_level: str = "info",
+def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
         on_ready: Callable[[ServeSettings], None] | None = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound."""
@@ -95,7 +96,7 @@ def run(settings: ServeSettings, *, log_level: str = "info",
                 if not self.should_exit:
                     log.info(f"received {signal.Signals(sig).name}: shutting down "
                              f"(in-flight requests get {settings.shutdown_timeout_s:g}s)")
-                    sdnotify.notify("STOPPING=1")
+                    notify("STOPPING=1")
                 ctx.shutting_down = True
                 self.should_exit = True
 
@@ -106,7 +107,22 @@ def run(settings: ServeSettings, *, log_level: str = "info",
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    server = Server(config)
+    # sd_notify from daemon threads: llmctl.sdnotify sends on a blocking socket, and a full
+    # notify queue (systemd busy, or a reader that is slow) must never stall the event loop
+    # nor, at exit, the interpreter.
+    last_ping: list[threading.Thread] = []
+
+    def notify(*fields: str) -> None:
+        if fields == ("WATCHDOG=1",) and last_ping and last_ping[0].is_alive():
+            return  # the previous ping is still blocked: do not pile up more
+        t = threading.Thread(target=sdnotify.notify, args=fields, name="llmctl-sdnotify", daemon=True)
+        t.start()
+        if fields == ("WATCHDOG=1",):
+            last_ping[:] = [t]
+
+    server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
+    for line in warnings:
+        log.warning(line)
 
     async def supervise() -> None:
         """READY=1 once loaded and listening; WATCHDOG=1 while the worker is healthy."""
@@ -126,7 +142,7 @@ def run(settings: ServeSettings, *, log_level: str = "info",
         ctx.metrics.load_seconds.set(engine.load_seconds or 0.0)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
-        sdnotify.notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
+        notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
         if on_ready is not None:
             on_ready(settings)
         interval = sdnotify.watchdog_interval_s()
@@ -135,7 +151,7 @@ def run(settings: ServeSettings, *, log_level: str = "info",
         stuck_after = max(STUCK_AFTER_S, 4 * interval)
         while not server.should_exit:
             if engine.alive(stuck_after):
-                sdnotify.notify("WATCHDOG=1")
+                notify("WATCHDOG=1")
             else:
                 log.error("the engine's worker is not making progress; not petting the watchdog")
             await asyncio.sleep(interval)
