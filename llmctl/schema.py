@@ -188,6 +188,76 @@ class SystemdSettings(Strict):
         return v
 
 
+# -- upstreams and routing (llmctl serve's fallback, the usage ledger) -----------------------------------
+
+STRATEGY_KEYWORDS = ("none", "cascade")
+
+
+class UpstreamSpec(Strict):
+    """An OpenAI-compatible endpoint `llmctl serve` may send a request to when the local model fails."""
+
+    base_url: str  # up to and including /v1: https://api.openai.com/v1, http://gpu-2.lan:8000/v1
+    api_key_env: str | None = None  # the environment variable holding the key
+    api_key_file: str | None = None  # or a file holding it (first line); neither: no key sent
+    models: dict[str, str] = {}  # requested (or served) model name -> the upstream's model name
+    default_model: str | None = None  # when `models` has no entry; neither: the upstream is skipped
+    timeout_s: PositiveFloat = 30.0  # connect, and each read (the first byte, then between chunks)
+    price_in_per_1k: NonNegFloat = 0.0  # USD per 1K prompt tokens
+    price_out_per_1k: NonNegFloat = 0.0  # USD per 1K completion tokens
+    cloud: bool = True  # false: a host of your own (another llmctl): privacy rules allow it
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL such as https://api.openai.com/v1")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _key(self) -> UpstreamSpec:
+        if self.api_key_env is not None and self.api_key_file is not None:
+            raise ValueError("give 'api_key_env' or 'api_key_file', not both")
+        return self
+
+
+class CircuitSpec(Strict):
+    failures: int = Field(3, ge=1)  # consecutive failures that open an upstream's circuit
+    cooldown_s: PositiveFloat = 30.0  # then one trial request (half-open) after this long
+
+
+class RoutingPolicy(Strict):
+    """Where `llmctl serve` sends a request the local model cannot take, and what it records."""
+
+    strategy: str = "none"  # none | cascade | <an upstream's name>
+    services: dict[str, str] = {}  # per service: <service> -> strategy (overrides `strategy`)
+    cascade: list[str] | None = None  # the order for `cascade`; null: the order of upstreams:
+    privacy_headers: list[str] = ["x-llmctl-private"]  # a request with one of these never goes to a cloud
+    privacy_patterns: list[str] = []  # regular expressions; a prompt matching one never goes to a cloud
+    circuit: CircuitSpec = CircuitSpec()
+    retries: int = Field(1, ge=0)  # extra attempts on one upstream (only before the first byte is sent)
+    backoff_initial_s: NonNegFloat = 0.25  # the first retry waits up to this (full jitter) ...
+    backoff_max_s: NonNegFloat = 4.0  # ... doubling each time, up to this
+    reference_price_in_per_1k: NonNegFloat = 0.0  # `llmctl usage` savings: all traffic at this price
+    reference_price_out_per_1k: NonNegFloat = 0.0
+    ledger: bool = True  # record every request in the usage ledger (state dir, usage.db)
+    ledger_queue: int = Field(10_000, ge=1)  # records waiting to be written; beyond: counted drops
+
+    @field_validator("privacy_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"{p!r} is not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("privacy_headers")
+    @classmethod
+    def _headers(cls, v: list[str]) -> list[str]:
+        return [h.lower() for h in v]
+
+
 class Config(Strict):
     version: Literal[1] = 1
     models: dict[str, ModelSpec] = {}
@@ -195,8 +265,11 @@ class Config(Strict):
     health: HealthPolicy = HealthPolicy()
     bench: BenchDefaults = BenchDefaults()
     systemd: SystemdSettings = SystemdSettings()
+    upstreams: dict[str, UpstreamSpec] = {}
+    routing: RoutingPolicy = RoutingPolicy()
+    airgap: bool = False  # no request ever leaves the host (LLMCTL_AIRGAP=1)
 
-    @field_validator("models", "services", mode="before")
+    @field_validator("models", "services", "upstreams", mode="before")
     @classmethod
     def _null_is_empty(cls, v: Any) -> Any:
         return {} if v is None else v
@@ -207,7 +280,24 @@ class Config(Strict):
             _check_name("model", name)
         for name in self.services:
             _check_name("service", name)
+        _check_routing(self)
         return self
+
+
+def _check_routing(cfg: Config) -> None:
+    for name in cfg.upstreams:
+        _check_name("upstream", name)
+        if name in STRATEGY_KEYWORDS:
+            raise ValueError(f"upstream name {name!r} is reserved (a routing strategy)")
+    known = ", ".join(sorted(cfg.upstreams)) or "none configured"
+    strategies = [("routing.strategy", cfg.routing.strategy)]
+    strategies += [(f"routing.services.{k}", v) for k, v in cfg.routing.services.items()]
+    for where, strategy in strategies:
+        if strategy not in STRATEGY_KEYWORDS and strategy not in cfg.upstreams:
+            raise ValueError(f"{where}: {strategy!r} is not none, cascade or an upstream (upstreams: {known})")
+    for name in cfg.routing.cascade or []:
+        if name not in cfg.upstreams:
+            raise ValueError(f"routing.cascade: {name!r} is not an upstream (upstreams: {known})")
 
 
 def known_keys(loc: list[str]) -> list[str]:
@@ -220,8 +310,8 @@ def known_keys(loc: list[str]) -> list[str]:
         if fld is None:
             return []
         ann = fld.annotation
-        if part in ("models", "services") and model is Config:
-            model = ModelSpec if part == "models" else ServiceSpec
+        if part in ("models", "services", "upstreams") and model is Config:
+            model = {"models": ModelSpec, "services": ServiceSpec, "upstreams": UpstreamSpec}[part]
             i += 2  # skip the entry's name
             continue
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from llmctl import __version__
-from llmctl.cli import bench, config, health, models, serve, systemd
+from llmctl.cli import bench, config, health, models, serve, systemd, usage
 from llmctl.cli._common import OPTIONS
 
 app = typer.Typer(
@@ -66,6 +66,7 @@ app.add_typer(systemd.app, name="systemd")
 app.command("health", help=health.HELP, context_settings=health.CONTEXT_SETTINGS)(health.main)
 app.command("bench", help=bench.HELP)(bench.main)
 app.command("serve", help=serve.HELP)(serve.main)
+app.command("usage", help=usage.HELP)(usage.main)
 app.add_typer(config.app, name="config")
 
 

@@ -86,8 +86,15 @@ def main(
         warnings.append(f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
                         "the model (set --api-keys-file)")
     from llmctl.serve.server import run
+    from llmctl.upstreams.wiring import build_router
 
-    result = run(settings, warnings=tuple(warnings))
+    router, ledger, notes = build_router(loaded.config, paths, settings)
+    warnings.extend(notes)
+    try:
+        result = run(settings, warnings=tuple(warnings), router=router)
+    finally:
+        if ledger is not None:
+            ledger.close()
     sys.stderr.flush()
     if not result.worker_stopped:
         # The model worker is still inside llama.cpp; do not let interpreter teardown race it.

@@ -179,6 +179,9 @@ class Gate:
         async def send_(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if info.get("route"):  # which route served it: local, or upstream:<name>
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"x-llmctl-route", info["route"].encode("latin-1"))]}
             await send(message)
 
         t0 = time.perf_counter()
@@ -202,7 +205,7 @@ class Gate:
                 "duration_ms": round(elapsed * 1000, 1),
             }
             for k in ("key_id", "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "finish",
-                      "error"):
+                      "error", "route", "model"):
                 if info.get(k) is not None:
                     record[k] = info[k]
             try:
@@ -428,9 +431,23 @@ def _message_text(messages: list[dict[str, Any]]) -> str:
 
 
 def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics | None = None,
-               access_log: Callable[[dict], None] = json_access_log) -> tuple[Callable, ServerContext]:
-    """The ASGI app (gate + routes) and its shared context."""
+               access_log: Callable[[dict], None] = json_access_log,
+               router: Any = None) -> tuple[Callable, ServerContext]:
+    """The ASGI app (gate + routes) and its shared context.
+
+    `router` (llmctl.upstreams.router.Router, wired in by the CLI) takes a generation that failed
+    locally before anything was sent (EngineError 5xx: queue full, queue timeout, loading, engine
+    error) to an upstream, and sees every finished request's access record (the usage ledger)."""
     metrics = metrics or Metrics(settings.model_name)
+    if router is not None:
+        router.attach(metrics.registry)
+        log_only = access_log
+
+        def access_log(record: dict) -> None:
+            try:
+                log_only(record)
+            finally:
+                router.observe(record)
     limits = settings.limits
     ctx = ServerContext(settings=settings, engine=engine, metrics=metrics,
                         limiter=RateLimiter(limits.rate_limit_rpm, limits.rate_limit_burst),
@@ -613,11 +630,24 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
                     ctx.release_stream()
                 finish()
 
+    async def routed(request: Request, endpoint: Literal["chat", "completion"]) -> Response:
+        info = request.scope.get("llmctl", {})
+        info["route"], info["model"] = "local", settings.model_name
+        try:
+            return await generate(request, endpoint)
+        except EngineError as exc:
+            if router is None or exc.status < 500 or ctx.shutting_down:
+                raise
+            response = await router.handle(request, endpoint, exc, info)
+            if response is None:
+                raise
+            return response
+
     async def chat_completions(request: Request) -> Response:
-        return await generate(request, "chat")
+        return await routed(request, "chat")
 
     async def completions(request: Request) -> Response:
-        return await generate(request, "completion")
+        return await routed(request, "completion")
 
     async def embeddings(request: Request) -> Response:
         if not settings.embeddings:

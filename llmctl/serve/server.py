@@ -61,9 +61,9 @@ class RunResult:
 
 
 def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
-        on_ready: Callable[[ServeSettings], None] | None = None) -> RunResult:
+        on_ready: Callable[[ServeSettings], None] | None = None, router: object = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
-    cannot be bound."""
+    cannot be bound. `router`: see create_app (upstream fallback and the usage ledger)."""
     import uvicorn
 
     from llmctl.serve.app import create_app
@@ -71,7 +71,7 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
 
     log = logging.getLogger("llmctl.serve")
     engine = Engine(settings)
-    app, ctx = create_app(settings, engine)
+    app, ctx = create_app(settings, engine, router=router)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -163,6 +163,10 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             await server.serve()
         finally:
             task.cancel()
+            closer = getattr(router, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 

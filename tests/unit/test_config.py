@@ -49,6 +49,12 @@ def test_example_documents_every_schema_key():
     from llmctl.schema import ModelSpec
 
     assert set(ModelSpec.model_fields) == model_keys
+    from llmctl.schema import CircuitSpec, RoutingPolicy, UpstreamSpec
+
+    for upstream in raw["upstreams"].values():
+        assert set(UpstreamSpec.model_fields) == set(upstream)
+    assert set(RoutingPolicy.model_fields) == set(raw["routing"])
+    assert set(CircuitSpec.model_fields) == set(raw["routing"]["circuit"])
 
 
 def test_empty_and_missing_default_file_give_defaults(home, monkeypatch):
