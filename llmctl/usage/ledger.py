@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 _STOP = object()
-BATCH = 512
+BATCH = 2048
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -58,10 +58,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 class Ledger:
     def __init__(self, path: Path, *, maxsize: int = 10_000, start: bool = True,
-                 max_pages: int | None = None, on_error: Callable[[Exception], None] | None = None) -> None:
+                 max_pages: int | None = None, on_error: Callable[[Exception], None] | None = None,
+                 interval: float = 0.1) -> None:
         """`max_pages` caps the database (SQLite's max_page_count): past it, writes fail as on a full
         disk. `start=False` leaves the writer stopped (tests fill the queue with it)."""
         self.path = Path(path)
+        self.interval = interval  # the writer gathers rows this long before a transaction
         self.written = 0
         self.dropped = 0
         self.last_error: str | None = None
@@ -103,6 +105,8 @@ class Ledger:
                 stop = True
             else:
                 batch.append(item)
+                # Let rows gather: one transaction (and one wake-up) per interval, not per request.
+                time.sleep(self.interval)
             while len(batch) < BATCH:
                 try:
                     item = self._queue.get_nowait()
