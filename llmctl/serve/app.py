@@ -31,6 +31,7 @@ from llmctl.serve.engine import (
     EngineError,
     GenerationRequest,
     Job,
+    NotReady,
     PromptTooLong,
     Scheduler,
     Unavailable,
@@ -560,7 +561,7 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         # the engine checks the formatted prompt exactly before it decodes anything.
         if text:
             if not engine.ready:
-                raise Unavailable("Loading model.")
+                raise NotReady("Loading model.")
             n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
             if n > limit:
                 raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "

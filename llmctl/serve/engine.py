@@ -395,6 +395,8 @@ class Engine:
                 job.cancel()  # gives its place back (on_cancel)
                 job._post(ShuttingDown("the server is shutting down"))
         self._queue.put(None)
+        if self._thread.ident is None:  # never started (the server stopped before loading)
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 

@@ -125,8 +125,14 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         log.warning(line)
 
     async def supervise() -> None:
-        """READY=1 once loaded and listening; WATCHDOG=1 while the worker is healthy."""
-        while not engine.loaded.is_set() or not server.started:
+        """Load once listening (a busy port costs no model load); READY=1 once loaded;
+        WATCHDOG=1 while the worker is healthy."""
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        engine.start()
+        while not engine.loaded.is_set():
             if server.should_exit:
                 return
             if engine.loaded.is_set() and engine.state == "failed":
@@ -157,7 +163,6 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             await asyncio.sleep(interval)
 
     async def main() -> None:
-        engine.start()
         task = asyncio.ensure_future(supervise())
         try:
             await server.serve()
@@ -174,7 +179,6 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         asyncio.run(main())
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         if exc.code not in (0, None):
-            engine.stop(1.0)
             raise OperationFailed(f"could not listen on {settings.host}:{settings.port}",
                                   hint="is another server using the port? see the log line above") from None
     stopped = engine.stop(5.0)  # the running job was cancelled with its request: this is quick

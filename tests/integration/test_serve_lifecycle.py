@@ -267,3 +267,15 @@ def test_embeddings_when_enabled(smoke_store: Path, tmp_path: Path):
     finally:
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
+
+
+def test_port_in_use_exits_1_without_loading_the_model(llmctl, smoke_model):
+    pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = llmctl("serve", "smoke", "--port", str(busy.getsockname()[1]), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Error: could not listen on 127.0.0.1:" in proc.stderr
+    assert "address already in use" in proc.stderr
+    assert "llmctl.serve.llama" not in proc.stderr  # the model was never loaded

@@ -1,0 +1,60 @@
+"""The HTTP app in process, on the real Engine and the smoke model: the states a subprocess test cannot
+pin down deterministically (the model still loading)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.model
+
+
+def test_health_is_503_while_loading_then_200(smoke_model):
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.app import create_app
+    from llmctl.serve.engine import Engine, load_llama
+    from llmctl.serve.settings import resolve_settings
+
+    settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256)
+    release = threading.Event()
+
+    def held_loader(s):  # the real loader, held back until the test has looked at "loading"
+        assert release.wait(120)
+        return load_llama(s)
+
+    engine = Engine(settings, loader=held_loader)
+    records: list[dict] = []
+    app, ctx = create_app(settings, engine, access_log=records.append)
+    engine.start()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as c:
+            r = await c.get("/health")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+            assert r.headers["Retry-After"] == "1"
+            r = await c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+            assert (await c.get("/ready")).status_code == 503
+            assert (await c.get("/v1/models")).json()["data"][0]["id"] == "smoke"  # listed while loading
+            release.set()
+            await asyncio.to_thread(engine.loaded.wait, 120)
+            assert engine.state == "ready"
+            assert (await c.get("/health")).json() == {"status": "ok", "model": "smoke"}
+            r = await c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] >= 1
+            ctx.shutting_down = True
+            assert (await c.get("/health")).json()["error"]["code"] == "shutting_down"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        assert engine.stop(30)
+    assert [r["status"] for r in records if r["path"] == "/health"] == [503, 200, 503]
