@@ -655,6 +655,8 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             return error_response(400, f"model '{settings.model_name}' is not served with embeddings "
                                   "(set services.<name>.embeddings: true)", "invalid_request_error",
                                   "embeddings_disabled")
+        info = request.scope.get("llmctl", {})
+        info["route"], info["model"] = "local", settings.model_name
         data = await _json_body(request)
         try:
             body = EmbeddingBody.model_validate(data)

@@ -31,6 +31,7 @@ from llmctl.upstreams.circuit import CLOSED, STATE_VALUE, CircuitBreaker
 from llmctl.upstreams.config import RoutingConfig, Upstream
 
 ROUTE_HEADER = "x-llmctl-route"
+FORWARDED_HEADER = "x-llmctl-forwarded"  # on requests we send: the receiving llmctl never forwards them again
 RECORDED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
 
 
@@ -125,8 +126,8 @@ class Router:
         endpoint = RECORDED_PATHS.get(record.get("path", ""))
         if endpoint is None or record.get("method") != "POST":
             return
-        route = record.get("route") or "gate"  # refused before routing (401, 429, 413)
-        if route != "gate":
+        route = record.get("route") or "none"  # refused before routing (401, 429, 413)
+        if route != "none":
             self._inc("routes", route=route)
         if self.recorder is None:
             return
@@ -175,8 +176,8 @@ class Router:
             return error_json(503, f"The local model cannot take this request ({code}: {message}) and airgap "
                               "mode keeps every request on this host; try again later.", "local_unavailable_airgap",
                               retry_after=getattr(error, "retry_after", None) or 1)
-        if not self.routing.upstreams:
-            return None
+        if not self.routing.upstreams or request.headers.get(FORWARDED_HEADER):
+            return None  # no fallback; nor for a request another llmctl forwarded (no loops)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -262,7 +263,8 @@ class Router:
 
         stream = bool(body.get("stream"))
         url = up.base_url + ("/chat/completions" if endpoint == "chat" else "/completions")
-        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json",
+                   FORWARDED_HEADER: "1"}
         if up.api_key:
             headers["authorization"] = f"Bearer {up.api_key}"
         client = self._client_for()

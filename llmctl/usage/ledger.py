@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS requests (
     ts REAL NOT NULL,                -- unix time the request finished
     key_id TEXT,                     -- the client's API key id (a hash), never the key
     client TEXT,                     -- the client's address
-    route TEXT NOT NULL,             -- local | upstream:<name> | gate (refused before routing)
+    route TEXT NOT NULL,             -- local | upstream:<name> | none (refused before routing)
     model TEXT,
     endpoint TEXT,                   -- chat | completion | embedding
     stream INTEGER NOT NULL DEFAULT 0,

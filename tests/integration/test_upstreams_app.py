@@ -298,3 +298,23 @@ def test_no_ledger_still_routes(tmp_path, fakes):
     with App(tmp_path, upstreams_yaml(fakes), "routing:\n  strategy: cloud\n", ledger=False) as app:
         assert app.chat().headers["x-llmctl-route"] == "upstream:cloud"
         assert "llmctl_usage_ledger_dropped" not in app.metrics()
+
+
+def test_a_forwarded_request_is_not_forwarded_again(tmp_path, fakes):
+    """Two llmctl hosts falling back on each other must not loop: requests we send carry
+    X-Llmctl-Forwarded, and a request that carries it gets the local answer or the local error."""
+    with App(tmp_path, upstreams_yaml(fakes), "routing:\n  strategy: cloud\n") as app:
+        app.chat()
+        assert fakes["ok"].received[0].headers["x-llmctl-forwarded"] == "1"
+        with pytest.raises(openai.InternalServerError):
+            app.chat(extra_headers={"X-Llmctl-Forwarded": "1"})
+        assert fakes["ok"].hits == 1
+
+
+def test_refused_requests_are_recorded_without_a_route(tmp_path, fakes):
+    with App(tmp_path, upstreams_yaml(fakes), "routing:\n  strategy: none\n") as app:
+        r = httpx.post(app.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
+                       headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and "x-llmctl-route" not in r.headers
+        assert app.rows() == [("none", "smoke", None, 0, 0, 401, 0.0, 0)]
+        assert metric(app.metrics(), "llmctl_route_requests_total") == 0
