@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--home", help="an LLMCTL_HOME whose store has the smoke model (mode smoke); default: a temp dir")
     ap.add_argument("--child", nargs=4, metavar=("PORT", "LEDGER", "MODE", "HOME"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,8 +187,15 @@ def main() -> None:
         return
     import httpx
 
-    home = tempfile.mkdtemp(prefix="bench-ledger-")
+    home = args.home or tempfile.mkdtemp(prefix="bench-ledger-")
     env = {**os.environ, "LLMCTL_HOME": home}
+    if args.mode == "smoke":  # assemble the smoke model once, before both servers look for it
+        from llmctl.models.smoke import ensure_smoke
+        from llmctl.models.store import Store
+        from llmctl.paths import Paths
+
+        root = Path(home)
+        ensure_smoke(Store(Paths("home", root, root, root / "state", root / "cache")))
     servers = {}
     for label in ("ledger on", "ledger off"):
         port = free_port()

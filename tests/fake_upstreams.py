@@ -4,6 +4,7 @@ kind "fail":   every request gets 500 with an OpenAI-shaped error
 kind "hang":   accepts the request, reads it, and never answers (until the server stops)
 kind "ok":     answers /chat/completions and /completions; with "stream": true, SSE chunks
                (several content chunks, then the usage chunk when stream_options.include_usage)
+kind "slow":   streams 100 chunks, one every 0.1 s; `aborted` is set when the reader hangs up
 
 Each server records what it received (path, headers, JSON body) so tests can check what left.
 """
@@ -35,6 +36,8 @@ class FakeUpstream:
     thread: threading.Thread
     received: list[Received] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
+    aborted: threading.Event = field(default_factory=threading.Event)
+    sent_chunks: int = 0
 
     @property
     def url(self) -> str:
@@ -81,6 +84,26 @@ def _handler(fake: FakeUpstream):
                 fake.release.wait(60)
                 self.close_connection = True
                 return
+            if fake.kind == "slow":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for i in range(100):
+                        chunk = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": "slow",
+                                 "choices": [{"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        fake.sent_chunks += 1
+                        if fake.release.wait(0.1):
+                            return
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except OSError:
+                    fake.aborted.set()
+                return
             model = body.get("model", "?")
             chat = self.path.endswith("/chat/completions")
             usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
@@ -118,7 +141,7 @@ def _handler(fake: FakeUpstream):
 
 
 def start(kind: str) -> FakeUpstream:
-    assert kind in ("fail", "hang", "ok")
+    assert kind in ("fail", "hang", "ok", "slow")
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     server.daemon_threads = True
     fake = FakeUpstream(kind, server, threading.Thread(target=server.serve_forever, daemon=True))

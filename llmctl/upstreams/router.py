@@ -21,6 +21,7 @@ the record, with its cost from the price table, to the usage ledger's recorder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -355,6 +356,31 @@ class SSERelay:
         return ("data: " + payload + "\n\n").encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Relay until the upstream ends; a client that leaves stops the relay and closes the
+        upstream's connection at once (uvicorn drops writes to a gone client silently, so the
+        disconnect is watched on `receive`)."""
+        relay = asyncio.ensure_future(self._relay(send))
+        watch = asyncio.ensure_future(self._until_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if relay in done:
+                relay.result()
+            else:
+                self.info["error"] = "client_disconnected"
+        finally:
+            for task in (watch, relay):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            await self.response.aclose()
+
+    @staticmethod
+    async def _until_disconnect(receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def _relay(self, send: Any) -> None:
         import httpx
 
         async def out(data: bytes, more: bool = True) -> None:
@@ -364,7 +390,6 @@ class SSERelay:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})
-            done = False
             try:
                 for line in self.first:
                     data = self._event(line)
@@ -375,7 +400,6 @@ class SSERelay:
                         continue
                     data = self._event(line)
                     if data is None:
-                        done = True
                         break
                     if data:
                         await out(data)
@@ -384,9 +408,6 @@ class SSERelay:
                 await out(b"data: " + json.dumps({"error": {
                     "message": f"the upstream stream broke: {type(exc).__name__}", "type": "server_error",
                     "param": None, "code": "upstream_broke"}}).encode() + b"\n\n")
-            _ = done
             await out(b"data: [DONE]\n\n", more=False)
-        except OSError:  # the client left
+        except OSError:  # the client left mid-write
             self.info["error"] = "client_disconnected"
-        finally:
-            await self.response.aclose()

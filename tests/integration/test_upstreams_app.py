@@ -318,3 +318,33 @@ def test_refused_requests_are_recorded_without_a_route(tmp_path, fakes):
         assert r.status_code == 401 and "x-llmctl-route" not in r.headers
         assert app.rows() == [("none", "smoke", None, 0, 0, 401, 0.0, 0)]
         assert metric(app.metrics(), "llmctl_route_requests_total") == 0
+
+
+def test_a_client_that_leaves_a_relayed_stream_stops_the_upstream(tmp_path):
+    slow = fake_upstreams.start("slow")
+    try:
+        yaml = f"upstreams:\n  slow:\n    base_url: {slow.url}\n    default_model: s\n"
+        with App(tmp_path, yaml, "routing:\n  strategy: slow\n") as app:
+            with httpx.stream("POST", app.url + "/v1/chat/completions", timeout=30,
+                              headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                              json={"messages": [{"role": "user", "content": "go"}], "stream": True}) as r:
+                assert r.headers["x-llmctl-route"] == "upstream:slow"
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        break  # hang up after the first event
+            assert slow.aborted.wait(20), "the upstream kept streaming to nobody"
+            assert slow.sent_chunks < 100
+            rows = poll_rows(app)
+            assert rows[0][0] == "upstream:slow"
+    finally:
+        slow.stop()
+
+
+def poll_rows(app: App) -> list[tuple]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = app.rows()
+        if rows:
+            return rows
+        time.sleep(0.05)
+    raise AssertionError("no ledger row")
