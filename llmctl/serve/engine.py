@@ -78,6 +78,12 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class Cancelled(EngineError):
+    """The job was cancelled while its prompt was being processed (the client is gone)."""
+
+    status, type, code = 499, "invalid_request_error", "cancelled"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     endpoint: str  # "chat" | "completion" | "embedding"
@@ -446,6 +452,7 @@ class Engine:
             return
         self.load_seconds = time.monotonic() - t0
         self._original_generate = self._llm.generate
+        self._original_eval = self._llm.eval
         self.heartbeat = time.monotonic()
         self._set_state("ready")
         self.loaded.set()
@@ -509,6 +516,7 @@ class Engine:
                 job._post(_END)
                 return
             llm.generate = functools.partial(self._generate, job)
+            llm.eval = functools.partial(self._eval, job)
             create = llm.create_chat_completion if req.endpoint == "chat" else llm.create_completion
             if req.stream:
                 chunks: Iterator[dict] = create(**req.params, stream=True)
@@ -543,6 +551,7 @@ class Engine:
         finally:
             stats.cancelled = job.cancelled
             llm.generate = self._original_generate
+            llm.eval = self._original_eval
 
     @staticmethod
     def _usage(stats: JobStats) -> dict[str, int]:
@@ -551,6 +560,16 @@ class Engine:
             "completion_tokens": stats.completion_tokens,
             "total_tokens": stats.prompt_tokens + stats.completion_tokens,
         }
+
+    def _eval(self, job: Job, tokens) -> None:
+        """Llama.eval one n_batch at a time (as it does inside): a long prompt shows progress to
+        the watchdog and stops between batches when its client has gone."""
+        n_batch = max(1, self._llm.n_batch)
+        for i in range(0, len(tokens), n_batch):
+            if i and job.cancelled:
+                raise Cancelled("cancelled while processing the prompt")
+            self._original_eval(tokens[i:i + n_batch])
+            self.heartbeat = time.monotonic()
 
     def _generate(self, job: Job, tokens, *args: Any, **kwargs: Any) -> Iterator[int]:
         """Llama.generate, seen per token: exact usage, timings, the cancel flag, the prompt bound."""

@@ -58,3 +58,51 @@ def test_health_is_503_while_loading_then_200(smoke_model):
         release.set()
         assert engine.stop(30)
     assert [r["status"] for r in records if r["path"] == "/health"] == [503, 200, 503]
+
+
+def test_cancel_during_prompt_processing_leaves_the_model_consistent(smoke_model):
+    """A job cancelled while its prompt is processed stops between batches; the next request with
+    the same prompt (which reuses the cached prefix) gives the same answer as before."""
+    import dataclasses
+
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.engine import EngineError, Engine, GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=512), n_batch=16)
+    engine = Engine(settings)
+    engine.start()
+    assert engine.loaded.wait(120) and engine.state == "ready"
+    prompt = "The quick brown fox jumps over the lazy dog. " * 6
+    params = {"prompt": prompt, "max_tokens": 6, "temperature": 0.0}
+
+    async def run(cancel_at_start: bool):
+        p = dict(params)
+        if cancel_at_start:  # another long prompt: nothing of it is cached, all of it to process
+            p["prompt"] = "Pack my box with five dozen liquor jugs. " * 6
+        job = await engine.submit(GenerationRequest("completion", p))
+        await job.wait_started(60)
+        if cancel_at_start:
+            job.cancel()
+        out = None
+        try:
+            async for item in job:
+                out = item
+        except EngineError as exc:
+            out = exc
+        return job, out
+
+    async def scenario():
+        _, first = await run(False)
+        job, cancelled = await run(True)
+        _, again = await run(False)
+        return first, job, cancelled, again
+
+    try:
+        first, job, cancelled, again = asyncio.run(scenario())
+    finally:
+        assert engine.stop(30)
+    assert job.cancelled and job.stats.completion_tokens < 6
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    assert again["usage"] == first["usage"]
