@@ -35,7 +35,8 @@ from _util import ratio_line  # noqa: E402
 class InstantModel:
     """Stands in for llama_cpp.Llama in mode stub: answers at once."""
 
-    generate = None
+    generate = eval = None  # the engine wraps these; this stand-in never calls them
+    n_batch = 512
 
     def tokenize(self, data: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
         return [0, 1, 2]
