@@ -105,8 +105,9 @@ class Ledger:
                 stop = True
             else:
                 batch.append(item)
-                # Let rows gather: one transaction (and one wake-up) per interval, not per request.
-                time.sleep(self.interval)
+                if self._queue.qsize() < BATCH:
+                    # Let rows gather: one transaction (and one wake-up) per interval, not per request.
+                    time.sleep(self.interval)
             while len(batch) < BATCH:
                 try:
                     item = self._queue.get_nowait()
