@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.bench.params import test_name
+from llmctl.bench.params import name_of_test
 from llmctl.errors import UsageError
 
 
@@ -50,7 +50,7 @@ def baseline_key(rec: dict[str, Any]) -> tuple:
     """The key of a baseline record: ours, or a llama-bench JSON record (no `test` field there)."""
     if "concurrency" in rec:
         return ("endpoint", f"c{int(rec['concurrency'])}", int(rec.get("n_gen") or 0))
-    name = rec.get("test") or test_name(int(rec.get("n_prompt", 0)), int(rec.get("n_gen", 0)))
+    name = rec.get("test") or name_of_test(int(rec.get("n_prompt", 0)), int(rec.get("n_gen", 0)))
     return ("engine", name, int(rec.get("n_threads", 0)), int(rec.get("n_gpu_layers", 0)),
             int(rec.get("n_batch", 0)), _flash(rec.get("flash_attn", 0)))
 

@@ -106,10 +106,10 @@ class TestInstance:
 
     @property
     def name(self) -> str:
-        return test_name(self.n_prompt, self.n_gen)
+        return name_of_test(self.n_prompt, self.n_gen)
 
 
-def test_name(n_prompt: int, n_gen: int) -> str:
+def name_of_test(n_prompt: int, n_gen: int) -> str:
     if n_prompt > 0 and n_gen == 0:
         return f"pp{n_prompt}"
     if n_gen > 0 and n_prompt == 0:
@@ -129,7 +129,7 @@ def expand(p: EngineParams) -> list[TestInstance]:
                         n_ctx = p.n_ctx if p.n_ctx is not None else n_prompt + n_gen
                         if n_prompt + n_gen > n_ctx:
                             raise UsageError(
-                                f"--ctx {n_ctx} is too small for {test_name(n_prompt, n_gen)} "
+                                f"--ctx {n_ctx} is too small for {name_of_test(n_prompt, n_gen)} "
                                 f"(needs {n_prompt + n_gen})"
                             )
                         out.append(TestInstance(n_prompt, n_gen, nt, ngl, nb, p.n_ubatch, fa, n_ctx))

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmctl.bench.params import test_name
+from llmctl.bench.params import name_of_test
 
 
 def mean(values: list[float]) -> float:
@@ -85,7 +85,7 @@ class EngineResult:
 
     @property
     def test(self) -> str:
-        return test_name(self.n_prompt, self.n_gen)
+        return name_of_test(self.n_prompt, self.n_gen)
 
     @property
     def kind(self) -> str:
