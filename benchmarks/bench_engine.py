@@ -1,0 +1,129 @@
+"""Generation speed: `llmctl bench` (llama-bench's method: one decode per token, no sampling) against
+llama-cpp-python's plain high-level generation loop (`for tok in Llama.generate(...)`: decode and
+sample per token), on the smoke model, same threads, same context, same run, interleaved.
+
+Target: ratio (llmctl tg t/s / plain loop tg t/s) at least 1.0. The plain loop pays for sampling and
+Python per token, llmctl bench does not: that is what llama-bench measures, the engine's own speed.
+
+Both load the model the same way (the same `repack` choice: llama.cpp's extra weight buffers are off
+on CPUs with AMX, see llmctl/bench/engine.py), and run the same way: each round starts one fresh
+process for each (`llmctl bench -p 0 -n N -r R`; this script with --plain-child), each loads the model,
+warms up, then times R repetitions. Medians of the per-repetition t/s are compared.
+
+Usage: python benchmarks/bench_engine.py [--n-gen 64] [--reps 3] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import ratio_line  # noqa: E402
+
+
+def smoke_path(env: dict) -> Path:
+    """The smoke model in the store llmctl uses (assembled on first use)."""
+    os.environ.update(env)
+    from llmctl.models.resolve import resolve_model
+    from llmctl.models.store import Store
+    from llmctl.paths import resolve_paths
+
+    return resolve_model("smoke", Store(resolve_paths(None))).path
+
+
+def llmctl_tg(n_gen: int, reps: int, threads: int, n_ctx: int, env: dict) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmctl", "bench", "smoke", "-p", "0", "-n", str(n_gen), "-r", str(reps),
+         "-t", str(threads), "--ctx", str(n_ctx), "-o", "json", "-q"],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout
+    doc = json.loads(out)
+    return list(doc["results"][0]["samples_ts"])
+
+
+def plain_loop(path: Path, threads: int, n_ctx: int, repack: bool):
+    import llama_cpp
+    import llama_cpp.llama_cpp as L
+
+    default_params = L.llama_model_default_params
+
+    def model_params():  # the same weight-buffer choice as llmctl bench (no kwarg for it in Llama)
+        p = default_params()
+        p.use_extra_bufts = repack
+        return p
+
+    L.llama_model_default_params = model_params
+    try:
+        llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=2048, n_threads=threads, n_threads_batch=threads,
+                              swa_full=False, verbose=False)
+    finally:
+        L.llama_model_default_params = default_params
+    bos = llm.token_bos()
+
+    def once(n_gen: int) -> float:
+        llm.reset()
+        t0 = time.perf_counter_ns()
+        n = 0
+        for _tok in llm.generate([bos]):  # decode + sample per token, llama-cpp-python's defaults
+            n += 1
+            if n == n_gen:
+                break
+        return 1e9 * n_gen / (time.perf_counter_ns() - t0)
+
+    return once
+
+
+def plain_tg(path: Path, n_gen: int, reps: int, threads: int, n_ctx: int, env: dict) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--plain-child", str(path), "--n-gen", str(n_gen), "--reps", str(reps),
+         "--threads", str(threads)],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-gen", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plain-child", metavar="GGUF", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    n_ctx = 256 if args.n_gen < 256 else args.n_gen + 1
+    from llmctl.bench.engine import resolve_repack
+
+    repack = resolve_repack(None)
+    if args.plain_child:
+        once = plain_loop(Path(args.plain_child), args.threads, n_ctx, repack)
+        once(1)  # warm-up: one token, as llama-bench / llmctl bench
+        print(json.dumps([once(args.n_gen) for _ in range(args.reps)]))
+        return
+    env = {**os.environ}
+    env.setdefault("LLMCTL_HOME", str(Path.home() / ".cache" / "llmctl-bench-home"))
+    path = smoke_path(env)
+    ours: list[float] = []
+    plain: list[float] = []
+    for rnd in range(args.rounds):
+        ours += llmctl_tg(args.n_gen, args.reps, args.threads, n_ctx, env)
+        plain += plain_tg(path, args.n_gen, args.reps, args.threads, n_ctx, env)
+        print(f"round {rnd + 1}/{args.rounds}: llmctl bench {statistics.median(ours):.2f} t/s, "
+              f"plain loop {statistics.median(plain):.2f} t/s (medians so far)", file=sys.stderr)
+    m_ours, m_plain = statistics.median(ours), statistics.median(plain)
+    print(f"model: {path.name}, threads {args.threads}, n_ctx {n_ctx}, tg{args.n_gen}, repack {'on' if repack else 'off'}")
+    print(f"llmctl bench tg{args.n_gen}:   median {m_ours:8.2f} t/s  (n={len(ours)}, "
+          f"min {min(ours):.2f}, max {max(ours):.2f})")
+    print(f"plain Llama.generate: median {m_plain:8.2f} t/s  (n={len(plain)}, "
+          f"min {min(plain):.2f}, max {max(plain):.2f})")
+    print(ratio_line("llmctl bench tg t/s / plain llama-cpp-python loop tg t/s", m_ours / m_plain, ">= 1.0"))
+
+
+if __name__ == "__main__":
+    main()
