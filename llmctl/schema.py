@@ -148,6 +148,7 @@ class BenchDefaults(Strict):
     batch_size: list[Annotated[int, Field(ge=1)]] = [2048]
     n_ctx: int | None = Field(None, ge=64)
     flash_attn: bool = False
+    repack: bool | None = None  # llama.cpp's repacked/AMX weight buffers; null: on, except on AMX CPUs
 
 
 class Config(Strict):

@@ -152,7 +152,7 @@ def _engine_params(cfg: Any, n_prompt, n_gen, repetitions, threads, n_gpu_layers
         flash_attn=tuple(parse_bool_list(flash_attn if flash_attn is not None else cfg.flash_attn, "-fa/--flash-attn")),
         n_ctx=ctx if ctx is not None else cfg.n_ctx,
         warmup=not no_warmup,
-        repack=repack,
+        repack=repack if repack is not None else cfg.repack,
     )
 
 
