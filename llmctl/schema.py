@@ -151,12 +151,44 @@ class BenchDefaults(Strict):
     repack: bool | None = None  # llama.cpp's repacked/AMX weight buffers; null: on, except on AMX CPUs
 
 
+class SystemdSettings(Strict):
+    """How `llmctl systemd` renders the units."""
+
+    server_user: str = "llmctl"  # DynamicUser= name of the inference servers
+    health_user: str = "llmctl-health"  # static user of the health check (sysusers.d, polkit rule)
+    gpu_groups: list[str] = ["video", "render"]  # SupplementaryGroups= of GPU services (/dev/dri, /dev/kfd)
+    health_textfile: str | None = None  # node_exporter textfile the health check writes; null: none
+
+    @field_validator("server_user", "health_user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,30}$", v):
+            raise ValueError("must be a user name: lower-case letters, digits, '_' or '-' (at most 31)")
+        return v
+
+    @field_validator("gpu_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not re.match(r"^[a-z_][a-z0-9_-]{0,30}$", g):
+                raise ValueError(f"{g!r} is not a group name")
+        return v
+
+    @field_validator("health_textfile")
+    @classmethod
+    def _textfile(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or not v.endswith(".prom")):
+            raise ValueError("must be an absolute path ending in .prom")
+        return v
+
+
 class Config(Strict):
     version: Literal[1] = 1
     models: dict[str, ModelSpec] = {}
     services: dict[str, ServiceSpec] = {}
     health: HealthPolicy = HealthPolicy()
     bench: BenchDefaults = BenchDefaults()
+    systemd: SystemdSettings = SystemdSettings()
 
     @field_validator("models", "services", mode="before")
     @classmethod

@@ -1,0 +1,624 @@
+"""The HTTP layer: a Starlette app behind one pure-ASGI gate.
+
+The gate (outermost) does, in order: access log + request metrics (always), API key (401),
+rate limit (429), body size (413, enforced while reading, Content-Length or not). The routes
+parse and bound the request (400), submit a job to the scheduler (503 when it is full), and
+relay chunks. Nothing here touches the model: the HTTP layer only sees the Scheduler protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from llmctl.serve.engine import (
+    BadRequest,
+    EngineError,
+    GenerationRequest,
+    Job,
+    PromptTooLong,
+    Scheduler,
+    Unavailable,
+)
+from llmctl.serve.metrics import Metrics
+from llmctl.serve.security import RateLimiter, match_key, presented_key, retry_after_header
+from llmctl.serve.settings import ServeSettings
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+             "/health", "/ready", "/metrics")
+DRAIN_LIMIT = 16 * 1024 * 1024  # an oversized body is read and dropped up to this, then cut
+
+
+# -- errors in OpenAI's shape -----------------------------------------------------------------------
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                   *, param: str | None = None, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": retry_after_header(retry_after)} if retry_after is not None else None
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
+
+
+def engine_error_response(exc: EngineError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.type, exc.code, retry_after=exc.retry_after)
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+            "frequency_penalty", "seed", "stop", "logit_bias")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields (user, ...) are accepted, ignored
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = Field(1, ge=1, le=1)
+    logit_bias: dict[str, float] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
+
+
+class ChatBody(_Body):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+
+
+class EmbeddingBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str] = Field(...)
+    model: str | None = None
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return (f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))), (loc or None)
+
+
+# -- shared state -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerContext:
+    settings: ServeSettings
+    engine: Scheduler
+    metrics: Metrics
+    limiter: RateLimiter
+    access_log: Callable[[dict], None]
+    shutting_down: bool = False
+    streams: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+def json_access_log(record: dict) -> None:
+    sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def utc_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- the gate -----------------------------------------------------------------------------------------
+
+
+class Gate:
+    """Pure ASGI (no buffering of responses, so streams flow): log, auth, rate limit, body size."""
+
+    def __init__(self, app: Callable, ctx: ServerContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = self.ctx
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        client = scope.get("client") or ("-", 0)
+        info: dict[str, Any] = {"request_id": uuid.uuid4().hex[:16]}
+        scope["llmctl"] = info
+        status = [0]
+
+        async def send_(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        ctx.metrics.in_flight.inc()
+        try:
+            await self._handle(scope, receive, send_, path, client[0], info)
+        finally:
+            ctx.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - t0
+            code = status[0] or 499  # 499: the client left before a response started
+            ctx.metrics.requests.labels(endpoint=endpoint, status=str(code)).inc()
+            ctx.metrics.latency.labels(endpoint=endpoint).observe(elapsed)
+            record = {
+                "ts": utc_iso(),
+                "event": "access",
+                "request_id": info["request_id"],
+                "client": client[0],
+                "method": scope.get("method"),
+                "path": path,
+                "status": code,
+                "duration_ms": round(elapsed * 1000, 1),
+            }
+            for k in ("key_id", "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "finish",
+                      "error"):
+                if info.get(k) is not None:
+                    record[k] = info[k]
+            try:
+                ctx.access_log(record)
+            except Exception:
+                pass
+
+    async def _handle(self, scope: dict, receive: Callable, send: Callable, path: str, client_ip: str,
+                      info: dict) -> None:
+        ctx = self.ctx
+        s = ctx.settings
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        public = (path == "/health" and s.public_health) or (path == "/metrics" and s.public_metrics)
+        bucket = f"ip:{client_ip}"
+        if s.api_keys and not public:
+            key = match_key(s.api_keys, presented_key(headers))
+            if key is None:
+                ctx.metrics.auth_failures.inc()
+                info["error"] = "invalid_api_key"
+                resp = error_response(
+                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'.",
+                    "invalid_request_error", "invalid_api_key")
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                await resp(scope, receive, send)
+                return
+            info["key_id"] = key.id
+            bucket = key.id
+        if path.startswith("/v1/") and ctx.limiter.enabled:
+            wait = ctx.limiter.allow(bucket)
+            if wait > 0:
+                ctx.metrics.rate_limited.inc()
+                info["error"] = "rate_limit_exceeded"
+                resp = error_response(429, "Rate limit reached for requests; retry after the time in Retry-After.",
+                                      "rate_limit_error", "rate_limit_exceeded", retry_after=wait)
+                await resp(scope, receive, send)
+                return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            body = await self._read_body(scope, receive, send, headers, info)
+            if body is None:
+                return
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _read_body(self, scope: dict, receive: Callable, send: Callable, headers: dict,
+                         info: dict) -> bytes | None:
+        limit = self.ctx.settings.limits.max_body_bytes
+        too_big = False
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await error_response(400, "invalid Content-Length header")(scope, receive, send)
+                return None
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                info["error"] = "client_disconnected"
+                return None
+            data = message.get("body", b"")
+            total += len(data)
+            more = message.get("more_body", False)
+            if total > limit:
+                too_big = True
+            if too_big:
+                if total > max(DRAIN_LIMIT, limit):
+                    break  # stop reading; the server closes the connection after the 413
+                continue
+            chunks.append(data)
+        if too_big:
+            info["error"] = "request_too_large"
+            resp = error_response(413, f"Request body too large: the limit is {limit} bytes.",
+                                  "invalid_request_error", "request_too_large")
+            if more:
+                resp.headers["Connection"] = "close"
+            await resp(scope, receive, send)
+            return None
+        return b"".join(chunks)
+
+
+# -- streaming ----------------------------------------------------------------------------------------
+
+
+class ClientGone(Exception):
+    pass
+
+
+class DisconnectWatch:
+    """Watches `receive` for http.disconnect; cancels the job when the client leaves."""
+
+    def __init__(self, receive: Callable, job: Job) -> None:
+        self.gone = asyncio.Event()
+        self._job = job
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._job.cancel()
+                self.gone.set()
+                return
+
+    async def until(self, awaitable: Awaitable) -> Any:
+        """Await `awaitable` unless the client leaves first (then raise ClientGone)."""
+        task = asyncio.ensure_future(awaitable)
+        gone = asyncio.ensure_future(self.gone.wait())
+        try:
+            done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            gone.cancel()
+            raise
+        gone.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ClientGone()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+def sse(data: dict) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class EventStream:
+    """An SSE response relaying a job's chunks; stops the job when the client leaves or on cancel."""
+
+    def __init__(self, ctx: ServerContext, job: Job, first: dict, chunks, watch: DisconnectWatch,
+                 include_usage: bool, finish: Callable[[], None], info: dict) -> None:
+        self.ctx, self.job, self.first, self.chunks, self.watch = ctx, job, first, chunks, watch
+        self.include_usage, self.finish, self.info = include_usage, finish, info
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        ctx = self.ctx
+        ctx.streams += 1
+        ctx.metrics.streams.inc()
+        last: dict | None = None
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")],
+            })
+            await send({"type": "http.response.body", "body": sse(self.first), "more_body": True})
+            last = self.first
+            try:
+                async for chunk in self.chunks:
+                    if self.watch.gone.is_set():
+                        break
+                    last = chunk
+                    await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
+            except EngineError as exc:
+                self.info["error"] = exc.code
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse(error_body(exc.message, exc.type, exc.code))})
+            if self.watch.gone.is_set():
+                return
+            if self.include_usage and last is not None and "usage" in last:
+                await send({"type": "http.response.body", "more_body": True, "body": sse({
+                    "id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
+                    "model": last.get("model"), "choices": [], "usage": last["usage"]})})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        except OSError:  # the client went away mid-write
+            self.job.cancel()
+        finally:
+            if not self.job.done:
+                self.job.cancel()
+            self.watch.close()
+            ctx.streams -= 1
+            ctx.metrics.streams.dec()
+            if last is not None and last.get("choices"):
+                self.info["finish"] = last["choices"][0].get("finish_reason")
+            self.finish()
+
+
+# -- routes -------------------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
+                         "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return data
+
+
+def _message_text(messages: list[dict[str, Any]]) -> str:
+    parts: list[str] = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(parts)
+
+
+def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics | None = None,
+               access_log: Callable[[dict], None] = json_access_log) -> tuple[Callable, ServerContext]:
+    """The ASGI app (gate + routes) and its shared context."""
+    metrics = metrics or Metrics(settings.model_name)
+    limits = settings.limits
+    ctx = ServerContext(settings=settings, engine=engine, metrics=metrics,
+                        limiter=RateLimiter(limits.rate_limit_rpm, limits.rate_limit_burst),
+                        access_log=access_log)
+    def job_done(job: Job) -> None:
+        if job.stats.cancelled:
+            metrics.cancelled.inc()
+        if job.stats.started is not None and job.request.endpoint != "embedding":
+            metrics.observe_job(job.request.endpoint, job.stats)
+
+    engine.on_done = job_done
+    metrics.processing.set_function(lambda: engine.running)
+    metrics.deferred.set_function(lambda: engine.waiting)
+    metrics.ready.set_function(lambda: 1.0 if engine.ready and not ctx.shutting_down else 0.0)
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": int(ctx.started_at),
+                "owned_by": "llmctl"}
+
+    async def health(request: Request) -> Response:
+        if ctx.shutting_down:
+            return error_response(503, "The server is shutting down.", "server_error", "shutting_down",
+                                  retry_after=1)
+        if not engine.ready:
+            state = getattr(engine, "state", "loading")
+            if state == "failed":
+                return error_response(503, "The model failed to load.", "server_error", "model_failed")
+            return error_response(503, "Loading model.", "server_error", "model_loading", retry_after=1)
+        return JSONResponse({"status": "ok", "model": settings.model_name})
+
+    async def ready(request: Request) -> Response:
+        """Readiness: the model is loaded, the worker is alive, and there is room in the queue."""
+        resp = await health(request)
+        if resp.status_code != 200:
+            return resp
+        alive = getattr(engine, "alive", None)
+        if alive is not None and not alive(120.0):
+            return error_response(503, "The model worker is not making progress.", "server_error", "worker_stuck")
+        if engine.waiting >= limits.queue_length + (0 if engine.running else 1):
+            return error_response(503, "The queue is full.", "server_error", "queue_full", retry_after=1)
+        return JSONResponse({"status": "ready", "model": settings.model_name,
+                             "waiting": engine.waiting, "running": engine.running})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    async def generate(request: Request, endpoint: Literal["chat", "completion"]) -> Response:
+        info = request.scope.get("llmctl", {})
+        data = await _json_body(request)
+        try:
+            body: _Body = (ChatBody if endpoint == "chat" else CompletionBody).model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return error_response(400, message, "invalid_request_error", "invalid_value", param=param)
+        if getattr(body, "logprobs", None):
+            raise BadRequest("logprobs are not supported by this server")
+        cap = limits.max_tokens
+        requested = body.max_tokens
+        if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
+            requested = body.max_completion_tokens
+        max_tokens = cap if not requested else min(requested, cap)
+        room = settings.n_ctx - max_tokens
+        limit = room if limits.max_prompt_tokens is None else min(room, limits.max_prompt_tokens)
+        if limit < 1:
+            raise BadRequest(f"max_tokens={max_tokens} leaves no room for a prompt in the context of "
+                             f"{settings.n_ctx} tokens")
+        params: dict[str, Any] = {"max_tokens": max_tokens, "model": settings.model_name, **body.sampling()}
+        if isinstance(body, ChatBody):
+            params["messages"] = body.messages
+            if body.response_format is not None:
+                params["response_format"] = body.response_format
+            text = _message_text(body.messages)
+        else:
+            prompt = body.prompt
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                if len(prompt) != 1:
+                    raise BadRequest("this server takes one prompt per request")
+                prompt = prompt[0]
+            params["prompt"] = prompt
+            if body.echo:
+                params["echo"] = True
+            if body.suffix is not None:
+                params["suffix"] = body.suffix
+            text = prompt if isinstance(prompt, str) else ""
+            if isinstance(prompt, list) and len(prompt) > limit:
+                raise PromptTooLong(f"the prompt has {len(prompt)} tokens; this server accepts at most {limit}")
+        # A cheap early bound before queueing (exact for completions, a lower bound for chat);
+        # the engine checks the formatted prompt exactly before it decodes anything.
+        if text:
+            if not engine.ready:
+                raise Unavailable("Loading model.")
+            n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
+            if n > limit:
+                raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
+                                    f"(context {settings.n_ctx} minus max_tokens {max_tokens})")
+        if body.stream and ctx.streams >= limits.max_concurrent_streams:
+            raise Unavailable(f"too many open streams ({limits.max_concurrent_streams}); try again later")
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+        info["stream"] = body.stream
+        job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
+                                                    max_prompt_tokens=limit))
+        watch = DisconnectWatch(request.receive, job)
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            st = job.stats
+            if st.started is not None:
+                info["prompt_tokens"] = st.prompt_tokens
+                info["completion_tokens"] = st.completion_tokens
+                if st.ttft_s is not None:
+                    info["ttft_ms"] = round(st.ttft_s * 1000, 1)
+
+        handed_over = False
+        try:
+            await watch.until(job.wait_started(limits.queue_timeout_s))
+            chunks = job.__aiter__()
+            if body.stream:
+                try:
+                    first = await watch.until(chunks.__anext__())
+                except StopAsyncIteration:
+                    raise EngineError("the generation ended without output") from None
+                handed_over = True
+                return EventStream(ctx, job, first, chunks, watch, include_usage, finish, info)  # type: ignore[return-value]
+            result = None
+            async def collect() -> Any:
+                out = None
+                async for item in chunks:
+                    out = item
+                return out
+            result = await watch.until(collect())
+            if result is None:
+                raise EngineError("the generation ended without output")
+            info["finish"] = result["choices"][0].get("finish_reason") if result.get("choices") else None
+            return JSONResponse(result)
+        except ClientGone:
+            info["error"] = "client_disconnected"
+            return Response(status_code=499)
+        finally:
+            if not handed_over:
+                if not job.done:
+                    job.cancel()
+                watch.close()
+                finish()
+
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, "chat")
+
+    async def completions(request: Request) -> Response:
+        return await generate(request, "completion")
+
+    async def embeddings(request: Request) -> Response:
+        if not settings.embeddings:
+            return error_response(400, f"model '{settings.model_name}' is not served with embeddings "
+                                  "(set services.<name>.embeddings: true)", "invalid_request_error",
+                                  "embeddings_disabled")
+        data = await _json_body(request)
+        try:
+            body = EmbeddingBody.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return error_response(400, message, "invalid_request_error", "invalid_value", param=param)
+        job = await engine.submit(GenerationRequest("embedding", {"input": body.input,
+                                                                  "model": settings.model_name}))
+        try:
+            await job.wait_started(limits.queue_timeout_s)
+            result = None
+            async for item in job:
+                result = item
+            return JSONResponse(result)
+        finally:
+            if not job.done:
+                job.cancel()
+
+    async def on_engine_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EngineError)
+        info = request.scope.get("llmctl")
+        if info is not None:
+            info["error"] = exc.code
+        return engine_error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", type_, code)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return error_response(500, "The server had an error while processing your request.", "server_error",
+                              "internal_error")
+
+    routes = [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/ready", ready, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_crash})
+    return Gate(app, ctx), ctx

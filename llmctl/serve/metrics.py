@@ -1,0 +1,87 @@
+"""Prometheus metrics of one server, in its own registry.
+
+Where llama.cpp's server (`llama-server --metrics`) has a metric, the same name is used, so the
+dashboards people already have keep working:
+
+    llamacpp:prompt_tokens_total          counter  prompt tokens processed
+    llamacpp:tokens_predicted_total       counter  generated tokens
+    llamacpp:prompt_tokens_seconds        gauge    average prompt throughput (tokens/s)
+    llamacpp:predicted_tokens_seconds     gauge    average generation throughput (tokens/s)
+    llamacpp:requests_processing          gauge    requests the model is working on
+    llamacpp:requests_deferred            gauge    requests waiting in the queue
+"""
+
+from __future__ import annotations
+
+from llmctl.serve.engine import JobStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Metrics:
+    def __init__(self, model: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("llmctl_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.latency = Histogram("llmctl_request_duration_seconds", "HTTP request latency (to the last byte)",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmctl_time_to_first_token_seconds",
+                              "From the request's arrival at the engine to its first generated token",
+                              ["endpoint"], buckets=TTFT_BUCKETS, registry=r)
+        self.tps = Histogram("llmctl_generation_tokens_per_second", "Per-request decode speed",
+                             ["endpoint"], buckets=TPS_BUCKETS, registry=r)
+        self.queue_wait = Histogram("llmctl_queue_wait_seconds", "Time a request waited for the model",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("llamacpp:prompt_tokens", "Prompt tokens processed", registry=r)
+        self.predicted_tokens = Counter("llamacpp:tokens_predicted", "Generated tokens", registry=r)
+        self.prompt_tps = Gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s",
+                                registry=r)
+        self.predicted_tps = Gauge("llamacpp:predicted_tokens_seconds",
+                                   "Average generation throughput in tokens/s", registry=r)
+        self.processing = Gauge("llamacpp:requests_processing", "Requests the model is working on", registry=r)
+        self.deferred = Gauge("llamacpp:requests_deferred", "Requests waiting for the model", registry=r)
+        self.in_flight = Gauge("llmctl_requests_in_flight", "HTTP requests being served", registry=r)
+        self.streams = Gauge("llmctl_streams_open", "Streaming responses open", registry=r)
+        self.rate_limited = Counter("llmctl_rate_limited", "Requests refused by the rate limiter (429)",
+                                    registry=r)
+        self.auth_failures = Counter("llmctl_auth_failures", "Requests refused for a missing or wrong key (401)",
+                                     registry=r)
+        self.cancelled = Counter("llmctl_generations_cancelled", "Generations stopped because the client left",
+                                 registry=r)
+        self.load_seconds = Gauge("llmctl_model_load_seconds", "Time it took to load the model", registry=r)
+        self.info = Gauge("llmctl_model_info", "The served model", ["model"], registry=r)
+        self.info.labels(model=model).set(1)
+        self.ready = Gauge("llmctl_ready", "1 when the model is loaded and serving", registry=r)
+        self._prompt_total = 0
+        self._prompt_seconds = 0.0
+        self._gen_total = 0
+        self._gen_seconds = 0.0
+
+    def observe_job(self, endpoint: str, stats: JobStats) -> None:
+        if stats.queued_s is not None:
+            self.queue_wait.observe(stats.queued_s)
+        self.prompt_tokens.inc(stats.prompt_tokens)
+        self.predicted_tokens.inc(stats.completion_tokens)
+        if stats.ttft_s is not None:
+            self.ttft.labels(endpoint=endpoint).observe(stats.ttft_s)
+        prompt_s = stats.prompt_s
+        if prompt_s and stats.prompt_tokens:
+            self._prompt_total += stats.prompt_tokens
+            self._prompt_seconds += prompt_s
+            self.prompt_tps.set(self._prompt_total / self._prompt_seconds)
+        gen_s = stats.generation_s
+        tps = stats.tokens_per_s
+        if tps is not None and gen_s:
+            self.tps.labels(endpoint=endpoint).observe(tps)
+            self._gen_total += stats.completion_tokens - 1
+            self._gen_seconds += gen_s
+            self.predicted_tps.set(self._gen_total / self._gen_seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""systemd units of the inference servers and the health check: render, install, verify."""

@@ -1,0 +1,396 @@
+"""Render the systemd units (and the files they need) from the config.
+
+Deterministic: the same config and options give the same bytes. Every file names the llmctl version
+that rendered it. jinja2 is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from llmctl import __version__
+from llmctl.errors import NotFound, UsageError
+from llmctl.paths import SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, Paths
+
+if TYPE_CHECKING:
+    from llmctl.schema import Config, ServiceSpec
+
+HEALTH_UNIT = "llmctl-health.service"
+HEALTH_TIMER = "llmctl-health.timer"
+POLKIT_RULES = "50-llmctl-health.rules"
+SYSUSERS_CONF = "llmctl.conf"
+MARKER = "Rendered by llmctl"
+
+# Where each kind of file goes, relative to the root (system mode).
+SYSTEM_UNIT_DIR = PurePosixPath("etc/systemd/system")
+POLKIT_DIR = PurePosixPath("etc/polkit-1/rules.d")
+SYSUSERS_DIR = PurePosixPath("etc/sysusers.d")
+
+RESTART_SEC = "5s"
+START_LIMIT_INTERVAL = "10min"
+START_LIMIT_BURST = 5
+WATCHDOG = "30s"
+TIMEOUT_START = "10min"  # loading a large model from a slow disk takes a while
+SYSTEM_CONFIG_FILE = SYSTEM_CONFIG_DIR / "config.yaml"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    name: str  # file name, e.g. llmctl-chat.service
+    kind: str  # "service" | "timer" | "polkit" | "sysusers"
+    relpath: str  # where it is installed, relative to the root (system) or to the user's config dir
+    content: str
+    service: str | None = None  # the config service it serves, for server units
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    llmctl: str  # absolute path of the llmctl executable written into ExecStart
+    config_path: str  # absolute path of the config file written into ExecStart
+    user: bool = False  # user units (systemctl --user) instead of system units
+    paths: Paths | None = None  # where the store is read from (lock entries); default system layout
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    files: tuple[RenderedFile, ...]
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def get(self, name: str) -> RenderedFile:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def templates_dir() -> Path:
+    """The templates shipped in the wheel (llmctl/templates), or the checkout's top-level templates/."""
+    pkg = Path(__file__).resolve().parent.parent
+    for candidate in (pkg / "templates", pkg.parent / "templates"):
+        if (candidate / "server.service.j2").is_file():
+            return candidate
+    raise NotFound(f"the unit templates are missing (looked in {pkg / 'templates'})",
+                   hint="reinstall llmctl")
+
+
+def default_llmctl() -> str:
+    """The running installation's `llmctl` script: beside sys.executable, else on PATH."""
+    beside = Path(sys.executable).parent / "llmctl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.absolute())
+    found = shutil.which("llmctl")
+    if found:
+        return str(Path(found).absolute())
+    raise NotFound("cannot find the installed `llmctl` executable", hint="pass --llmctl PATH")
+
+
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+\.service")
+_TIMESPAN = re.compile(r"(?:[0-9]+(?:\.[0-9]+)? *(?:[a-z]+)? *)+")
+
+
+def unit_name(service: str, spec: ServiceSpec) -> str:
+    name = spec.unit or f"llmctl-{service}.service"
+    name = name if name.endswith(".service") else f"{name}.service"
+    if not _UNIT_NAME.fullmatch(name) or name.startswith((".", "-")) or len(name) > 255:
+        raise UsageError(f"services.{service}.unit: {spec.unit!r} is not a valid unit name "
+                         "(letters, digits, ':', '_', '.', '-')")
+    if name in (HEALTH_UNIT,):
+        raise UsageError(f"services.{service}.unit: {name} is the health check's unit")
+    return name
+
+
+_SAFE_ARG = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+
+
+def quote_arg(arg: str, first: bool = False) -> str:
+    """One ExecStart= argument: quoted when needed, with % and $ escaped (systemd.service(5))."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if _SAFE_ARG.fullmatch(arg) and not (first and arg.startswith(("@", "-", ":", "+", "!"))):
+        return arg
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return '"' + escaped + '"'
+
+
+def exec_line(argv: list[str]) -> str:
+    return " ".join(quote_arg(a, first=i == 0) for i, a in enumerate(argv))
+
+
+def _seconds(value: float) -> str:
+    return f"{math.ceil(value)}s"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _families(hosts: list[str]) -> str:
+    """AF_UNIX for sd_notify and D-Bus; AF_INET and AF_INET6 only where a host needs them."""
+    inet4 = inet6 = False
+    for host in hosts:
+        try:
+            version = ipaddress.ip_address(host).version
+        except ValueError:  # a name: may resolve to either
+            inet4 = inet6 = True
+            continue
+        if version == 4:
+            inet4 = True
+        else:  # "::" listens on both stacks
+            inet6 = True
+            inet4 = inet4 or ipaddress.ip_address(host).is_unspecified
+    return " ".join(f for f, on in (("AF_UNIX", True), ("AF_INET", inet4), ("AF_INET6", inet6)) if on)
+
+
+def _probe_host(host: str) -> str:
+    """What the health check dials for a service bound to `host`."""
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            return "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
+    except ValueError:
+        pass
+    return host
+
+
+def _ip_allow(hosts: list[str]) -> str | None:
+    """IPAddressAllow= when every host is loopback; None (no IP restriction) otherwise."""
+    return "localhost" if hosts and all(_is_loopback(h) for h in hosts) else None
+
+
+def _header(comment: str, source: str, what: str) -> str:
+    return (
+        f"{comment} {MARKER} {__version__} from {source} ({what}).\n"
+        f"{comment} Do not edit: change the config and run `llmctl systemd install` again."
+    )
+
+
+def system_paths() -> Paths:
+    return Paths("system", SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, SYSTEM_DATA_DIR / "state",
+                 Path("/var/cache/llmctl"))
+
+
+def model_file(config: Config, model_ref: str, store_paths: Paths | None, models_dir: Path) -> Path:
+    """The verified model file a service loads: its lock entry's path if installed, else the store's
+    layout for the configured model (models_dir / name / file)."""
+    from llmctl.models.smoke import SMOKE_FILE, SMOKE_NAME
+
+    entry = None
+    if store_paths is not None:
+        from llmctl.models.store import Store
+
+        try:
+            entry = Store(store_paths).read_lock().get(model_ref)
+        except Exception:  # an unreadable lock: fall back to the layout
+            entry = None
+    if entry is not None:
+        return models_dir / entry.path
+    if model_ref == SMOKE_NAME:
+        return models_dir / SMOKE_NAME / SMOKE_FILE
+    spec = config.models.get(model_ref)
+    if spec is None:
+        if model_ref.startswith("/"):
+            return Path(model_ref)
+        raise UsageError(f"services: model '{model_ref}' is not in models: and not installed",
+                         hint="add it under models:, or use smoke")
+    filename = spec.file if spec.file is not None else PurePosixPath(spec.path or "").name
+    return models_dir / model_ref / PurePosixPath(filename).name
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _check_abs(label: str, value: str) -> None:
+    if not os.path.isabs(value) or any(c in value for c in "\n\r\0"):
+        raise UsageError(f"{label} must be an absolute path, not {value!r}")
+
+
+_PLAIN_PATH = re.compile(r"/[^\s\"'\\;]*")
+
+
+def unit_path(label: str, value: str) -> str:
+    """A path for a unit setting that takes a bare path (LoadCredential=, ReadWritePaths=):
+    absolute, no white space or quotes; '%' escaped as '%%' (a specifier otherwise)."""
+    if not _PLAIN_PATH.fullmatch(value):
+        raise UsageError(f"{label}: {value!r} must be an absolute path without spaces or quotes")
+    return value.replace("%", "%%")
+
+
+def render(config: Config, options: RenderOptions, services: list[str] | None = None) -> RenderResult:
+    """Render the server unit of each service (or those named), the health service and timer, and
+    (system mode) the polkit rule and the sysusers.d file."""
+    _check_abs("the llmctl path", options.llmctl)
+    _check_abs("the config path", options.config_path)
+    known = list(config.services)
+    chosen = known if not services else list(dict.fromkeys(services))
+    for name in chosen:
+        if name not in config.services:
+            raise NotFound(f"no service '{name}' in the config",
+                           hint=f"configured: {', '.join(known) or 'none'}")
+    env = _environment()
+    system = not options.user
+    systemd_cfg = config.systemd
+    models_dir = system_paths().models_dir if system else (options.paths or system_paths()).models_dir
+    mode_flag = "--system" if system else "--user"
+    base = [options.llmctl, mode_flag, "--config", options.config_path]
+    files: list[RenderedFile] = []
+    warnings: list[str] = []
+
+    for name in chosen:
+        spec = config.services[name]
+        unit = unit_name(name, spec)
+        model = model_file(config, spec.model, options.paths, models_dir)
+        argv = [*base, "serve", name, "--model", str(model)]
+        hosts = [spec.host]
+        ctx = {
+            "header": _header("#", options.config_path, f"service '{name}'"),
+            "service": name,
+            "model_name": spec.model,
+            "exec_start": exec_line(argv),
+            "api_keys_file": (unit_path(f"services.{name}.api_keys_file", spec.api_keys_file)
+                              if spec.api_keys_file else None),
+            "restart_sec": RESTART_SEC,
+            "start_limit_interval": START_LIMIT_INTERVAL,
+            "start_limit_burst": START_LIMIT_BURST,
+            "timeout_start": TIMEOUT_START,
+            "timeout_stop": _seconds(spec.shutdown_timeout_s + 10),
+            "watchdog": WATCHDOG,
+            "memory_max": spec.memory_max,
+            "system": system,
+            "server_user": systemd_cfg.server_user,
+            "gpu": spec.uses_gpu,
+            "gpu_groups": " ".join(systemd_cfg.gpu_groups),
+            "bind_service": spec.port < 1024,
+            "address_families": _families(hosts),
+            "ip_allow": _ip_allow(hosts),
+            "wanted_by": "multi-user.target" if system else "default.target",
+            "protect_home": "yes" if system else "read-only",
+        }
+        if system:
+            for label, p in (("the llmctl path", options.llmctl), ("the config file", options.config_path),
+                             ("the model", str(model))):
+                if p.startswith(("/home/", "/root/", "/run/user/")):
+                    warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides "
+                                    f"from {unit}")
+        warnings += _readable_warnings(unit, name, spec.model, options, system)
+        content = env.get_template("server.service.j2").render(**ctx)
+        files.append(RenderedFile(unit, "service", _unit_rel(unit, system), content, service=name))
+
+    # The health check covers every configured service, whichever were named.
+    server_units = [unit_name(n, s) for n, s in config.services.items()]
+    if len(set(server_units)) != len(server_units):
+        raise UsageError("services: two services have the same unit name")
+    h = config.health
+    if not _TIMESPAN.fullmatch(h.interval):
+        raise UsageError(f"health.interval: {h.interval!r} is not a systemd time span (e.g. 1min, 30s)")
+    probe_hosts = [_probe_host(s.host) for s in config.services.values()]
+    per_service = h.timeout_s * (h.retries + 1) + h.retry_delay_s * h.retries + h.recovery_timeout_s
+    health_argv = [*base, "health", "--quiet"]
+    read_write: list[str] = []
+    if systemd_cfg.health_textfile:
+        health_argv += ["--textfile", systemd_cfg.health_textfile]
+        textfile_dir = str(PurePosixPath(systemd_cfg.health_textfile).parent)
+        read_write.append("-" + unit_path("systemd.health_textfile", textfile_dir))
+    credentials = [(f"api-keys-{n}", unit_path(f"services.{n}.api_keys_file", s.api_keys_file))
+                   for n, s in config.services.items() if s.api_keys_file]
+    if system:
+        state_rel = str(system_paths().state_dir.relative_to("/var/lib"))
+    else:
+        state_rel = ""
+        if options.paths is not None:
+            read_write.append("-" + unit_path("the state directory", str(options.paths.state_dir)))
+    hctx = {
+        "header": _header("#", options.config_path, "health check"),
+        "after": " ".join(["network.target", *server_units]),
+        "exec_start": exec_line(health_argv),
+        "timeout_start": _seconds(per_service * max(1, len(server_units)) + 30),
+        "credentials": credentials,
+        "system": system,
+        "health_user": systemd_cfg.health_user,
+        "state_directory": state_rel,
+        "read_write_paths": read_write,
+        "address_families": _families(probe_hosts or ["127.0.0.1"]),
+        "ip_allow": _ip_allow(probe_hosts or ["127.0.0.1"]),
+        "protect_home": "yes" if system else "read-only",
+    }
+    files.append(RenderedFile(HEALTH_UNIT, "service", _unit_rel(HEALTH_UNIT, system),
+                              env.get_template("health.service.j2").render(**hctx)))
+    tctx = {
+        "header": _header("#", options.config_path, "health check timer"),
+        "interval": h.interval,
+        "health_unit": HEALTH_UNIT,
+    }
+    files.append(RenderedFile(HEALTH_TIMER, "timer", _unit_rel(HEALTH_TIMER, system),
+                              env.get_template("health.timer.j2").render(**tctx)))
+    if system:
+        pctx = {
+            "header": _header("//", options.config_path, "health check restarts"),
+            "health_user": systemd_cfg.health_user,
+            "server_units": server_units,
+        }
+        files.append(RenderedFile(POLKIT_RULES, "polkit", str(POLKIT_DIR / POLKIT_RULES),
+                                  env.get_template("polkit.rules.j2").render(**pctx)))
+        sctx = {
+            "header": _header("#", options.config_path, "users"),
+            "health_user": systemd_cfg.health_user,
+            "health_home": str(system_paths().state_dir),
+        }
+        files.append(RenderedFile(SYSUSERS_CONF, "sysusers", str(SYSUSERS_DIR / SYSUSERS_CONF),
+                                  env.get_template("sysusers.conf.j2").render(**sctx)))
+    return RenderResult(tuple(files), tuple(warnings))
+
+
+def _readable_warnings(unit: str, service: str, model_ref: str, options: RenderOptions, system: bool) -> list[str]:
+    """The servers run as a dynamic user: the model and the config must be readable by others."""
+    if not system:
+        return []
+    out = []
+    candidates = [("the config file", Path(options.config_path))]
+    if options.paths is not None:
+        try:
+            from llmctl.models.store import Store
+
+            entry = Store(options.paths).read_lock().get(model_ref)
+        except Exception:
+            entry = None
+        if entry is not None:
+            candidates.append((f"model '{model_ref}'", options.paths.models_dir / entry.path))
+    for label, path in candidates:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o004:
+            out.append(f"{label} {path} is not world-readable; {unit} runs as a dynamic user and cannot "
+                       f"read it (chmod o+r)")
+    return out
+
+
+def _unit_rel(name: str, system: bool) -> str:
+    return str(SYSTEM_UNIT_DIR / name) if system else name

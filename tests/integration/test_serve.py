@@ -1,0 +1,421 @@
+"""`llmctl serve` end to end: one real server (a subprocess on 127.0.0.1, the smoke model), the real
+`openai` client, shared by the tests that can share it. Servers that need other settings
+(SIGTERM, a full queue) are in test_serve_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+KEY = "sk-test-main-0123456789"
+BURST_KEY = "sk-test-burst-abcdef"
+SECRET_MARKER = "zebra-quokka-7731"  # appears in a prompt; must never reach the log
+
+
+# -- helpers shared with test_serve_lifecycle.py --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def link_store(smoke_store: Path, home: Path) -> None:
+    """Hard-link the session's smoke model into a fresh LLMCTL_HOME (no copy, no re-assembly)."""
+    lock = json.loads((smoke_store / "models.lock").read_text())
+    for entry in lock["models"].values():
+        src = smoke_store / "models" / entry["path"]
+        dst = home / "models" / entry["path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        stamp = src.with_name(f".{src.name}.verified")
+        if stamp.exists() and not dst.with_name(stamp.name).exists():
+            shutil.copy2(stamp, dst.with_name(stamp.name))
+    (home / "models.lock").write_text(json.dumps(lock, indent=2))
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+    home: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+
+def start_server(home: Path, config: str, *args: str, env: dict | None = None) -> Server:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(config)
+    log_path = home / "server.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
+    environ.update({"LLMCTL_HOME": str(home), "LLMCTL_CONFIG": str(home / "config.yaml"), "NO_COLOR": "1"})
+    environ.update(env or {})
+    port = int(re.search(r"port: (\d+)", config).group(1)) if "port:" in config else free_port()
+    argv = [sys.executable, "-m", "llmctl", "serve", *args]
+    if "port:" not in config:
+        argv += ["--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ)
+    return Server(proc, port, home, log_path)
+
+
+def wait_healthy(server: Server, deadline_s: float = 120.0, headers: dict | None = None) -> None:
+    """Poll /health until 200 (503 while loading is expected on the way)."""
+    deadline = time.monotonic() + deadline_s
+    seen = set()
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited {server.proc.returncode}:\n" + "\n".join(server.log_lines()[-20:]))
+        try:
+            r = httpx.get(server.url + "/health", headers=headers, timeout=2)
+            seen.add(r.status_code)
+            if r.status_code == 200:
+                return
+            assert r.status_code == 503, r.text
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # polling interval, not synchronisation
+    raise AssertionError(f"server not healthy within {deadline_s}s (saw {seen})")
+
+
+def stop_server(server: Server, timeout: float = 30.0) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode
+
+
+def metric(text: str, name: str, labels: str | None = None) -> float:
+    """One sample's value from Prometheus text (0.0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if labels is None and key == name:
+            return float(value)
+        if labels is not None and key.startswith(name + "{") and all(part in key for part in labels.split(",")):
+            return float(value)
+    return 0.0
+
+
+def poll(condition, deadline_s: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the shared server ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("serve-home")
+    link_store(smoke_store, home)
+    keys = home / "api-keys"
+    keys.write_text(f"# test keys\n{KEY}\n\n{BURST_KEY}\n")
+    port = free_port()
+    config = f"""version: 1
+services:
+  smoke:
+    model: smoke
+    port: {port}
+    n_ctx: 512
+    api_keys_file: {keys}
+    shutdown_timeout_s: 5
+    limits:
+      max_body_bytes: 65536
+      max_tokens: 200
+      queue_length: 16
+      queue_timeout_s: 120
+      rate_limit_rpm: 600
+      rate_limit_burst: 40
+"""
+    server = start_server(home, config, "smoke")
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        code = stop_server(server)
+        assert code == 0, "\n".join(server.log_lines()[-20:])
+
+
+@pytest.fixture
+def client(served: Server):
+    return openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def auth(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_openai_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    assert "code" in err
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+def still_serving(served: Server) -> None:
+    c = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    r = c.completions.create(model="smoke", prompt="One, two,", max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+
+
+# -- the endpoints, through the openai client -------------------------------------------------------------
+
+
+def test_models_lists_the_served_model(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["smoke"]
+
+
+def test_chat_completion(client):
+    r = client.chat.completions.create(model="smoke", messages=[{"role": "user", "content": "Say hello."}],
+                                       max_tokens=8)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0
+    assert 1 <= r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model == "smoke"
+
+
+def test_chat_completion_stream_with_usage(client):
+    stream = client.chat.completions.create(
+        model="smoke", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert 1 <= usage.completion_tokens <= 8 and usage.prompt_tokens > 0
+    assert isinstance(content, str)
+
+
+def test_completion_stream_matches_non_stream(client):
+    kwargs = dict(model="smoke", prompt="The capital of France is", max_tokens=8, temperature=0, seed=7)
+    whole = client.completions.create(**kwargs)
+    parts = list(client.completions.create(**kwargs, stream=True))
+    text = "".join(p.choices[0].text for p in parts if p.choices)
+    assert text == whole.choices[0].text
+    assert whole.usage.completion_tokens == 8 and whole.choices[0].finish_reason == "length"
+    assert parts[-1].choices[0].finish_reason == "length"
+
+
+def test_max_tokens_is_capped(client):
+    r = client.completions.create(model="smoke", prompt="1 2 3 4 5 6 7", max_tokens=100000, temperature=0)
+    assert r.usage.completion_tokens <= 200
+
+
+# -- auth, limits, bad input: the right error, and the server keeps serving -------------------------------
+
+
+def test_missing_or_wrong_key_is_401(served):
+    for headers in ({}, auth("sk-wrong"), {"X-Api-Key": "sk-wrong"}, {"Authorization": "Basic abc"}):
+        r = httpx.post(served.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=headers)
+        assert_openai_error(r, 401, "invalid_api_key")
+    bad = openai.OpenAI(base_url=served.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    ok = httpx.get(served.url + "/v1/models", headers={"X-Api-Key": KEY})
+    assert ok.status_code == 200
+    still_serving(served)
+
+
+def test_health_is_public_metrics_is_not(served):
+    assert httpx.get(served.url + "/health").status_code == 200
+    assert_openai_error(httpx.get(served.url + "/metrics"), 401)
+    assert httpx.get(served.url + "/metrics", headers=auth()).status_code == 200
+    assert httpx.get(served.url + "/ready", headers=auth()).status_code == 200
+
+
+def test_burst_past_the_limit_is_429_with_retry_after(served):
+    limited = []
+    with httpx.Client(base_url=served.url, headers=auth(BURST_KEY)) as h:
+        for _ in range(80):
+            r = h.get("/v1/models")
+            if r.status_code == 429:
+                limited.append(r)
+                break
+            assert r.status_code == 200
+    assert limited, "no 429 within 80 requests (burst 40)"
+    err = assert_openai_error(limited[0], 429, "rate_limit_exceeded")
+    assert err["type"] == "rate_limit_error"
+    assert int(limited[0].headers["Retry-After"]) >= 1
+    # Another key has its own bucket, and the openai client sees a RateLimitError.
+    bursty = openai.OpenAI(base_url=served.url + "/v1", api_key=BURST_KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        bursty.models.list()
+    still_serving(served)
+
+
+def test_oversized_body_is_413(served, client):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="smoke", prompt="word " * 20000, max_tokens=1)
+    assert info.value.status_code == 413
+    # Without Content-Length (chunked), the limit holds while reading.
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 4096
+    r = httpx.post(served.url + "/v1/completions", content=chunks(), headers=auth())
+    assert_openai_error(r, 413, "request_too_large")
+    still_serving(served)
+
+
+def test_malformed_json_is_400(served, client):
+    for content in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        r = httpx.post(served.url + "/v1/chat/completions", content=content,
+                       headers={**auth(), "Content-Type": "application/json"})
+        assert_openai_error(r, 400)
+    r = httpx.post(served.url + "/v1/chat/completions", json={"messages": "hi"}, headers=auth())
+    assert_openai_error(r, 400)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smoke", messages=[], max_tokens=1)
+    still_serving(served)
+
+
+def test_prompt_longer_than_the_context_is_400(served, client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="smoke", prompt="alpha beta gamma delta " * 300, max_tokens=8)
+    assert info.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="smoke", messages=[{"role": "user", "content": "alpha beta gamma delta " * 300}], max_tokens=8)
+    still_serving(served)
+
+
+def test_unknown_route_is_404_in_openai_shape(served):
+    assert_openai_error(httpx.get(served.url + "/v1/nope", headers=auth()), 404)
+
+
+# -- concurrency ------------------------------------------------------------------------------------------
+
+
+def test_eight_concurrent_streams_all_complete(served, client):
+    prompt = "Once upon a time"
+    expected = client.completions.create(model="smoke", prompt=prompt, max_tokens=6, temperature=0).choices[0].text
+    results: list[str | BaseException] = [""] * 8
+
+    def worker(i: int) -> None:
+        try:
+            c = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+            parts = list(c.completions.create(model="smoke", prompt=prompt, max_tokens=6, temperature=0,
+                                              stream=True))
+            assert parts[-1].choices[0].finish_reason == "length"
+            results[i] = "".join(p.choices[0].text for p in parts if p.choices)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert results == [expected] * 8
+
+
+def test_disconnected_client_frees_its_place(served, client):
+    before = httpx.get(served.url + "/metrics", headers=auth()).text
+    predicted0 = metric(before, "llamacpp:tokens_predicted_total")
+    cancelled0 = metric(before, "llmctl_generations_cancelled_total")
+    with httpx.Client(timeout=120) as h:
+        with h.stream("POST", served.url + "/v1/completions", headers=auth(),
+                      json={"prompt": "Write a very long story:", "max_tokens": 200, "stream": True,
+                            "temperature": 1.0, "seed": 3}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            assert json.loads(first[6:])["choices"]
+        # leaving the block closes the connection mid-stream
+    text = poll(lambda: (t := httpx.get(served.url + "/metrics", headers=auth()).text)
+                and metric(t, "llmctl_generations_cancelled_total") > cancelled0 and t,
+                what="the generation to be cancelled")
+    assert metric(text, "llamacpp:tokens_predicted_total") - predicted0 < 200
+    poll(lambda: metric(httpx.get(served.url + "/metrics", headers=auth()).text,
+                        "llamacpp:requests_processing") == 0, what="the worker to be free")
+    still_serving(served)
+
+
+# -- metrics and the access log ---------------------------------------------------------------------------
+
+
+def test_metrics_move_with_requests(served, client):
+    def scrape() -> str:
+        return httpx.get(served.url + "/metrics", headers=auth()).text
+
+    before = scrape()
+    client.completions.create(model="smoke", prompt="Hello", max_tokens=3)
+    after = poll(lambda: (t := scrape()) and metric(t, "llamacpp:tokens_predicted_total")
+                 > metric(before, "llamacpp:tokens_predicted_total") and t, what="tokens_predicted to move")
+    label = 'endpoint="/v1/completions",status="200"'
+    assert metric(after, "llmctl_requests_total", label) == metric(before, "llmctl_requests_total", label) + 1
+    assert metric(after, "llamacpp:prompt_tokens_total") > metric(before, "llamacpp:prompt_tokens_total")
+    assert (metric(after, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"')
+            == metric(before, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"') + 1)
+    for name in ("llamacpp:requests_processing", "llamacpp:requests_deferred", "llmctl_requests_in_flight",
+                 "llmctl_model_load_seconds", "llamacpp:predicted_tokens_seconds", "llmctl_rate_limited_total",
+                 "llmctl_request_duration_seconds_count"):
+        assert name in after, name
+    assert metric(after, "llmctl_model_load_seconds") > 0
+
+
+def test_access_log_is_json_without_prompts_or_keys(served, client):
+    client.completions.create(model="smoke", prompt=f"My secret is {SECRET_MARKER}.", max_tokens=2)
+    line = poll(lambda: next((ln for ln in reversed(served.log_lines()) if '"/v1/completions"' in ln), None),
+                what="an access line")
+    records = [json.loads(ln) for ln in served.log_lines() if ln.startswith("{")]
+    access = [r for r in records if r.get("event") == "access"]
+    assert access and json.loads(line)["status"] == 200
+    assert {"ts", "method", "path", "status", "duration_ms", "client"} <= set(access[-1])
+    text = served.log_path.read_text()
+    assert SECRET_MARKER not in text
+    assert KEY not in text and BURST_KEY not in text
+    assert any(r.get("key_id", "").startswith("key-") for r in access)
