@@ -1,8 +1,8 @@
 """The engine benchmark: llama.cpp through llama-cpp-python's low-level (ctypes) API, measured the
 way llama.cpp's tools/llama-bench does it, so the figures can be compared with llama-bench's:
 
-- one context per test, n_ctx = n_prompt + n_gen (unless --ctx), swa_full off, n_ubatch 512;
-  the model is reloaded only when n_gpu_layers changes;
+- one context per test, n_ctx = n_prompt + n_gen (unless --ctx), swa_full off, n_ubatch 512, with its
+  own CPU threadpool (poll 50) attached; the model is reloaded only when n_gpu_layers changes;
 - a warm-up run (the whole prompt for pp, one token for tg) before the repetitions;
 - each repetition clears the KV cache (llama_memory_clear), then times, with a monotonic ns clock:
   pp: the prompt of random tokens decoded in n_batch chunks (BOS first when the vocab adds one),
@@ -175,6 +175,55 @@ class _Model:
             self.ptr = None
 
 
+class _ThreadpoolParams(ctypes.Structure):
+    """ggml.h's struct ggml_threadpool_params (GGML_MAX_N_THREADS = 512)."""
+
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _Threadpool:
+    """llama-bench attaches its own CPU threadpool (poll 50) to each context. Without one, ggml builds
+    without OpenMP create and join threads on every decode, which llama-bench's figures do not pay.
+    Best effort: a build without these symbols runs without (as llama-cpp-python's Llama does)."""
+
+    def __init__(self, L: Any, ctx: Any, n_threads: int, poll: int = 50) -> None:
+        self.ptr = None
+        self.free_fn = None
+        try:
+            from llama_cpp import _ggml
+
+            lib = _ggml.libggml
+            attach = L._lib.llama_attach_threadpool
+            default = lib.ggml_threadpool_params_default
+            new, free = lib.ggml_threadpool_new, lib.ggml_threadpool_free
+        except (ImportError, AttributeError, OSError):
+            return
+        default.restype, default.argtypes = _ThreadpoolParams, [ctypes.c_int]
+        new.restype, new.argtypes = ctypes.c_void_p, [ctypes.POINTER(_ThreadpoolParams)]
+        free.restype, free.argtypes = None, [ctypes.c_void_p]
+        attach.restype, attach.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        tpp = default(n_threads)
+        if tpp.n_threads != n_threads:  # the struct does not match this build: leave it alone
+            return
+        tpp.poll = poll
+        self.ptr = new(ctypes.byref(tpp))
+        if self.ptr:
+            self.free_fn = free
+            attach(ctx, self.ptr, None)
+
+    def free(self) -> None:
+        if self.ptr and self.free_fn is not None:
+            self.free_fn(self.ptr)
+            self.ptr = None
+
+
 class _Context:
     def __init__(self, L: Any, model: _Model, inst: TestInstance) -> None:
         self.L = L
@@ -196,11 +245,13 @@ class _Context:
             raise OperationFailed(f"llama.cpp could not create a context for {inst.name} "
                                   f"(n_ctx={inst.n_ctx}, n_batch={inst.n_batch})")
         L.llama_set_n_threads(self.ptr, inst.n_threads, inst.n_threads)
+        self.threadpool = _Threadpool(L, self.ptr, inst.n_threads)
 
     def free(self) -> None:
         if self.ptr:
             self.L.llama_free(self.ptr)
             self.ptr = None
+        self.threadpool.free()  # after the context that uses it, as llama-bench does
 
 
 def _tokens(rng: random.Random, n: int, n_vocab: int, bos: int | None) -> Any:
