@@ -51,7 +51,7 @@ def baseline_key(rec: dict[str, Any]) -> tuple:
     if "concurrency" in rec:
         return ("endpoint", f"c{int(rec['concurrency'])}", int(rec.get("n_gen") or 0))
     name = rec.get("test") or name_of_test(int(rec.get("n_prompt", 0)), int(rec.get("n_gen", 0)))
-    return ("engine", name, int(rec.get("n_threads", 0)), int(rec.get("n_gpu_layers", 0)),
+    return ("engine", rec.get("model_type"), name, int(rec.get("n_threads", 0)), int(rec.get("n_gpu_layers", 0)),
             int(rec.get("n_batch", 0)), _flash(rec.get("flash_attn", 0)))
 
 
@@ -104,5 +104,5 @@ def check_regression(results: list[Any], baseline: dict[tuple, float], max_regre
     if not out and results:
         out.append(GateOutcome("--max-regression", "-", 0.0, 0.0, False,
                                f"no result matches a row of the baseline {source} "
-                               "(same test, threads, n_gpu_layers, batch size and flash attention)"))
+                               "(same model type, test, threads, n_gpu_layers, batch size and flash attention)"))
     return out, unmatched

@@ -114,7 +114,8 @@ class EngineResult:
 
     def key(self) -> tuple:
         """What a baseline row must share with this one to be compared."""
-        return ("engine", self.test, self.n_threads, self.n_gpu_layers, self.n_batch, int(self.flash_attn))
+        return ("engine", self.model_type, self.test, self.n_threads, self.n_gpu_layers, self.n_batch,
+                int(self.flash_attn))
 
     def label(self) -> str:
         return (f"{self.test} (threads={self.n_threads}, ngl={self.n_gpu_layers}, "

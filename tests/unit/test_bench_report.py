@@ -111,17 +111,23 @@ def test_baseline_from_our_json_and_llama_bench_json(tmp_path):
     assert out[0].passed
     # llama-bench's own -o json: a list, no `test` field, flash_attn as a number
     lb = tmp_path / "lb.json"
-    lb.write_text(json.dumps([{"n_prompt": 64, "n_gen": 0, "n_threads": 2, "n_gpu_layers": 0,
-                               "n_batch": 2048, "flash_attn": 0, "avg_ts": 70.0}]))
+    lb.write_text(json.dumps([{"model_type": "gemma3 270M Q4_K - Medium", "n_prompt": 64, "n_gen": 0,
+                               "n_threads": 2, "n_gpu_layers": 0, "n_batch": 2048, "flash_attn": False,
+                               "avg_ts": 70.0}]))
     out, _ = G.check_regression(now, G.load_baseline(lb), 10.0, str(lb))
     assert out[0].passed
 
 
 def test_baseline_without_a_matching_row_fails(tmp_path):
     f = tmp_path / "b.json"
-    f.write_text(json.dumps([{"n_prompt": 64, "n_gen": 0, "n_threads": 8, "avg_ts": 1.0}]))
+    f.write_text(json.dumps([{"model_type": "gemma3 270M Q4_K - Medium", "n_prompt": 64, "n_gen": 0,
+                              "n_threads": 8, "n_batch": 2048, "avg_ts": 1.0}]))
     out, unmatched = G.check_regression([engine_result()], G.load_baseline(f), 10.0, str(f))
     assert len(unmatched) == 1 and not out[0].passed and "no result matches" in out[0].detail
+    # another model with the same test and parameters is not a baseline either
+    out, _ = G.check_regression([engine_result(threads=8, model_type="llama 7B Q4_0")], G.load_baseline(f), 10.0,
+                                str(f))
+    assert not out[0].passed
 
 
 @pytest.mark.parametrize("text", ["not json", "{}", '[{"n_prompt": 1}]', '{"results": [1]}'])
