@@ -10,7 +10,12 @@ on CPUs with AMX, see llmctl/bench/engine.py), and run the same way: each round 
 process for each (`llmctl bench -p 0 -n N -r R`; this script with --plain-child), each loads the model,
 warms up, then times R repetitions. Medians of the per-repetition t/s are compared.
 
+With --llama-bench PATH (llama.cpp's tools/llama-bench, built from the same llama.cpp as the installed
+llama-cpp-python), it instead checks agreement: pp and tg of `llmctl bench` against llama-bench's own
+figures, same model, threads, repack, flash attention off, interleaved rounds; target ratio 0.95-1.05.
+
 Usage: python benchmarks/bench_engine.py [--n-gen 64] [--reps 3] [--rounds 3] [--threads 1]
+       python benchmarks/bench_engine.py --llama-bench PATH [--n-prompt 64] [--n-gen 32] ...
 """
 
 from __future__ import annotations
@@ -89,12 +94,45 @@ def plain_tg(path: Path, n_gen: int, reps: int, threads: int, n_ctx: int, env: d
     return json.loads(out.splitlines()[-1])
 
 
+def engine_figures(argv: list[str], env: dict) -> dict[str, list[float]]:
+    """Per-test samples_ts from a llama-bench style JSON list (ours inside {"results": [...]})."""
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+    doc = json.loads(out)
+    rows = doc["results"] if isinstance(doc, dict) else doc
+    return {("pp" if r["n_gen"] == 0 else "tg"): list(r["samples_ts"]) for r in rows}
+
+
+def versus_llama_bench(args, path: Path, env: dict, repack: bool) -> None:
+    common = ["-p", str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.reps), "-t", str(args.threads)]
+    ours_argv = [sys.executable, "-m", "llmctl", "bench", "smoke", *common, "-o", "json", "-q",
+                 "--repack" if repack else "--no-repack"]
+    theirs_argv = [args.llama_bench, "-m", str(path), *common, "-ngl", "0", "-fa", "0",
+                   "--repack", "1" if repack else "0", "-o", "json"]
+    ours: dict[str, list[float]] = {"pp": [], "tg": []}
+    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    for rnd in range(args.rounds):
+        for acc, argv in ((ours, ours_argv), (theirs, theirs_argv)) if rnd % 2 == 0 else \
+                ((theirs, theirs_argv), (ours, ours_argv)):
+            for k, v in engine_figures(argv, env).items():
+                acc[k] += v
+        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    print(f"model: {path.name}, threads {args.threads}, repack {'on' if repack else 'off'}, "
+          f"{args.rounds} rounds x {args.reps} repetitions")
+    for k, n in (("pp", args.n_prompt), ("tg", args.n_gen)):
+        a, b = statistics.median(ours[k]), statistics.median(theirs[k])
+        print(f"{k}{n}: llmctl bench median {a:8.2f} t/s (min {min(ours[k]):.2f}, max {max(ours[k]):.2f})  "
+              f"llama-bench median {b:8.2f} t/s (min {min(theirs[k]):.2f}, max {max(theirs[k]):.2f})")
+        print(ratio_line(f"llmctl bench {k}{n} t/s / llama-bench {k}{n} t/s", a / b, "0.95-1.05"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-prompt", type=int, default=64, help="with --llama-bench: the pp test")
+    ap.add_argument("--llama-bench", metavar="PATH", help="compare with llama.cpp's llama-bench instead")
     ap.add_argument("--plain-child", metavar="GGUF", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n_ctx = 256 if args.n_gen < 256 else args.n_gen + 1
@@ -109,6 +147,9 @@ def main() -> None:
     env = {**os.environ}
     env.setdefault("LLMCTL_HOME", str(Path.home() / ".cache" / "llmctl-bench-home"))
     path = smoke_path(env)
+    if args.llama_bench:
+        versus_llama_bench(args, path, env, repack)
+        return
     ours: list[float] = []
     plain: list[float] = []
     for rnd in range(args.rounds):
