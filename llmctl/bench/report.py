@@ -17,9 +17,10 @@ FORMATS = ("table", "json", "jsonl", "csv", "md")
 # llama-bench's CSV/JSON fields, in its order (plus ours at the end: n_ctx, repack, test)
 ENGINE_FIELDS = (
     "build_commit", "build_number", "cpu_info", "gpu_info", "backends", "model_filename", "model_type",
-    "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
-    "flash_attn", "n_prompt", "n_gen", "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts",
-    "n_ctx", "repack", "test",
+    "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads", "cpu_mask", "cpu_strict", "poll",
+    "type_k", "type_v", "n_gpu_layers", "n_cpu_moe", "split_mode", "main_gpu", "no_kv_offload", "flash_attn",
+    "embeddings", "no_op_offload", "no_host", "repack", "n_prompt", "n_gen", "n_depth", "test_time",
+    "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "n_ctx", "test",
 )
 ENDPOINT_FIELDS = (
     "url", "api", "model", "test", "concurrency", "n_requests", "n_ok", "n_failed", "n_gen", "prompt_tokens",
