@@ -13,6 +13,10 @@ warms up, then times R repetitions. Medians of the per-repetition t/s are compar
 With --llama-bench PATH (llama.cpp's tools/llama-bench, built from the same llama.cpp as the installed
 llama-cpp-python), it instead checks agreement: pp and tg of `llmctl bench` against llama-bench's own
 figures, same model, threads, repack, flash attention off, interleaved rounds; target ratio 0.95-1.05.
+The closest comparison links llama-bench against the installed package's own libraries
+(llama_cpp/lib/libllama.so, libggml*.so), compiled from the sdist's vendor/llama.cpp headers and sources
+(tools/llama-bench/*.cpp, common/{common,log,fit}.cpp, the generated build-info.cpp), so that both
+programs run the very same llama.cpp binary code.
 
 Usage: python benchmarks/bench_engine.py [--n-gen 64] [--reps 3] [--rounds 3] [--threads 1]
        python benchmarks/bench_engine.py --llama-bench PATH [--n-prompt 64] [--n-gen 32] ...
