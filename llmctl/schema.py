@@ -135,6 +135,13 @@ class HealthPolicy(Strict):
     interval: str = "1min"  # the systemd timer's period
     check_gpu: bool = True  # for GPU services: confirm offload is active
 
+    @field_validator("restart_command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not v[0].strip()):
+            raise ValueError("must name a command: a list such as [systemctl, restart, '{unit}'], or null")
+        return v
+
 
 class BenchDefaults(Strict):
     """Defaults for `llmctl bench`."""

@@ -63,7 +63,7 @@ def root(
 
 app.add_typer(models.app, name="models")
 app.add_typer(systemd.app, name="systemd")
-app.command("health", help=health.HELP)(health.main)
+app.command("health", help=health.HELP, context_settings=health.CONTEXT_SETTINGS)(health.main)
 app.command("bench", help=bench.HELP)(bench.main)
 app.command("serve", help=serve.HELP)(serve.main)
 app.add_typer(config.app, name="config")

@@ -45,8 +45,7 @@ def resolve_model(
     if entry is not None:
         return ResolvedModel(ref, store.model_path(entry), entry, chat_format or entry.chat_format)
     if spec is not None:
-        raise NotFound(f"model '{ref}' is configured but not pulled yet", hint=f"llmctl models pull --name {ref}"
-                       if spec.repo is None else "llmctl models pull")
+        raise NotFound(f"model '{ref}' is configured but not pulled yet", hint=f"llmctl models pull {ref}")
     if "/" in ref or ref.endswith(".gguf"):
         path = Path(ref).expanduser()
         if not allow_path:

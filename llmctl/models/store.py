@@ -155,6 +155,7 @@ class Store:
         from llmctl.fsutil import commit_file
 
         dest = self.root / entry.path
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         with self.locked():
             lock = self.read_lock()
             old = lock.get(entry.name)
@@ -164,6 +165,18 @@ class Store:
             self._write_lock(Lockfile(entries))
             if old is not None and old.path != entry.path:
                 (self.root / old.path).unlink(missing_ok=True)
+        return entry
+
+    def record(self, entry: LockEntry) -> LockEntry:
+        """Update the lock entry of a file already in the store (e.g. the same bytes at a newer commit)."""
+        with self.locked():
+            lock = self.read_lock()
+            old = lock.get(entry.name)
+            if old is None or old.path != entry.path or old.sha256 != entry.sha256:
+                raise OperationFailed(f"model '{entry.name}' changed in the lock while it was being updated")
+            entries = dict(lock.entries)
+            entries[entry.name] = entry
+            self._write_lock(Lockfile(entries))
         return entry
 
     def remove(self, name: str) -> LockEntry:

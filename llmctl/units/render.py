@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from llmctl import __version__
 from llmctl.errors import NotFound, UsageError
+from llmctl.netutil import is_loopback
 from llmctl.paths import SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, Paths
 
 if TYPE_CHECKING:
@@ -130,15 +131,6 @@ def _seconds(value: float) -> str:
     return f"{math.ceil(value)}s"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _families(hosts: list[str]) -> str:
     """AF_UNIX for sd_notify and D-Bus; AF_INET and AF_INET6 only where a host needs them."""
     inet4 = inet6 = False
@@ -168,7 +160,7 @@ def _probe_host(host: str) -> str:
 
 def _ip_allow(hosts: list[str]) -> str | None:
     """IPAddressAllow= when every host is loopback; None (no IP restriction) otherwise."""
-    return "localhost" if hosts and all(_is_loopback(h) for h in hosts) else None
+    return "localhost" if hosts and all(is_loopback(h) for h in hosts) else None
 
 
 def _header(comment: str, source: str, what: str) -> str:

@@ -1,0 +1,1 @@
+"""Health checks: probes, the remediation policy, reporters (see llmctl/cli/health.py)."""

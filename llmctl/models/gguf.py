@@ -1,0 +1,140 @@
+"""A small reader of a GGUF file's key-value header: architecture, name, context length, quantization.
+
+Only the header is read (never the tensors), with the standard library: no numpy, no `gguf` package.
+Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from llmctl.errors import UsageError
+
+GGUF_MAGIC = b"GGUF"
+
+# llama.cpp's `llama_ftype` (general.file_type) -> the name people use for the quantization.
+FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE",
+}
+
+# value type -> struct format of a scalar
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GgufInfo:
+    version: int
+    tensor_count: int
+    architecture: str | None
+    name: str | None
+    context_length: int | None
+    file_type: int | None
+
+    @property
+    def quantization(self) -> str | None:
+        if self.file_type is None:
+            return None
+        return FILE_TYPES.get(self.file_type, f"type {self.file_type}")
+
+
+class _Reader:
+    def __init__(self, fh: BinaryIO, path: Path) -> None:
+        self.fh = fh
+        self.path = path
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise UsageError(f"{self.path}: truncated GGUF header")
+        return data
+
+    def scalar(self, fmt: str):
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        if n > 1 << 24:
+            raise UsageError(f"{self.path}: implausible GGUF string length {n}")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        n = self.scalar("<Q")
+        self.fh.seek(n, 1)
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            self.skip_array()
+            return None
+        raise UsageError(f"{self.path}: unknown GGUF value type {vtype}")
+
+    def skip_array(self) -> None:
+        itype = self.scalar("<I")
+        count = self.scalar("<Q")
+        if itype in _SCALARS:
+            self.fh.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
+        elif itype == _STRING:
+            for _ in range(count):
+                self.skip_string()
+        elif itype == _ARRAY:
+            for _ in range(count):
+                self.skip_array()
+        else:
+            raise UsageError(f"{self.path}: unknown GGUF array type {itype}")
+
+
+def read_gguf_info(path: Path) -> GgufInfo:
+    """Read the header of a GGUF file; raise UsageError when it is not one."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        r = _Reader(fh, path)
+        if fh.read(4) != GGUF_MAGIC:
+            raise UsageError(f"{path}: not a GGUF file (bad magic)")
+        version = r.scalar("<I")
+        if version not in (2, 3):
+            raise UsageError(f"{path}: unsupported GGUF version {version}")
+        tensor_count = r.scalar("<Q")
+        kv_count = r.scalar("<Q")
+        kv: dict[str, object] = {}
+        arch: str | None = None
+        for _ in range(kv_count):
+            key = r.string()
+            vtype = r.scalar("<I")
+            wanted = key.startswith("general.") or key.endswith(".context_length")
+            if not wanted and vtype == _ARRAY:
+                r.skip_array()
+                continue
+            if not wanted and vtype == _STRING:
+                r.skip_string()
+                continue
+            val = r.value(vtype)
+            if wanted:
+                kv[key] = val
+            if key == "general.architecture":
+                arch = str(val)
+            # Stop early once everything needed is known: the tokenizer arrays come later and are large.
+            if arch and f"{arch}.context_length" in kv and "general.file_type" in kv and "general.name" in kv:
+                break
+    ctx = kv.get(f"{arch}.context_length") if arch else None
+    ft = kv.get("general.file_type")
+    name = kv.get("general.name")
+    return GgufInfo(
+        version=version,
+        tensor_count=tensor_count,
+        architecture=arch,
+        name=str(name) if name is not None else None,
+        context_length=int(ctx) if isinstance(ctx, int) else None,
+        file_type=int(ft) if isinstance(ft, int) else None,
+    )

@@ -1,0 +1,358 @@
+"""What `llmctl models` does: pull, import, list, show, verify, remove. Returns dataclasses.
+
+Nothing here prints. Progress goes through callbacks; failures are LlmctlErrors.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmctl.errors import IntegrityError, LlmctlError, NotFound, OperationFailed, UsageError
+from llmctl.models.download import Notice, fetch_verified, write_all
+from llmctl.models.gguf import GgufInfo, read_gguf_info
+from llmctl.models.hub import HubSettings, hub_settings, resolve_remote
+from llmctl.models.store import HASH_CHUNK, LockEntry, Progress, Store, free_bytes, sha256_file, utc_now
+
+if TYPE_CHECKING:
+    from llmctl.schema import ModelSpec
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as llmctl.schema (not imported: pydantic is heavy)
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SPACE_MARGIN = 16 * 1024 * 1024  # keep this much free beyond the download itself
+
+
+@dataclass(frozen=True)
+class PullResult:
+    name: str
+    status: str  # "installed" | "present"
+    path: Path
+    size: int
+    sha256: str
+    repo: str | None = None
+    file: str | None = None
+    revision: str | None = None  # the commit
+    source: str = "hub"
+    resumed_from: int = 0
+    fetched: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "status": self.status, "path": str(self.path), "size": self.size,
+            "sha256": self.sha256, "repo": self.repo, "file": self.file, "revision": self.revision,
+            "source": self.source, "resumed_from": self.resumed_from, "fetched": self.fetched,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _result(entry: LockEntry, store: Store, status: str, **kw) -> PullResult:
+    return PullResult(entry.name, status, store.model_path(entry), entry.size, entry.sha256,
+                      entry.repo, entry.file, entry.revision, entry.source, **kw)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(f"--name {name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 64)")
+    return name
+
+
+def default_name(file: str) -> str:
+    stem = Path(file).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:64]
+    return name or "model"
+
+
+def normalize_sha256(value: str | None, flag: str = "--sha256") -> str | None:
+    if value is None:
+        return None
+    v = value.strip().lower().removeprefix("sha256:")
+    if not SHA256_RE.match(v):
+        raise UsageError(f"{flag}: must be 64 hex digits, got {value!r}")
+    return v
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = free_bytes(directory)
+    if free < needed + SPACE_MARGIN:
+        raise OperationFailed(
+            f"not enough disk space in {directory}: {needed} bytes needed, {free} free",
+            hint="free some space (`llmctl models rm NAME`), or point LLMCTL_HOME elsewhere",
+        )
+
+
+def _present(store: Store, entry: LockEntry | None) -> bool:
+    if entry is None:
+        return False
+    try:
+        return store.model_path(entry).stat().st_size == entry.size
+    except OSError:
+        return False
+
+
+# -- pull -----------------------------------------------------------------------------------------
+
+
+def pull(
+    store: Store,
+    repo: str,
+    file: str,
+    *,
+    revision: str = "main",
+    name: str | None = None,
+    sha256: str | None = None,
+    chat_format: str | None = None,
+    settings: HubSettings | None = None,
+    progress: Progress | None = None,
+    notice: Notice | None = None,
+    retries: int = 2,
+) -> PullResult:
+    """Resolve, download, verify and install one file from the Hub (or find it already installed)."""
+    from filelock import FileLock, Timeout
+
+    t0 = time.perf_counter()
+    if repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/"):
+        raise UsageError(f"REPO {repo!r} must look like 'owner/name'")
+    if not file or not file.endswith(".gguf"):
+        raise UsageError(f"FILE {file!r} must name a .gguf file in the repository")
+    if file.startswith("/") or ".." in file.split("/"):
+        raise UsageError(f"FILE {file!r} must be a path inside the repository")
+    if not revision.strip():
+        raise UsageError(f"--revision {revision!r}: give a branch, tag or commit")
+    name = check_name(name) if name else default_name(file)
+    pinned = normalize_sha256(sha256)
+    settings = settings or hub_settings()
+    existing = store.read_lock().get(name)
+    same_source = existing is not None and existing.repo == repo and existing.file == file
+    if settings.offline:
+        if (same_source and _present(store, existing)
+                and (not COMMIT_RE.match(revision) or revision == existing.revision)
+                and (pinned is None or pinned == existing.sha256)):
+            return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+        raise OperationFailed(
+            f"HF_HUB_OFFLINE is set and '{repo}/{file}' (as '{name}') is not in the store",
+            hint="unset HF_HUB_OFFLINE to download it, or `llmctl models import PATH` a local copy",
+        )
+    # A commit-pinned revision that is installed needs no network at all.
+    if (same_source and existing.revision == revision and _present(store, existing)
+            and (pinned is None or pinned == existing.sha256)):
+        return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+
+    remote = resolve_remote(repo, file, revision, settings)
+    label = f"{repo}/{file}@{remote.commit[:12]}"
+    if pinned and remote.sha256 and pinned != remote.sha256:
+        raise IntegrityError(
+            f"{label}: the pinned sha256 {pinned} does not match the Hub's {remote.sha256}; nothing downloaded"
+        )
+    want = remote.sha256 or pinned
+    if want is None:
+        raise OperationFailed(f"{label}: the Hub publishes no SHA256 for this file (not an LFS file)",
+                              hint="pin the expected hash with --sha256")
+    if same_source and existing.sha256 == want and _present(store, existing):
+        if existing.revision != remote.commit:
+            # The revision moved but this file's bytes did not: record the new commit, download nothing.
+            existing = store.record(replace(existing, revision=remote.commit))
+        return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+
+    if existing is not None and notice:
+        notice(f"replacing '{name}' ({existing.repo or existing.source}/{existing.file}"
+               f"@{(existing.revision or '')[:12]}) with {label}")
+    partial_dir = store.partial_dir()
+    partial = partial_dir / f"{want}.part"
+    have = partial.stat().st_size if partial.exists() else 0
+    _check_space(partial_dir, max(remote.size - have, 0))
+    lock = FileLock(str(partial) + ".flock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OperationFailed(f"another llmctl process is downloading {label}",
+                              hint="wait for it to finish") from None
+    try:
+        got = fetch_verified(
+            remote.url, partial, size=remote.size, sha256=remote.sha256, pinned=pinned,
+            token=settings.token, label=label, progress=progress, notice=notice, retries=retries,
+        )
+        entry = LockEntry(
+            name=name, file=file, path=f"{name}/{Path(file).name}", size=got.size, sha256=got.sha256,
+            pulled_at=utc_now(), repo=repo, revision=remote.commit, source="hub", chat_format=chat_format,
+        )
+        store.install(got.path, entry)
+    finally:
+        lock.release()  # the empty .flock file stays: deleting it would race with a waiting process
+    return _result(entry, store, "installed", resumed_from=got.resumed_from, fetched=got.fetched,
+                   seconds=time.perf_counter() - t0)
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+def import_file(
+    store: Store,
+    path: Path,
+    *,
+    name: str | None = None,
+    sha256: str | None = None,
+    chat_format: str | None = None,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Copy a local GGUF into the store, hashing while copying; install it once verified."""
+    t0 = time.perf_counter()
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise NotFound(f"no such file: {src}")
+    read_gguf_info(src)  # a clear error for a file that is not GGUF
+    name = check_name(name) if name else default_name(src.name)
+    pinned = normalize_sha256(sha256, "sha256")
+    total = src.stat().st_size
+    partial_dir = store.partial_dir()
+    _check_space(partial_dir, total)
+    fd, tmp_name = tempfile.mkstemp(prefix="import.", suffix=".part", dir=partial_dir)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out, open(src, "rb", buffering=0) as fh:
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            while n := fh.readinto(buf):
+                digest.update(view[:n])
+                write_all(out, view[:n])
+                done += n
+                if progress:
+                    progress(done, total)
+            os.fsync(out.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OperationFailed(f"disk full while importing {src} into {partial_dir}",
+                                  hint="free some space and retry") from None
+        raise
+    try:
+        actual = digest.hexdigest()
+        if pinned is not None and actual != pinned:
+            raise IntegrityError(f"{src}: sha256 {actual} does not match the pinned {pinned}; nothing imported")
+        entry = LockEntry(name=name, file=src.name, path=f"{name}/{src.name}", size=done, sha256=actual,
+                          pulled_at=utc_now(), source="import", chat_format=chat_format)
+        store.install(tmp, entry)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _result(entry, store, "installed", fetched=0, seconds=time.perf_counter() - t0)
+
+
+# -- the config's models: section -----------------------------------------------------------------
+
+
+def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
+    if spec.path is not None:
+        existing = store.read_lock().get(name)
+        src = Path(spec.path).expanduser()
+        if (existing is not None and existing.source == "import" and _present(store, existing)
+                and src.is_file() and src.stat().st_size == existing.size
+                and (spec.sha256 is None or spec.sha256 == existing.sha256)):
+            return _result(existing, store, "present")
+        return import_file(store, src, name=name, sha256=spec.sha256, chat_format=spec.chat_format,
+                           progress=kw.get("progress"))
+    return pull(store, spec.repo, spec.file, revision=spec.revision, name=name, sha256=spec.sha256,
+                chat_format=spec.chat_format, **kw)
+
+
+def pull_smoke(store: Store, progress: Progress | None = None) -> PullResult:
+    from llmctl.models.smoke import SMOKE_NAME, ensure_smoke
+
+    t0 = time.perf_counter()
+    before = store.read_lock().get(SMOKE_NAME)
+    entry = ensure_smoke(store, progress)
+    status = "present" if before == entry else "installed"
+    return _result(entry, store, status, seconds=time.perf_counter() - t0)
+
+
+# -- list / show / verify / rm --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    entry: LockEntry
+    path: Path
+    present: bool
+    gguf: GgufInfo | None = None
+    problem: str | None = None
+
+    def to_json(self) -> dict:
+        g = self.gguf
+        return {
+            "name": self.entry.name, **self.entry.to_json(), "abs_path": str(self.path), "present": self.present,
+            "architecture": g.architecture if g else None, "model_name": g.name if g else None,
+            "quantization": g.quantization if g else None, "context_length": g.context_length if g else None,
+            "problem": self.problem,
+        }
+
+
+def _info(store: Store, entry: LockEntry) -> ModelInfo:
+    path = store.model_path(entry)
+    if not path.is_file():
+        return ModelInfo(entry, path, False, None, "file missing")
+    try:
+        return ModelInfo(entry, path, True, read_gguf_info(path))
+    except (LlmctlError, OSError) as exc:
+        return ModelInfo(entry, path, True, None, str(exc))
+
+
+def list_models(store: Store) -> list[ModelInfo]:
+    return [_info(store, e) for e in store.list()]
+
+
+def show_model(store: Store, name: str) -> ModelInfo:
+    return _info(store, store.get(name))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    path: Path
+    ok: bool
+    expected: str
+    actual: str | None  # None: the file is missing
+    size: int
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "ok": self.ok, "expected_sha256": self.expected,
+                "actual_sha256": self.actual, "size": self.size, "message": self.message}
+
+
+def verify_models(store: Store, names: list[str] | None = None, *, progress_for=None) -> list[VerifyResult]:
+    """Re-hash each named (default: every) model against the lock. Never raises for a mismatch."""
+    lock = store.read_lock()
+    if names:
+        missing = [n for n in names if lock.get(n) is None]
+        if missing:
+            raise NotFound(f"not installed: {', '.join(missing)}", hint="see `llmctl models list`")
+        entries = [lock.entries[n] for n in names]
+    else:
+        entries = [lock.entries[n] for n in sorted(lock.entries)]
+    results = []
+    for entry in entries:
+        path = store.model_path(entry)
+        if not path.is_file():
+            results.append(VerifyResult(entry.name, path, False, entry.sha256, None, entry.size,
+                                        f"{path}: missing (expected sha256 {entry.sha256})"))
+            continue
+        actual = sha256_file(path, progress_for(entry) if progress_for else None)
+        ok = actual == entry.sha256
+        msg = "" if ok else f"{path}: sha256 {actual} does not match the lock's {entry.sha256}"
+        results.append(VerifyResult(entry.name, path, ok, entry.sha256, actual, entry.size, msg))
+    return results
+
+
+def remove_model(store: Store, name: str) -> LockEntry:
+    return store.remove(name)
