@@ -16,11 +16,6 @@ HELP = "Benchmark prompt processing and generation tokens/s of a model (llama-be
 
 _FORMATS = ("table", "json", "jsonl", "csv", "md")
 
-EPILOG = (
-    "Examples:  llmctl bench smoke -p 64 -n 32 -r 3 -o json  |  llmctl bench -t 1,2 -p 128,512  |  "
-    "llmctl bench --min-tg 20 --baseline last.json --max-regression 10  |  "
-    "llmctl bench --url http://127.0.0.1:8000 --concurrency 1,4,8 -n 64"
-)
 
 
 @guard
@@ -29,14 +24,14 @@ def main(
         help="Store name, GGUF path or `smoke` (default: bench.model in the config). "
              "With --url: the model name sent to the server (default: its first /v1/models entry).",
         show_default=False)] = None,
-    n_prompt: Annotated[str | None, typer.Option("-p", "--n-prompt", help="Prompt tokens of the pp test(s), comma list or range; 0 skips. [config: 512]", show_default=False)] = None,
-    n_gen: Annotated[str | None, typer.Option("-n", "--n-gen", help="Generated tokens of the tg test(s), comma list; 0 skips. With --url: max_tokens. [config: 128]", show_default=False)] = None,
-    repetitions: Annotated[int | None, typer.Option("-r", "--repetitions", help="Timed repetitions per test, after a warm-up run. [config: 5]", show_default=False)] = None,
+    n_prompt: Annotated[str | None, typer.Option("-p", "--n-prompt", help="Prompt tokens of the pp test(s), comma list or range; 0 skips. Default: bench.n_prompt (512).", show_default=False)] = None,
+    n_gen: Annotated[str | None, typer.Option("-n", "--n-gen", help="Generated tokens of the tg test(s), comma list; 0 skips. With --url: max_tokens. Default: bench.n_gen (128).", show_default=False)] = None,
+    repetitions: Annotated[int | None, typer.Option("-r", "--repetitions", help="Timed repetitions per test, after a warm-up run. Default: bench.repetitions (5).", show_default=False)] = None,
     threads: Annotated[str | None, typer.Option("-t", "--threads", help="CPU threads, comma list (default: physical cores).", show_default=False)] = None,
-    n_gpu_layers: Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", help="Layers offloaded to the GPU, comma list; -1 = all. [config: 0]", show_default=False)] = None,
-    batch_size: Annotated[str | None, typer.Option("-b", "--batch-size", help="Logical batch size (n_batch), comma list. [config: 2048]", show_default=False)] = None,
+    n_gpu_layers: Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", help="Layers offloaded to the GPU, comma list; -1 = all. Default: bench.n_gpu_layers (0).", show_default=False)] = None,
+    batch_size: Annotated[str | None, typer.Option("-b", "--batch-size", help="Logical batch size (n_batch), comma list. Default: bench.batch_size (2048).", show_default=False)] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context size (default: n_prompt + n_gen of each test, as llama-bench).", show_default=False)] = None,
-    flash_attn: Annotated[str | None, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off, or both (on,off). [config: off]", show_default=False)] = None,
+    flash_attn: Annotated[str | None, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off, or both (on,off). Default: bench.flash_attn (off).", show_default=False)] = None,
     repack: Annotated[bool | None, typer.Option("--repack/--no-repack", help="llama.cpp's repacked/AMX weight buffers (default: on, except on AMX CPUs where ggml's AMX kernel crashes).", show_default=False)] = None,
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
     output: Annotated[str, typer.Option("-o", "--output", help="table, json, jsonl, csv or md (llama-bench's field names).")] = "table",
@@ -44,9 +39,9 @@ def main(
     min_pp: Annotated[float | None, typer.Option("--min-pp", metavar="T/S", help="Gate: every pp result must reach this t/s.", show_default=False)] = None,
     min_tg: Annotated[float | None, typer.Option("--min-tg", metavar="T/S", help="Gate: every tg result (with --url: output t/s per level) must reach this.", show_default=False)] = None,
     baseline: Annotated[Path | None, typer.Option("--baseline", metavar="FILE.json", help="Gate: compare with an earlier `-o json` result (or llama-bench's JSON).", show_default=False)] = None,
-    max_regression: Annotated[float | None, typer.Option("--max-regression", metavar="PCT", help="With --baseline: the largest drop in t/s allowed, in percent. [10]", show_default=False)] = None,
+    max_regression: Annotated[float | None, typer.Option("--max-regression", metavar="PCT", help="With --baseline: the largest drop in t/s allowed, in percent (default 10).", show_default=False)] = None,
     url: Annotated[str | None, typer.Option("--url", help="Benchmark a running OpenAI-compatible endpoint instead (http://HOST:PORT).", show_default=False)] = None,
-    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="With --url: parallel streams, comma list.")] = "1",
+    concurrency: Annotated[str, typer.Option("--concurrency", help="With --url: parallel streams, comma list.")] = "1",
     requests: Annotated[int | None, typer.Option("--requests", help="With --url: requests per concurrency level (default: max(4, 2 x concurrency)).", show_default=False)] = None,
     api: Annotated[str, typer.Option("--api", help="With --url: chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="With --url: bearer key (else $OPENAI_API_KEY). Never printed.", show_default=False)] = None,
