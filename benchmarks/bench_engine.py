@@ -162,7 +162,8 @@ def main() -> None:
         print(f"round {rnd + 1}/{args.rounds}: llmctl bench {statistics.median(ours):.2f} t/s, "
               f"plain loop {statistics.median(plain):.2f} t/s (medians so far)", file=sys.stderr)
     m_ours, m_plain = statistics.median(ours), statistics.median(plain)
-    print(f"model: {path.name}, threads {args.threads}, n_ctx {n_ctx}, tg{args.n_gen}, repack {'on' if repack else 'off'}")
+    print(f"model: {path.name}, threads {args.threads}, n_ctx {n_ctx}, tg{args.n_gen}, "
+          f"repack {'on' if repack else 'off'}")
     print(f"llmctl bench tg{args.n_gen}:   median {m_ours:8.2f} t/s  (n={len(ours)}, "
           f"min {min(ours):.2f}, max {max(ours):.2f})")
     print(f"plain Llama.generate: median {m_plain:8.2f} t/s  (n={len(plain)}, "

@@ -12,10 +12,10 @@ import typer
 from llmctl.cli._common import guard, info, load_config, print_table, resolve_paths
 from llmctl.errors import OperationFailed, UsageError
 
-HELP = "Benchmark prompt processing and generation tokens/s of a model (llama-bench style) or of a running endpoint (--url), with CI gates."
+HELP = ("Benchmark prompt processing and generation tokens/s of a model (llama-bench style) "
+        "or of a running endpoint (--url), with CI gates.")
 
 _FORMATS = ("table", "json", "jsonl", "csv", "md")
-
 
 
 @guard
@@ -24,28 +24,70 @@ def main(
         help="Store name, GGUF path or `smoke` (default: bench.model in the config). "
              "With --url: the model name sent to the server (default: its first /v1/models entry).",
         show_default=False)] = None,
-    n_prompt: Annotated[str | None, typer.Option("-p", "--n-prompt", help="Prompt tokens of the pp test(s), comma list or range; 0 skips. Default: bench.n_prompt (512).", show_default=False)] = None,
-    n_gen: Annotated[str | None, typer.Option("-n", "--n-gen", help="Generated tokens of the tg test(s), comma list; 0 skips. With --url: max_tokens. Default: bench.n_gen (128).", show_default=False)] = None,
-    repetitions: Annotated[int | None, typer.Option("-r", "--repetitions", help="Timed repetitions per test, after a warm-up run. Default: bench.repetitions (5).", show_default=False)] = None,
-    threads: Annotated[str | None, typer.Option("-t", "--threads", help="CPU threads, comma list (default: physical cores).", show_default=False)] = None,
-    n_gpu_layers: Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", help="Layers offloaded to the GPU, comma list; -1 = all. Default: bench.n_gpu_layers (0).", show_default=False)] = None,
-    batch_size: Annotated[str | None, typer.Option("-b", "--batch-size", help="Logical batch size (n_batch), comma list. Default: bench.batch_size (2048).", show_default=False)] = None,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context size (default: n_prompt + n_gen of each test, as llama-bench).", show_default=False)] = None,
-    flash_attn: Annotated[str | None, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off, or both (on,off). Default: bench.flash_attn (off).", show_default=False)] = None,
-    repack: Annotated[bool | None, typer.Option("--repack/--no-repack", help="llama.cpp's repacked/AMX weight buffers (default: on, except on AMX CPUs where ggml's AMX kernel crashes).", show_default=False)] = None,
+    n_prompt: Annotated[str | None, typer.Option(
+        "-p", "--n-prompt", show_default=False,
+        help="Prompt tokens of the pp test(s), comma list or range; 0 skips. Default: bench.n_prompt (512).")] = None,
+    n_gen: Annotated[str | None, typer.Option(
+        "-n", "--n-gen", show_default=False,
+        help="Generated tokens of the tg test(s), comma list; 0 skips. With --url: max_tokens. Default: "
+             "bench.n_gen (128).")] = None,
+    repetitions: Annotated[int | None, typer.Option(
+        "-r", "--repetitions", show_default=False,
+        help="Timed repetitions per test, after a warm-up run. Default: bench.repetitions (5).")] = None,
+    threads: Annotated[str | None, typer.Option(
+        "-t", "--threads", show_default=False,
+        help="CPU threads, comma list (default: physical cores).")] = None,
+    n_gpu_layers: Annotated[str | None, typer.Option(
+        "-ngl", "--n-gpu-layers", show_default=False,
+        help="Layers offloaded to the GPU, comma list; -1 = all. Default: bench.n_gpu_layers (0).")] = None,
+    batch_size: Annotated[str | None, typer.Option(
+        "-b", "--batch-size", show_default=False,
+        help="Logical batch size (n_batch), comma list. Default: bench.batch_size (2048).")] = None,
+    ctx: Annotated[int | None, typer.Option(
+        "--ctx", show_default=False,
+        help="Context size (default: n_prompt + n_gen of each test, as llama-bench).")] = None,
+    flash_attn: Annotated[str | None, typer.Option(
+        "-fa", "--flash-attn", show_default=False,
+        help="Flash attention: on, off, or both (on,off). Default: bench.flash_attn (off).")] = None,
+    repack: Annotated[bool | None, typer.Option(
+        "--repack/--no-repack", show_default=False,
+        help="llama.cpp's repacked/AMX weight buffers (default: on, except on AMX CPUs where ggml's AMX kernel"
+             " crashes).")] = None,
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
-    output: Annotated[str, typer.Option("-o", "--output", help="table, json, jsonl, csv or md (llama-bench's field names).")] = "table",
+    output: Annotated[str, typer.Option(
+        "-o", "--output",
+        help="table, json, jsonl, csv or md (llama-bench's field names).")] = "table",
     json_out: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
-    min_pp: Annotated[float | None, typer.Option("--min-pp", metavar="T/S", help="Gate: every pp result must reach this t/s.", show_default=False)] = None,
-    min_tg: Annotated[float | None, typer.Option("--min-tg", metavar="T/S", help="Gate: every tg result (with --url: output t/s per level) must reach this.", show_default=False)] = None,
-    baseline: Annotated[Path | None, typer.Option("--baseline", metavar="FILE.json", help="Gate: compare with an earlier `-o json` result (or llama-bench's JSON).", show_default=False)] = None,
-    max_regression: Annotated[float | None, typer.Option("--max-regression", metavar="PCT", help="With --baseline: the largest drop in t/s allowed, in percent (default 10).", show_default=False)] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Benchmark a running OpenAI-compatible endpoint instead (http://HOST:PORT).", show_default=False)] = None,
-    concurrency: Annotated[str, typer.Option("--concurrency", help="With --url: parallel streams, comma list.")] = "1",
-    requests: Annotated[int | None, typer.Option("--requests", help="With --url: requests per concurrency level (default: max(4, 2 x concurrency)).", show_default=False)] = None,
-    api: Annotated[str, typer.Option("--api", help="With --url: chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="With --url: bearer key (else $OPENAI_API_KEY). Never printed.", show_default=False)] = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="With --url: the prompt every request sends (default: a fixed story prompt).", show_default=False)] = None,
+    min_pp: Annotated[float | None, typer.Option(
+        "--min-pp", metavar="T/S", show_default=False,
+        help="Gate: every pp result must reach this t/s.")] = None,
+    min_tg: Annotated[float | None, typer.Option(
+        "--min-tg", metavar="T/S", show_default=False,
+        help="Gate: every tg result (with --url: output t/s per level) must reach this.")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", metavar="FILE.json", show_default=False,
+        help="Gate: compare with an earlier `-o json` result (or llama-bench's JSON).")] = None,
+    max_regression: Annotated[float | None, typer.Option(
+        "--max-regression", metavar="PCT", show_default=False,
+        help="With --baseline: the largest drop in t/s allowed, in percent (default 10).")] = None,
+    url: Annotated[str | None, typer.Option(
+        "--url", show_default=False,
+        help="Benchmark a running OpenAI-compatible endpoint instead (http://HOST:PORT).")] = None,
+    concurrency: Annotated[str, typer.Option(
+        "--concurrency",
+        help="With --url: parallel streams, comma list.")] = "1",
+    requests: Annotated[int | None, typer.Option(
+        "--requests", show_default=False,
+        help="With --url: requests per concurrency level (default: max(4, 2 x concurrency)).")] = None,
+    api: Annotated[str, typer.Option(
+        "--api",
+        help="With --url: chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="OPENAI_API_KEY", show_default=False,
+        help="With --url: bearer key (else $OPENAI_API_KEY). Never printed.")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        "--prompt", show_default=False,
+        help="With --url: the prompt every request sends (default: a fixed story prompt).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds per request.")] = 300.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress lines on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's own log lines.")] = False,

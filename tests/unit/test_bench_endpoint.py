@@ -90,7 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event({"id": "x", "choices": [choice]})
             if srv.usage:
                 self._event({"id": "x", "choices": [],
-                             "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens, "total_tokens": 7 + n_tokens}})
+                             "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens,
+                                       "total_tokens": 7 + n_tokens}})
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         finally:
