@@ -448,3 +448,23 @@ def test_a_stream_is_not_cancelled_by_another_request(served, client):
     finish = [p.choices[0].finish_reason for p in parts if p.choices and p.choices[0].finish_reason]
     assert finish == ["length"]
     assert parts[-1].usage.completion_tokens == 24
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
+    """A non-streaming request waiting behind a long stream; its client gives up: the place is freed."""
+    def scrape() -> str:
+        return httpx.get(served.url + "/metrics", headers=auth()).text
+
+    cancelled0 = metric(scrape(), "llmctl_generations_cancelled_total")
+    with httpx.Client(timeout=120) as h, h.stream(
+            "POST", served.url + "/v1/completions", headers=auth(),
+            json={"prompt": "Count:", "max_tokens": 200, "stream": True, "logit_bias": {"1": -100, "106": -100}}) as r:
+        lines = r.iter_lines()  # keep it: a dropped iterator closes the connection
+        assert next(line for line in lines if line.startswith("data: "))
+        with pytest.raises(httpx.ReadTimeout):  # waits behind the stream, then the client gives up
+            httpx.post(served.url + "/v1/completions", headers=auth(), timeout=httpx.Timeout(60, read=0.5),
+                       json={"prompt": "Hi", "max_tokens": 1})
+        poll(lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
+             what="the waiting request to be dropped")
+        assert metric(scrape(), "llamacpp:requests_deferred") == 0
+    still_serving(served)
