@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import guard, info, load_config, resolve_paths
+from llmctl.cli._common import guard, load_config, resolve_paths
 
 HELP = "Serve a verified model on an OpenAI-compatible HTTP endpoint with API keys, rate limits, bounded queues and metrics."
 
@@ -28,9 +28,9 @@ def main(
         typer.Option("--model", "-m", help="Serve this model instead of the service's (name or path).",
                      show_default=False),
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address. [default: 127.0.0.1]",
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1, or the service's).",
                                              show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port. [default: 8000]",
+    port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default 8000, or the service's).",
                                              show_default=False)] = None,
     api_keys_file: Annotated[
         str | None,
@@ -41,13 +41,13 @@ def main(
         bool,
         typer.Option("--allow-unverified", help="Allow a GGUF path outside the verified model store."),
     ] = False,
-    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context size in tokens. [default: 4096]",
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context size in tokens (default 4096, or the service's).",
                                               show_default=False)] = None,
     n_gpu_layers: Annotated[
-        int | None, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU; -1 = all. [default: 0]",
+        int | None, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU; -1 = all (default 0, or the service's).",
                                  show_default=False)
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads. [default: llama.cpp's]",
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: llama.cpp's choice, or the service's n_threads).",
                                                 show_default=False)] = None,
     chat_format: Annotated[
         str | None,
@@ -79,14 +79,15 @@ def main(
 
         raise UsageError(f"llmctl serve needs the [serve] extra ({exc.name} is missing)",
                          hint="pip install 'llmctl[serve]'") from None
+    warnings = []
     if not settings.verified:
-        info(f"Warning: serving {settings.model_path}, a file outside the verified store (--allow-unverified)")
+        warnings.append(f"serving {settings.model_path}, a file outside the verified store (--allow-unverified)")
     if not settings.auth_enabled and not settings.loopback:
-        info(f"Warning: no API keys and bound to {settings.host}: anyone who can reach this port can use "
-             "the model (set --api-keys-file)")
+        warnings.append(f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
+                        "the model (set --api-keys-file)")
     from llmctl.serve.server import run
 
-    result = run(settings)
+    result = run(settings, warnings=tuple(warnings))
     sys.stderr.flush()
     if not result.worker_stopped:
         # The model worker is still inside llama.cpp; do not let interpreter teardown race it.

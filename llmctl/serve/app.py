@@ -9,6 +9,7 @@ relay chunks. Nothing here touches the model: the HTTP layer only sees the Sched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import json
 import sys
@@ -30,6 +31,7 @@ from llmctl.serve.engine import (
     EngineError,
     GenerationRequest,
     Job,
+    NotReady,
     PromptTooLong,
     Scheduler,
     Unavailable,
@@ -40,7 +42,8 @@ from llmctl.serve.settings import ServeSettings
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics")
-DRAIN_LIMIT = 16 * 1024 * 1024  # an oversized body is read and dropped up to this, then cut
+DRAIN_LIMIT = 16 * 1024 * 1024
+READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes  # an oversized body is read and dropped up to this, then cut
 
 
 # -- errors in OpenAI's shape -----------------------------------------------------------------------
@@ -129,8 +132,19 @@ class ServerContext:
     limiter: RateLimiter
     access_log: Callable[[dict], None]
     shutting_down: bool = False
-    streams: int = 0
+    streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
+
+    def admit_stream(self) -> None:
+        limit = self.settings.limits.max_concurrent_streams
+        if self.streams >= limit:
+            raise Unavailable(f"too many streams ({limit}) are open; try again later")
+        self.streams += 1
+        self.metrics.streams.inc()
+
+    def release_stream(self) -> None:
+        self.streams -= 1
+        self.metrics.streams.dec()
 
 
 def json_access_log(record: dict) -> None:
@@ -202,7 +216,7 @@ class Gate:
         ctx = self.ctx
         s = ctx.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        public = (path == "/health" and s.public_health) or (path == "/metrics" and s.public_metrics)
+        public = (path in ("/health", "/ready") and s.public_health) or (path == "/metrics" and s.public_metrics)
         bucket = f"ip:{client_ip}"
         if s.api_keys and not public:
             key = match_key(s.api_keys, presented_key(headers))
@@ -340,8 +354,6 @@ class EventStream:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         ctx = self.ctx
-        ctx.streams += 1
-        ctx.metrics.streams.inc()
         last: dict | None = None
         try:
             await send({
@@ -371,12 +383,20 @@ class EventStream:
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         except OSError:  # the client went away mid-write
             self.job.cancel()
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                raise
+            # The shutdown timeout is over: end the stream cleanly with an error event, then stop.
+            self.job.cancel()
+            self.info["error"] = "cut_at_shutdown"
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "more_body": False, "body": sse(error_body(
+                    "The server is shutting down; this stream was cut.", "server_error", "shutting_down"))})
         finally:
             if not self.job.done:
                 self.job.cancel()
             self.watch.close()
-            ctx.streams -= 1
-            ctx.metrics.streams.dec()
+            ctx.release_stream()
             if last is not None and last.get("choices"):
                 self.info["finish"] = last["choices"][0].get("finish_reason")
             self.finish()
@@ -436,23 +456,41 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             return error_response(503, "The server is shutting down.", "server_error", "shutting_down",
                                   retry_after=1)
         if not engine.ready:
-            state = getattr(engine, "state", "loading")
-            if state == "failed":
+            if engine.state == "failed":
                 return error_response(503, "The model failed to load.", "server_error", "model_failed")
             return error_response(503, "Loading model.", "server_error", "model_loading", retry_after=1)
         return JSONResponse({"status": "ok", "model": settings.model_name})
 
+    probe_lock = asyncio.Lock()
+
     async def ready(request: Request) -> Response:
-        """Readiness: the model is loaded, the worker is alive, and there is room in the queue."""
+        """Readiness: a model that can answer. Proof is a token generated in the last
+        READY_FRESH_S seconds; when idle longer, a one-token probe through the queue."""
         resp = await health(request)
         if resp.status_code != 200:
             return resp
-        alive = getattr(engine, "alive", None)
-        if alive is not None and not alive(120.0):
+        if not engine.alive(120.0):
             return error_response(503, "The model worker is not making progress.", "server_error", "worker_stuck")
-        if engine.waiting >= limits.queue_length + (0 if engine.running else 1):
-            return error_response(503, "The queue is full.", "server_error", "queue_full", retry_after=1)
-        return JSONResponse({"status": "ready", "model": settings.model_name,
+        probed = False
+        async with probe_lock:  # concurrent readiness checks share one probe
+            last = engine.last_token_at
+            if last is None or time.monotonic() - last > READY_FRESH_S:
+                probed = True
+                job = await engine.submit(GenerationRequest(
+                    "completion", {"prompt": "Hello", "max_tokens": 1, "temperature": 0.0,
+                                   "model": settings.model_name}))
+                try:
+                    await job.wait_started(min(limits.queue_timeout_s, 10.0))
+                    result = None
+                    async for item in job:
+                        result = item
+                finally:
+                    if not job.done:
+                        job.cancel()
+                if not result or job.stats.completion_tokens + job.stats.prompt_tokens == 0:
+                    return error_response(503, "The model did not answer the probe.", "server_error",
+                                          "probe_failed")
+        return JSONResponse({"status": "ready", "model": settings.model_name, "probed": probed,
                              "waiting": engine.waiting, "running": engine.running})
 
     async def models(request: Request) -> Response:
@@ -506,17 +544,22 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         # the engine checks the formatted prompt exactly before it decodes anything.
         if text:
             if not engine.ready:
-                raise Unavailable("Loading model.")
+                raise NotReady("Loading model.")
             n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
             if n > limit:
                 raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
                                     f"(context {settings.n_ctx} minus max_tokens {max_tokens})")
-        if body.stream and ctx.streams >= limits.max_concurrent_streams:
-            raise Unavailable(f"too many open streams ({limits.max_concurrent_streams}); try again later")
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         info["stream"] = body.stream
-        job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
-                                                    max_prompt_tokens=limit))
+        if body.stream:
+            ctx.admit_stream()  # released by the EventStream, or below when it never starts
+        try:
+            job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
+                                                        max_prompt_tokens=limit))
+        except BaseException:
+            if body.stream:
+                ctx.release_stream()
+            raise
         watch = DisconnectWatch(request.receive, job)
         finished = False
 
@@ -557,11 +600,18 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         except ClientGone:
             info["error"] = "client_disconnected"
             return Response(status_code=499)
+        except asyncio.CancelledError:
+            if not ctx.shutting_down:
+                raise
+            info["error"] = "cut_at_shutdown"
+            return error_response(503, "The server is shutting down.", "server_error", "shutting_down")
         finally:
             if not handed_over:
                 if not job.done:
                     job.cancel()
                 watch.close()
+                if body.stream:
+                    ctx.release_stream()
                 finish()
 
     async def chat_completions(request: Request) -> Response:

@@ -78,6 +78,12 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class Cancelled(EngineError):
+    """The job was cancelled while its prompt was being processed (the client is gone)."""
+
+    status, type, code = 499, "invalid_request_error", "cancelled"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     endpoint: str  # "chat" | "completion" | "embedding"
@@ -139,11 +145,18 @@ class Job:
         self._started = asyncio.Event()
         self._cancel = threading.Event()
         self.done = False
+        self.dequeued = False  # taken off the wait count (started, or abandoned while waiting)
+        self.on_cancel: Callable[[Job], None] | None = None
 
     # -- the event loop's side --------------------------------------------------------------------
 
     def cancel(self) -> None:
+        """Stop at the next token; a job still waiting gives its queue place back at once."""
+        if self._cancel.is_set():
+            return
         self._cancel.set()
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
     @property
     def cancelled(self) -> bool:
@@ -196,10 +209,14 @@ class Scheduler(Protocol):
 
     model_id: str
     n_ctx: int
+    state: str  # loading | ready | failed | stopped
     on_done: Callable[[Job], None] | None
+    last_token_at: float | None  # time.monotonic() of the last token any job produced
 
     @property
     def ready(self) -> bool: ...
+
+    def alive(self, stuck_after_s: float) -> bool: ...
 
     @property
     def waiting(self) -> int: ...
@@ -240,10 +257,44 @@ def _model_params_hook() -> Callable[[], None]:
     return undo
 
 
+_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp calls it from C
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's warnings and errors to the `llmctl.serve.llama` logger (JSON on stderr when
+    serving) and drop its info chatter. llama-cpp-python's own callback maps ggml's current log
+    levels wrongly (it prints warnings raw, whatever `verbose` says)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import ctypes
+    import logging
+
+    import llama_cpp.llama_cpp as C
+
+    log = logging.getLogger("llmctl.serve.llama")
+    # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+    last = [0]
+
+    @C.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level == 5:
+            level = last[0]
+        last[0] = level
+        if level >= 3:
+            message = text.decode("utf-8", "replace").rstrip()
+            if message:
+                log.log(logging.ERROR if level >= 4 else logging.WARNING, message)
+
+    _LOG_CALLBACK = callback
+    C.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def load_llama(settings: ServeSettings, **overrides: Any):
     """Load the model the way the engine does (the benchmark uses this for its baseline)."""
     from llama_cpp import Llama
 
+    route_llama_logs()
     kwargs: dict[str, Any] = dict(
         model_path=str(settings.model_path),
         n_ctx=settings.n_ctx,
@@ -261,6 +312,15 @@ def load_llama(settings: ServeSettings, **overrides: Any):
     kwargs.update(overrides)
     undo = _model_params_hook()
     try:
+        if kwargs.get("embedding") and "pooling_type" not in kwargs:
+            # A generative GGUF declares no pooling: its embeddings would be one vector per token.
+            # Mean-pool those, so /v1/embeddings returns one vector per input as OpenAI's does.
+            import llama_cpp
+
+            meta = Llama(model_path=kwargs["model_path"], vocab_only=True, verbose=False).metadata
+            arch = meta.get("general.architecture", "")
+            if f"{arch}.pooling_type" not in meta:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         return Llama(**kwargs)
     finally:
         undo()
@@ -286,6 +346,7 @@ class Engine:
         self.error: BaseException | None = None
         self.load_seconds: float | None = None
         self.heartbeat = time.monotonic()
+        self.last_token_at: float | None = None
         self.busy_since: float | None = None
         self._loader = loader
         self._on_state = on_state
@@ -337,11 +398,11 @@ class Engine:
             except queue.Empty:
                 break
             if job is not None:
-                job.cancel()
+                job.cancel()  # gives its place back (on_cancel)
                 job._post(ShuttingDown("the server is shutting down"))
-                with self._lock:
-                    self._waiting -= 1
         self._queue.put(None)
+        if self._thread.ident is None:  # never started (the server stopped before loading)
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -367,8 +428,16 @@ class Engine:
                                 retry_after=max(1.0, min(limits.queue_timeout_s, 5.0)))
             self._waiting += 1
         job = Job(request, asyncio.get_running_loop())
+        job.on_cancel = self._abandon
         self._queue.put(job)
         return job
+
+    def _abandon(self, job: Job) -> None:
+        """A waiting job was cancelled (client gone, queue timeout): free its place now."""
+        with self._lock:
+            if not job.dequeued:
+                job.dequeued = True
+                self._waiting -= 1
 
     # -- the worker thread ------------------------------------------------------------------------
 
@@ -383,6 +452,7 @@ class Engine:
             return
         self.load_seconds = time.monotonic() - t0
         self._original_generate = self._llm.generate
+        self._original_eval = self._llm.eval
         self.heartbeat = time.monotonic()
         self._set_state("ready")
         self.loaded.set()
@@ -396,8 +466,18 @@ class Engine:
                 if job is None:
                     break
                 with self._lock:
-                    self._waiting -= 1
-                    self._running += 1
+                    abandoned = job.dequeued
+                    if not abandoned:
+                        job.dequeued = True
+                        self._waiting -= 1
+                        self._running += 1
+                if abandoned:  # cancelled while it waited: its place is already free
+                    job.stats.cancelled = True
+                    job.stats.finished = time.monotonic()
+                    job._post(_END)
+                    if self.on_done is not None:
+                        job._call(self.on_done, job)
+                    continue
                 self.busy_since = time.monotonic()
                 try:
                     self._process(job)
@@ -436,6 +516,7 @@ class Engine:
                 job._post(_END)
                 return
             llm.generate = functools.partial(self._generate, job)
+            llm.eval = functools.partial(self._eval, job)
             create = llm.create_chat_completion if req.endpoint == "chat" else llm.create_completion
             if req.stream:
                 chunks: Iterator[dict] = create(**req.params, stream=True)
@@ -470,6 +551,7 @@ class Engine:
         finally:
             stats.cancelled = job.cancelled
             llm.generate = self._original_generate
+            llm.eval = self._original_eval
 
     @staticmethod
     def _usage(stats: JobStats) -> dict[str, int]:
@@ -478,6 +560,16 @@ class Engine:
             "completion_tokens": stats.completion_tokens,
             "total_tokens": stats.prompt_tokens + stats.completion_tokens,
         }
+
+    def _eval(self, job: Job, tokens) -> None:
+        """Llama.eval one n_batch at a time (as it does inside): a long prompt shows progress to
+        the watchdog and stops between batches when its client has gone."""
+        n_batch = max(1, self._llm.n_batch)
+        for i in range(0, len(tokens), n_batch):
+            if i and job.cancelled:
+                raise Cancelled("cancelled while processing the prompt")
+            self._original_eval(tokens[i:i + n_batch])
+            self.heartbeat = time.monotonic()
 
     def _generate(self, job: Job, tokens, *args: Any, **kwargs: Any) -> Iterator[int]:
         """Llama.generate, seen per token: exact usage, timings, the cancel flag, the prompt bound."""
@@ -497,7 +589,7 @@ class Engine:
         try:
             for token in inner:
                 now = time.monotonic()
-                self.heartbeat = now
+                self.heartbeat = self.last_token_at = now
                 if stats.first_token is None:
                     stats.first_token = now
                 if job.cancelled:

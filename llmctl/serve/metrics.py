@@ -45,7 +45,8 @@ class Metrics:
         self.processing = Gauge("llamacpp:requests_processing", "Requests the model is working on", registry=r)
         self.deferred = Gauge("llamacpp:requests_deferred", "Requests waiting for the model", registry=r)
         self.in_flight = Gauge("llmctl_requests_in_flight", "HTTP requests being served", registry=r)
-        self.streams = Gauge("llmctl_streams_open", "Streaming responses open", registry=r)
+        self.streams = Gauge("llmctl_streams_open", "Streaming requests admitted (waiting or sending)",
+                             registry=r)
         self.rate_limited = Counter("llmctl_rate_limited", "Requests refused by the rate limiter (429)",
                                     registry=r)
         self.auth_failures = Counter("llmctl_auth_failures", "Requests refused for a missing or wrong key (401)",

@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -53,13 +54,13 @@ def log_config(level: str = "info") -> dict:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     exit_code: int
     worker_stopped: bool
 
 
-def run(settings: ServeSettings, *, log_level: str = "info",
+def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
         on_ready: Callable[[ServeSettings], None] | None = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound."""
@@ -95,7 +96,7 @@ def run(settings: ServeSettings, *, log_level: str = "info",
                 if not self.should_exit:
                     log.info(f"received {signal.Signals(sig).name}: shutting down "
                              f"(in-flight requests get {settings.shutdown_timeout_s:g}s)")
-                    sdnotify.notify("STOPPING=1")
+                    notify("STOPPING=1")
                 ctx.shutting_down = True
                 self.should_exit = True
 
@@ -106,11 +107,32 @@ def run(settings: ServeSettings, *, log_level: str = "info",
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    server = Server(config)
+    # sd_notify from daemon threads: llmctl.sdnotify sends on a blocking socket, and a full
+    # notify queue (systemd busy, or a reader that is slow) must never stall the event loop
+    # nor, at exit, the interpreter.
+    last_ping: list[threading.Thread] = []
+
+    def notify(*fields: str) -> None:
+        if fields == ("WATCHDOG=1",) and last_ping and last_ping[0].is_alive():
+            return  # the previous ping is still blocked: do not pile up more
+        t = threading.Thread(target=sdnotify.notify, args=fields, name="llmctl-sdnotify", daemon=True)
+        t.start()
+        if fields == ("WATCHDOG=1",):
+            last_ping[:] = [t]
+
+    server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
+    for line in warnings:
+        log.warning(line)
 
     async def supervise() -> None:
-        """READY=1 once loaded and listening; WATCHDOG=1 while the worker is healthy."""
-        while not engine.loaded.is_set() or not server.started:
+        """Load once listening (a busy port costs no model load); READY=1 once loaded;
+        WATCHDOG=1 while the worker is healthy."""
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        engine.start()
+        while not engine.loaded.is_set():
             if server.should_exit:
                 return
             if engine.loaded.is_set() and engine.state == "failed":
@@ -126,7 +148,7 @@ def run(settings: ServeSettings, *, log_level: str = "info",
         ctx.metrics.load_seconds.set(engine.load_seconds or 0.0)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
-        sdnotify.notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
+        notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
         if on_ready is not None:
             on_ready(settings)
         interval = sdnotify.watchdog_interval_s()
@@ -135,13 +157,12 @@ def run(settings: ServeSettings, *, log_level: str = "info",
         stuck_after = max(STUCK_AFTER_S, 4 * interval)
         while not server.should_exit:
             if engine.alive(stuck_after):
-                sdnotify.notify("WATCHDOG=1")
+                notify("WATCHDOG=1")
             else:
                 log.error("the engine's worker is not making progress; not petting the watchdog")
             await asyncio.sleep(interval)
 
     async def main() -> None:
-        engine.start()
         task = asyncio.ensure_future(supervise())
         try:
             await server.serve()
@@ -154,7 +175,6 @@ def run(settings: ServeSettings, *, log_level: str = "info",
         asyncio.run(main())
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         if exc.code not in (0, None):
-            engine.stop(1.0)
             raise OperationFailed(f"could not listen on {settings.host}:{settings.port}",
                                   hint="is another server using the port? see the log line above") from None
     stopped = engine.stop(5.0)  # the running job was cancelled with its request: this is quick

@@ -165,7 +165,7 @@ services:
       max_tokens: 200
       queue_length: 16
       queue_timeout_s: 120
-      rate_limit_rpm: 600
+      rate_limit_rpm: 120
       rate_limit_burst: 40
 """
     server = start_server(home, config, "smoke")
@@ -274,26 +274,24 @@ def test_health_is_public_metrics_is_not(served):
     assert httpx.get(served.url + "/health").status_code == 200
     assert_openai_error(httpx.get(served.url + "/metrics"), 401)
     assert httpx.get(served.url + "/metrics", headers=auth()).status_code == 200
-    assert httpx.get(served.url + "/ready", headers=auth()).status_code == 200
+    ready = httpx.get(served.url + "/ready")  # public with /health (public_health)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
 def test_burst_past_the_limit_is_429_with_retry_after(served):
-    limited = []
-    with httpx.Client(base_url=served.url, headers=auth(BURST_KEY)) as h:
-        for _ in range(80):
-            r = h.get("/v1/models")
-            if r.status_code == 429:
-                limited.append(r)
-                break
-            assert r.status_code == 200
-    assert limited, "no 429 within 80 requests (burst 40)"
-    err = assert_openai_error(limited[0], 429, "rate_limit_exceeded")
-    assert err["type"] == "rate_limit_error"
-    assert int(limited[0].headers["Retry-After"]) >= 1
-    # Another key has its own bucket, and the openai client sees a RateLimitError.
     bursty = openai.OpenAI(base_url=served.url + "/v1", api_key=BURST_KEY, max_retries=0)
-    with pytest.raises(openai.RateLimitError):
-        bursty.models.list()
+    limited = None
+    for _ in range(80):
+        try:
+            bursty.models.list()
+        except openai.RateLimitError as exc:
+            limited = exc.response
+            break
+    assert limited is not None, "no 429 within 80 requests (burst 40)"
+    err = assert_openai_error(limited, 429, "rate_limit_exceeded")
+    assert err["type"] == "rate_limit_error"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # The bucket is per key: the main key is still served.
     still_serving(served)
 
 
@@ -419,3 +417,54 @@ def test_access_log_is_json_without_prompts_or_keys(served, client):
     assert SECRET_MARKER not in text
     assert KEY not in text and BURST_KEY not in text
     assert any(r.get("key_id", "").startswith("key-") for r in access)
+
+
+def test_embeddings_are_off_unless_enabled(served):
+    r = httpx.post(served.url + "/v1/embeddings", json={"input": "hi"}, headers=auth())
+    assert_openai_error(r, 400, "embeddings_disabled")
+
+
+def test_a_stream_is_not_cancelled_by_another_request(served, client):
+    """llama-cpp-python's own server interrupts a running stream when another request arrives."""
+    first = threading.Event()
+    out: dict = {}
+
+    def long_stream() -> None:
+        c = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+        parts = []
+        for p in c.completions.create(model="smoke", prompt="A list of fruits:", max_tokens=24, temperature=0,
+                                      stream=True, stream_options={"include_usage": True}):
+            parts.append(p)
+            first.set()
+        out["parts"] = parts
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert first.wait(120)
+    other = client.completions.create(model="smoke", prompt="Hi", max_tokens=2)
+    t.join(300)
+    assert other.usage.completion_tokens >= 1
+    parts = out["parts"]
+    finish = [p.choices[0].finish_reason for p in parts if p.choices and p.choices[0].finish_reason]
+    assert finish == ["length"]
+    assert parts[-1].usage.completion_tokens == 24
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
+    """A non-streaming request waiting behind a long stream; its client gives up: the place is freed."""
+    def scrape() -> str:
+        return httpx.get(served.url + "/metrics", headers=auth()).text
+
+    cancelled0 = metric(scrape(), "llmctl_generations_cancelled_total")
+    with httpx.Client(timeout=120) as h, h.stream(
+            "POST", served.url + "/v1/completions", headers=auth(),
+            json={"prompt": "Count:", "max_tokens": 200, "stream": True, "logit_bias": {"1": -100, "106": -100}}) as r:
+        lines = r.iter_lines()  # keep it: a dropped iterator closes the connection
+        assert next(line for line in lines if line.startswith("data: "))
+        with pytest.raises(httpx.ReadTimeout):  # waits behind the stream, then the client gives up
+            httpx.post(served.url + "/v1/completions", headers=auth(), timeout=httpx.Timeout(60, read=0.5),
+                       json={"prompt": "Hi", "max_tokens": 1})
+        poll(lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
+             what="the waiting request to be dropped")
+        assert metric(scrape(), "llamacpp:requests_deferred") == 0
+    still_serving(served)

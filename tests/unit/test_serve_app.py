@@ -1,0 +1,138 @@
+"""The HTTP app in process, on the real Engine and the smoke model: the states a subprocess test cannot
+pin down deterministically (the model still loading)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.model
+
+
+def test_health_is_503_while_loading_then_200(smoke_model):
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.app import create_app
+    from llmctl.serve.engine import Engine, load_llama
+    from llmctl.serve.settings import resolve_settings
+
+    settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256)
+    release = threading.Event()
+
+    def held_loader(s):  # the real loader, held back until the test has looked at "loading"
+        assert release.wait(120)
+        return load_llama(s)
+
+    engine = Engine(settings, loader=held_loader)
+    records: list[dict] = []
+    app, ctx = create_app(settings, engine, access_log=records.append)
+    engine.start()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as c:
+            r = await c.get("/health")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+            assert r.headers["Retry-After"] == "1"
+            r = await c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+            assert (await c.get("/ready")).status_code == 503
+            assert (await c.get("/v1/models")).json()["data"][0]["id"] == "smoke"  # listed while loading
+            release.set()
+            await asyncio.to_thread(engine.loaded.wait, 120)
+            assert engine.state == "ready"
+            assert (await c.get("/health")).json() == {"status": "ok", "model": "smoke"}
+            r = await c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] >= 1
+            ctx.shutting_down = True
+            assert (await c.get("/health")).json()["error"]["code"] == "shutting_down"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        assert engine.stop(30)
+    assert [r["status"] for r in records if r["path"] == "/health"] == [503, 200, 503]
+
+
+def test_cancel_during_prompt_processing_leaves_the_model_consistent(smoke_model):
+    """A job cancelled while its prompt is processed stops between batches; the next request with
+    the same prompt (which reuses the cached prefix) gives the same answer as before."""
+    import dataclasses
+
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.engine import EngineError, Engine, GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=512), n_batch=16)
+    engine = Engine(settings)
+    engine.start()
+    assert engine.loaded.wait(120) and engine.state == "ready"
+    prompt = "The quick brown fox jumps over the lazy dog. " * 6
+    params = {"prompt": prompt, "max_tokens": 6, "temperature": 0.0}
+
+    async def run(cancel_at_start: bool):
+        p = dict(params)
+        if cancel_at_start:  # another long prompt: nothing of it is cached, all of it to process
+            p["prompt"] = "Pack my box with five dozen liquor jugs. " * 6
+        job = await engine.submit(GenerationRequest("completion", p))
+        await job.wait_started(60)
+        if cancel_at_start:
+            job.cancel()
+        out = None
+        try:
+            async for item in job:
+                out = item
+        except EngineError as exc:
+            out = exc
+        return job, out
+
+    async def scenario():
+        _, first = await run(False)
+        job, cancelled = await run(True)
+        _, again = await run(False)
+        return first, job, cancelled, again
+
+    try:
+        first, job, cancelled, again = asyncio.run(scenario())
+    finally:
+        assert engine.stop(30)
+    assert job.cancelled and job.stats.completion_tokens < 6
+    assert again["choices"][0]["text"] == first["choices"][0]["text"]
+    assert again["usage"] == first["usage"]
+
+
+def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
+    import dataclasses
+
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.app import create_app
+    from llmctl.serve.engine import Engine
+    from llmctl.serve.settings import resolve_settings
+
+    base = resolve_settings(load_config(), resolve_paths(), "smoke")
+    assert not base.auth_enabled
+    settings = dataclasses.replace(base, limits=base.limits.model_copy(update={"rate_limit_burst": 3,
+                                                                               "rate_limit_rpm": 1.0}))
+    app, _ = create_app(settings, Engine(settings), access_log=lambda r: None)  # /v1/models needs no model
+
+    async def scenario() -> tuple[list[int], int, int]:
+        one = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.1", 1000)), base_url="http://s")
+        two = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.2", 1000)), base_url="http://s")
+        async with one, two:
+            codes = [(await one.get("/v1/models")).status_code for _ in range(4)]
+            other = (await two.get("/v1/models")).status_code
+            health = (await one.get("/health")).status_code  # not rate limited (503: nothing loaded)
+        return codes, other, health
+
+    codes, other, health = asyncio.run(scenario())
+    assert codes == [200, 200, 200, 429]
+    assert other == 200
+    assert health == 503
