@@ -101,22 +101,13 @@ def build_info() -> BuildInfo:
     return BuildInfo(commit, 0, ",".join(backends) or "CPU", ", ".join(cpus), ", ".join(gpus), system_info)
 
 
-def cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_int8" in line.split()
-    except OSError:
-        pass
-    return False
-
-
 def resolve_repack(repack: bool | None) -> bool:
     """llama.cpp's extra weight buffers (repacking, AMX) are on by default, as in llama-bench, except on
     CPUs with AMX: ggml's AMX matmul segfaults there (ggml-org/llama.cpp#20824, seen with the 0.3.36
     wheel), so auto means off. `--repack` forces them on."""
-    return (not cpu_has_amx()) if repack is None else repack
+    from llmctl.llamacompat import default_extra_bufts
+
+    return default_extra_bufts() if repack is None else repack
 
 
 _NULL_LOG: Any = None
