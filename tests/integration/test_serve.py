@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests._store import link_smoke_store
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 openai = pytest.importorskip("openai")
@@ -40,22 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def link_store(smoke_store: Path, home: Path) -> None:
-    """Hard-link the session's smoke model into a fresh LLMCTL_HOME (no copy, no re-assembly)."""
-    lock = json.loads((smoke_store / "models.lock").read_text())
-    for entry in lock["models"].values():
-        src = smoke_store / "models" / entry["path"]
-        dst = home / "models" / entry["path"]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        stamp = src.with_name(f".{src.name}.verified")
-        if stamp.exists() and not dst.with_name(stamp.name).exists():
-            shutil.copy2(stamp, dst.with_name(stamp.name))
-    (home / "models.lock").write_text(json.dumps(lock, indent=2))
+link_store = link_smoke_store  # the lifecycle tests import it from here
 
 
 @dataclass
