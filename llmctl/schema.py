@@ -97,7 +97,7 @@ class ServiceSpec(Strict):
     chat_format: str | None = None  # overrides the model's chat_format
     embeddings: bool = False
     api_keys_file: str | None = None  # one key per line; or the systemd credential "api-keys"
-    public_health: bool = True  # /health without an API key
+    public_health: bool = True  # /health and /ready without an API key
     public_metrics: bool = False  # /metrics without an API key
     allow_unverified_path: bool = False  # serve a GGUF that is not in the store
     shutdown_timeout_s: PositiveFloat = 10.0
@@ -155,6 +155,7 @@ class BenchDefaults(Strict):
     batch_size: list[Annotated[int, Field(ge=1)]] = [2048]
     n_ctx: int | None = Field(None, ge=64)
     flash_attn: bool = False
+    repack: bool | None = None  # llama.cpp's repacked/AMX weight buffers; null: on, except on AMX CPUs
 
 
 class SystemdSettings(Strict):

@@ -17,9 +17,14 @@ def notify(*fields: str, environ: dict[str, str] | None = None) -> bool:
         return False
     if address[0] == "@":  # abstract namespace socket
         address = "\0" + address[1:]
+    # Never block the caller (an event loop): when systemd's socket queue is full, drop the
+    # datagram; the next WATCHDOG=1 follows soon enough.
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall("\n".join(fields).encode())
+        try:
+            sock.connect(address)
+            sock.send("\n".join(fields).encode(), socket.MSG_DONTWAIT)
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            return False
     return True
 
 

@@ -7,9 +7,7 @@ variables from the caller's shell. Tests that need the smoke model share one ass
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,17 +72,9 @@ def smoke_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def smoke_model(smoke_store: Path, llmctl_env: Path) -> Path:
     """The smoke model installed in this test's store (hard-linked: no copy); returns its path."""
-    lock = json.loads((smoke_store / "models.lock").read_text())
-    for entry in lock["models"].values():
-        src = smoke_store / "models" / entry["path"]
-        dst = llmctl_env / "models" / entry["path"]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-    (llmctl_env / "models.lock").write_text(json.dumps(lock, indent=2))
+    from tests._store import link_smoke_store
+
+    lock = link_smoke_store(smoke_store, llmctl_env)
     return llmctl_env / "models" / lock["models"]["smoke"]["path"]
 
 

@@ -1,13 +1,240 @@
-"""`llmctl bench`."""
+"""`llmctl bench`: llama-bench-style engine figures, or an OpenAI-compatible endpoint under load."""
 
 from __future__ import annotations
 
-from llmctl.cli._common import guard
-from llmctl.errors import OperationFailed
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
-HELP = "Benchmark prompt processing and generation tokens/s of a model (llama-bench style) or of a running endpoint (--url), with CI gates."
+import typer
+
+from llmctl.cli._common import guard, info, load_config, print_table, resolve_paths
+from llmctl.errors import OperationFailed, UsageError
+
+HELP = ("Benchmark prompt processing and generation tokens/s of a model (llama-bench style) "
+        "or of a running endpoint (--url), with CI gates.")
+
+_FORMATS = ("table", "json", "jsonl", "csv", "md")
 
 
 @guard
-def main() -> None:
-    raise OperationFailed("llmctl bench is not built yet")
+def main(
+    model: Annotated[str | None, typer.Argument(
+        help="Store name, GGUF path or `smoke` (default: bench.model in the config). "
+             "With --url: the model name sent to the server (default: its first /v1/models entry).",
+        show_default=False)] = None,
+    n_prompt: Annotated[str | None, typer.Option(
+        "-p", "--n-prompt", show_default=False,
+        help="Prompt tokens of the pp test(s), comma list or range; 0 skips. Default: bench.n_prompt (512).")] = None,
+    n_gen: Annotated[str | None, typer.Option(
+        "-n", "--n-gen", show_default=False,
+        help="Generated tokens of the tg test(s), comma list; 0 skips. With --url: max_tokens. Default: "
+             "bench.n_gen (128).")] = None,
+    repetitions: Annotated[int | None, typer.Option(
+        "-r", "--repetitions", show_default=False,
+        help="Timed repetitions per test, after a warm-up run. Default: bench.repetitions (5).")] = None,
+    threads: Annotated[str | None, typer.Option(
+        "-t", "--threads", show_default=False,
+        help="CPU threads, comma list (default: physical cores).")] = None,
+    n_gpu_layers: Annotated[str | None, typer.Option(
+        "-ngl", "--n-gpu-layers", show_default=False,
+        help="Layers offloaded to the GPU, comma list; -1 = all. Default: bench.n_gpu_layers (0).")] = None,
+    batch_size: Annotated[str | None, typer.Option(
+        "-b", "--batch-size", show_default=False,
+        help="Logical batch size (n_batch), comma list. Default: bench.batch_size (2048).")] = None,
+    ctx: Annotated[int | None, typer.Option(
+        "--ctx", show_default=False,
+        help="Context size (default: n_prompt + n_gen of each test, as llama-bench).")] = None,
+    flash_attn: Annotated[str | None, typer.Option(
+        "-fa", "--flash-attn", show_default=False,
+        help="Flash attention: on, off, or both (on,off). Default: bench.flash_attn (off).")] = None,
+    repack: Annotated[bool | None, typer.Option(
+        "--repack/--no-repack", show_default=False,
+        help="llama.cpp's repacked/AMX weight buffers (default: on, except on AMX CPUs where ggml's AMX kernel"
+             " crashes).")] = None,
+    no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
+    output: Annotated[str, typer.Option(
+        "-o", "--output",
+        help="table, json, jsonl, csv or md (llama-bench's field names).")] = "table",
+    json_out: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
+    min_pp: Annotated[float | None, typer.Option(
+        "--min-pp", metavar="T/S", show_default=False,
+        help="Gate: every pp result must reach this t/s.")] = None,
+    min_tg: Annotated[float | None, typer.Option(
+        "--min-tg", metavar="T/S", show_default=False,
+        help="Gate: every tg result (with --url: output t/s per level) must reach this.")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", metavar="FILE.json", show_default=False,
+        help="Gate: compare with an earlier `-o json` result (or llama-bench's JSON).")] = None,
+    max_regression: Annotated[float | None, typer.Option(
+        "--max-regression", metavar="PCT", show_default=False,
+        help="With --baseline: the largest drop in t/s allowed, in percent (default 10).")] = None,
+    url: Annotated[str | None, typer.Option(
+        "--url", show_default=False,
+        help="Benchmark a running OpenAI-compatible endpoint instead (http://HOST:PORT).")] = None,
+    concurrency: Annotated[str, typer.Option(
+        "--concurrency",
+        help="With --url: parallel streams, comma list.")] = "1",
+    requests: Annotated[int | None, typer.Option(
+        "--requests", show_default=False,
+        help="With --url: requests per concurrency level (default: max(4, 2 x concurrency)).")] = None,
+    api: Annotated[str, typer.Option(
+        "--api",
+        help="With --url: chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="OPENAI_API_KEY", show_default=False,
+        help="With --url: bearer key (else $OPENAI_API_KEY). Never printed.")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        "--prompt", show_default=False,
+        help="With --url: the prompt every request sends (default: a fixed story prompt).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds per request.")] = 300.0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress lines on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's own log lines.")] = False,
+) -> None:
+    """Measure like llama.cpp's llama-bench (pp = prompt processing, tg = generation) or a live endpoint.
+
+    Comma lists sweep a parameter (-t 1,2 -p 128,512). Gates exit 1 and name the figure that missed.
+    """
+    from llmctl.bench import gates as G
+    from llmctl.bench.report import host_lines, render
+
+    fmt = "json" if json_out else output.lower()
+    if fmt not in _FORMATS:
+        raise UsageError(f"-o/--output: expected one of {', '.join(_FORMATS)}, got {output!r}")
+    if max_regression is not None and baseline is None:
+        raise UsageError("--max-regression needs --baseline FILE.json")
+    if max_regression is not None and max_regression < 0:
+        raise UsageError("--max-regression: must be a percentage >= 0")
+    baseline_rows = G.load_baseline(baseline) if baseline is not None else None
+    loaded = load_config()
+    cfg = loaded.config.bench
+    progress = None if quiet else info
+
+    if url is not None:
+        report = _run_endpoint(url, model, cfg, n_prompt, n_gen, concurrency, requests, api, api_key, prompt,
+                               timeout, no_warmup, min_pp, progress, engine_flags={
+                                   "-r": repetitions, "-t": threads, "-ngl": n_gpu_layers, "-b": batch_size,
+                                   "--ctx": ctx, "-fa": flash_attn, "--repack": repack})
+    else:
+        report = _run_engine(model or cfg.model, loaded, cfg, n_prompt, n_gen, repetitions, threads,
+                             n_gpu_layers, batch_size, ctx, flash_attn, repack, no_warmup, verbose, progress)
+
+    results = list(report.results)
+    outcomes = G.check_minimums(results, min_pp, min_tg)
+    unmatched: list[str] = []
+    if baseline_rows is not None:
+        more, unmatched = G.check_regression(results, baseline_rows, 10.0 if max_regression is None else max_regression,
+                                             str(baseline))
+        outcomes += more
+    gate_dicts = [o.to_dict() for o in outcomes]
+
+    if fmt == "table":
+        if report.mode == "engine":
+            from llmctl.bench.report import engine_table
+
+            cols, rows = engine_table(results)
+        else:
+            from llmctl.bench.report import endpoint_table
+
+            cols, rows = endpoint_table(results)
+        print_table(cols, rows)
+        sys.stdout.flush()
+        if report.mode == "engine" and results:
+            info(f"build: {results[0].build_commit} ({results[0].build_number}), "
+                 f"repack {'on' if results[0].repack else 'off'}", quiet=quiet)
+        for line in host_lines(report):
+            info(line, quiet=quiet)
+    else:
+        sys.stdout.write(render(report, fmt, gate_dicts))
+        sys.stdout.flush()
+
+    for label in unmatched:
+        info(f"note: no baseline row for {label}", quiet=quiet)
+    failed = [o for o in outcomes if not o.passed]
+    for o in outcomes:
+        if o.passed:
+            info(f"gate ok: {o.detail}", quiet=quiet)
+        elif len(failed) > 1:
+            info(f"gate FAILED: {o.detail}")
+    if len(failed) == 1:
+        raise OperationFailed(f"benchmark gate not met: {failed[0].detail}")
+    if failed:
+        raise OperationFailed(f"{len(failed)} benchmark gates not met (listed above)")
+    if report.mode == "endpoint":
+        bad = [r for r in results if r.n_failed]
+        if bad:
+            r = bad[0]
+            raise OperationFailed(f"{r.n_failed} of {r.n_requests} requests failed at concurrency {r.concurrency}: "
+                                  f"{r.errors[0] if r.errors else 'unknown error'}")
+
+
+def _engine_params(cfg: Any, n_prompt, n_gen, repetitions, threads, n_gpu_layers, batch_size, ctx, flash_attn,
+                   repack, no_warmup):
+    from llmctl.bench.host import default_threads
+    from llmctl.bench.params import EngineParams, parse_bool_list, parse_int_list
+
+    if ctx is not None and ctx < 1:
+        raise UsageError("--ctx: must be at least 1")
+    return EngineParams(
+        n_prompt=tuple(parse_int_list(n_prompt if n_prompt is not None else cfg.n_prompt, "-p/--n-prompt")),
+        n_gen=tuple(parse_int_list(n_gen if n_gen is not None else cfg.n_gen, "-n/--n-gen")),
+        repetitions=repetitions if repetitions is not None else cfg.repetitions,
+        threads=tuple(parse_int_list(threads if threads is not None else (cfg.threads or [default_threads()]),
+                                     "-t/--threads", minimum=1)),
+        n_gpu_layers=tuple(parse_int_list(n_gpu_layers if n_gpu_layers is not None else cfg.n_gpu_layers,
+                                          "-ngl/--n-gpu-layers", minimum=-1)),
+        batch_size=tuple(parse_int_list(batch_size if batch_size is not None else cfg.batch_size,
+                                        "-b/--batch-size", minimum=1)),
+        flash_attn=tuple(parse_bool_list(flash_attn if flash_attn is not None else cfg.flash_attn, "-fa/--flash-attn")),
+        n_ctx=ctx if ctx is not None else cfg.n_ctx,
+        warmup=not no_warmup,
+        repack=repack if repack is not None else cfg.repack,
+    )
+
+
+def _run_engine(ref: str, loaded: Any, cfg: Any, n_prompt, n_gen, repetitions, threads, n_gpu_layers, batch_size,
+                ctx, flash_attn, repack, no_warmup, verbose, progress):
+    from llmctl.bench.engine import build_info, run_engine
+    from llmctl.bench.host import host_info
+    from llmctl.bench.params import expand
+    from llmctl.bench.results import BenchReport
+    from llmctl.models.resolve import resolve_model
+    from llmctl.models.store import Store
+
+    params = _engine_params(cfg, n_prompt, n_gen, repetitions, threads, n_gpu_layers, batch_size, ctx, flash_attn,
+                            repack, no_warmup)
+    expand(params)  # usage errors (a --ctx too small) before a model is loaded
+    resolved = resolve_model(ref, Store(loaded.paths or resolve_paths()),
+                             loaded.config, allow_path=True)
+    build = build_info()
+    results = run_engine(resolved.path, params, progress=progress, verbose=verbose, build=build)
+    return BenchReport("engine", host_info(build.system_info), tuple(results), model=ref,
+                       model_path=str(resolved.path))
+
+
+def _run_endpoint(url, model, cfg, n_prompt, n_gen, concurrency, requests, api, api_key, prompt, timeout,
+                  no_warmup, min_pp, progress, engine_flags):
+    from llmctl.bench.endpoint import DEFAULT_PROMPT, EndpointParams, run_endpoint
+    from llmctl.bench.host import host_info
+    from llmctl.bench.params import parse_int_list
+    from llmctl.bench.results import BenchReport
+
+    used = [flag for flag, value in engine_flags.items() if value is not None]
+    if n_prompt is not None:
+        used.insert(0, "-p")
+    if min_pp is not None:
+        used.append("--min-pp")
+    if used:
+        raise UsageError(f"{', '.join(used)}: engine options have no meaning with --url",
+                         hint="the endpoint benchmark takes -n, --concurrency, --requests, --prompt, --min-tg")
+    gens = parse_int_list(n_gen if n_gen is not None else cfg.n_gen, "-n/--n-gen", minimum=1)
+    if len(gens) != 1:
+        raise UsageError("-n: give one value with --url (the max_tokens of every request)")
+    params = EndpointParams(
+        url=url, model=model, concurrency=tuple(parse_int_list(concurrency, "--concurrency", minimum=1)),
+        requests=requests, n_gen=gens[0], prompt=prompt or DEFAULT_PROMPT, api=api, api_key=api_key or None,
+        timeout_s=timeout, warmup=not no_warmup,
+    )
+    results = run_endpoint(params, progress=progress)
+    return BenchReport("endpoint", host_info(), tuple(results), model=results[0].model if results else model)

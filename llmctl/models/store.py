@@ -160,6 +160,9 @@ class Store:
             lock = self.read_lock()
             old = lock.get(entry.name)
             commit_file(tmp, dest)
+            # The bytes were hashed on the way in: record that, so a server that may not write
+            # here (a sandboxed unit) starts with the cheap size+mtime check, not a full re-hash.
+            _write_stamp(dest, entry.sha256)
             entries = dict(lock.entries)
             entries[entry.name] = entry
             self._write_lock(Lockfile(entries))
@@ -212,11 +215,9 @@ class Store:
             raise IntegrityError(
                 f"{path}: size {st.st_size} does not match the lock's {entry.size} (model '{entry.name}')"
             )
-        stamp = path.with_name(f".{path.name}.verified")
-        stamp_value = f"{entry.sha256} {st.st_size} {st.st_mtime_ns}\n"
         if quick:
             try:
-                if stamp.read_text() == stamp_value:
+                if _stamp_path(path).read_text() == _stamp_value(entry.sha256, st):
                     return path
             except OSError:
                 pass
@@ -225,11 +226,24 @@ class Store:
             raise IntegrityError(
                 f"{path}: sha256 {actual} does not match the lock's {entry.sha256} (model '{entry.name}')"
             )
-        try:
-            atomic_write_text(stamp, stamp_value)
-        except OSError:
-            pass
+        _write_stamp(path, actual)
         return path
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp_value(sha256: str, st: os.stat_result) -> str:
+    return f"{sha256} {st.st_size} {st.st_mtime_ns}\n"
+
+
+def _write_stamp(path: Path, sha256: str) -> None:
+    """Record that `path`, as it is now (size, mtime), has this SHA256. Best effort."""
+    try:
+        atomic_write_text(_stamp_path(path), _stamp_value(sha256, path.stat()))
+    except OSError:
+        pass
 
 
 def entry_with(entry: LockEntry, **changes) -> LockEntry:

@@ -233,11 +233,9 @@ def _model_params_hook() -> Callable[[], None]:
     """llama.cpp's AMX weight buffers crash in llama_decode on some hosts (seen: a sandboxed
     Sapphire Rapids); when the CPU has AMX, load without the extra (repacked) buffer types.
     Returns the function that undoes the hook."""
-    try:
-        flags = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
-    except OSError:
-        flags = ""
-    if "amx_int8" not in flags and "amx_tile" not in flags:
+    from llmctl.llamacompat import default_extra_bufts
+
+    if default_extra_bufts():
         return lambda: None
     import llama_cpp.llama_cpp as C
 

@@ -54,7 +54,7 @@ def log_config(level: str = "info") -> dict:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     exit_code: int
     worker_stopped: bool

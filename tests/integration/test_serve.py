@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests._store import link_smoke_store
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 openai = pytest.importorskip("openai")
@@ -40,22 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def link_store(smoke_store: Path, home: Path) -> None:
-    """Hard-link the session's smoke model into a fresh LLMCTL_HOME (no copy, no re-assembly)."""
-    lock = json.loads((smoke_store / "models.lock").read_text())
-    for entry in lock["models"].values():
-        src = smoke_store / "models" / entry["path"]
-        dst = home / "models" / entry["path"]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        stamp = src.with_name(f".{src.name}.verified")
-        if stamp.exists() and not dst.with_name(stamp.name).exists():
-            shutil.copy2(stamp, dst.with_name(stamp.name))
-    (home / "models.lock").write_text(json.dumps(lock, indent=2))
+link_store = link_smoke_store  # the lifecycle tests import it from here
 
 
 @dataclass
@@ -448,3 +434,23 @@ def test_a_stream_is_not_cancelled_by_another_request(served, client):
     finish = [p.choices[0].finish_reason for p in parts if p.choices and p.choices[0].finish_reason]
     assert finish == ["length"]
     assert parts[-1].usage.completion_tokens == 24
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
+    """A non-streaming request waiting behind a long stream; its client gives up: the place is freed."""
+    def scrape() -> str:
+        return httpx.get(served.url + "/metrics", headers=auth()).text
+
+    cancelled0 = metric(scrape(), "llmctl_generations_cancelled_total")
+    with httpx.Client(timeout=120) as h, h.stream(
+            "POST", served.url + "/v1/completions", headers=auth(),
+            json={"prompt": "Count:", "max_tokens": 200, "stream": True, "logit_bias": {"1": -100, "106": -100}}) as r:
+        lines = r.iter_lines()  # keep it: a dropped iterator closes the connection
+        assert next(line for line in lines if line.startswith("data: "))
+        with pytest.raises(httpx.ReadTimeout):  # waits behind the stream, then the client gives up
+            httpx.post(served.url + "/v1/completions", headers=auth(), timeout=httpx.Timeout(60, read=0.5),
+                       json={"prompt": "Hi", "max_tokens": 1})
+        poll(lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
+             what="the waiting request to be dropped")
+        assert metric(scrape(), "llamacpp:requests_deferred") == 0
+    still_serving(served)

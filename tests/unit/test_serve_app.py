@@ -106,3 +106,33 @@ def test_cancel_during_prompt_processing_leaves_the_model_consistent(smoke_model
     assert job.cancelled and job.stats.completion_tokens < 6
     assert again["choices"][0]["text"] == first["choices"][0]["text"]
     assert again["usage"] == first["usage"]
+
+
+def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
+    import dataclasses
+
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.app import create_app
+    from llmctl.serve.engine import Engine
+    from llmctl.serve.settings import resolve_settings
+
+    base = resolve_settings(load_config(), resolve_paths(), "smoke")
+    assert not base.auth_enabled
+    settings = dataclasses.replace(base, limits=base.limits.model_copy(update={"rate_limit_burst": 3,
+                                                                               "rate_limit_rpm": 1.0}))
+    app, _ = create_app(settings, Engine(settings), access_log=lambda r: None)  # /v1/models needs no model
+
+    async def scenario() -> tuple[list[int], int, int]:
+        one = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.1", 1000)), base_url="http://s")
+        two = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.2", 1000)), base_url="http://s")
+        async with one, two:
+            codes = [(await one.get("/v1/models")).status_code for _ in range(4)]
+            other = (await two.get("/v1/models")).status_code
+            health = (await one.get("/health")).status_code  # not rate limited (503: nothing loaded)
+        return codes, other, health
+
+    codes, other, health = asyncio.run(scenario())
+    assert codes == [200, 200, 200, 429]
+    assert other == 200
+    assert health == 503

@@ -54,3 +54,18 @@ def test_tampered_chunk_installs_nothing(home, tmp_path, monkeypatch):
     assert not (home / "models.lock").exists()
     assert not (home / "models" / "smoke").exists()
     assert list((home / "models" / ".partial").iterdir()) == []
+
+
+def test_install_records_a_stamp_so_quick_verify_needs_no_rehash(home, monkeypatch):
+    """A sandboxed server cannot write the stamp; the install (which hashed the bytes) must."""
+    import llmctl.models.store as store_mod
+
+    store = Store(resolve_paths())
+    entry = ensure_smoke(store)
+    calls = []
+    monkeypatch.setattr(store_mod, "sha256_file", lambda *a, **k: calls.append(a) or "0" * 64)
+    assert store.verify(entry, quick=True) == store.model_path(entry)
+    assert calls == []  # trusted the stamp written at install time
+    with pytest.raises(IntegrityError):
+        store.verify(entry)  # a full verify always hashes
+    assert len(calls) == 1
