@@ -18,9 +18,8 @@ import pytest
 
 from tests import fake_upstreams
 from tests.fake_upstreams import COMPLETION_TOKENS, PROMPT_TOKENS, WORDS
-from tests.integration.test_serve import (
-    free_port, link_store, metric, poll, start_server, stop_server, wait_healthy,
-)
+from tests._store import link_smoke_store
+from tests.integration.test_serve import free_port, metric, poll, start_server, stop_server, wait_healthy
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 openai = pytest.importorskip("openai")
@@ -128,7 +127,8 @@ def usage_json(llmctl, home: Path, *args: str) -> dict:
 
 def test_fallback_circuit_and_usage(smoke_store, tmp_path, fakes, llmctl):
     home = tmp_path / "home"
-    link_store(smoke_store, home)
+    home.mkdir(parents=True)
+    link_smoke_store(smoke_store, home)
     keys = home / "api-keys"
     keys.write_text(KEY + "\n")
     server = start_server(home, config(fakes, free_port(), keys), "smoke", env={"TEST_CLOUD_KEY": CLOUD_KEY})
@@ -209,7 +209,8 @@ def test_fallback_circuit_and_usage(smoke_store, tmp_path, fakes, llmctl):
 
 def test_airgap_503_and_the_cloud_receives_nothing(smoke_store, tmp_path, fakes):
     home = tmp_path / "home"
-    link_store(smoke_store, home)
+    home.mkdir(parents=True)
+    link_smoke_store(smoke_store, home)
     keys = home / "api-keys"
     keys.write_text(KEY + "\n")
     server = start_server(home, config(fakes, free_port(), keys), "smoke",
