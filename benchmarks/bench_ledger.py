@@ -54,6 +54,9 @@ class InstantModel:
 def child(port: int, ledger_on: bool, mode: str, home: str) -> None:
     """One server: serve's app + engine + router (+ ledger), until stdin closes."""
     import asyncio
+    import logging
+
+    logging.getLogger("llmctl.serve.llama").propagate = False  # llama.cpp's load-time warnings
 
     import uvicorn
 
