@@ -6,7 +6,6 @@ Kept light: typer and the standard library only. rich is imported when something
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -99,6 +98,8 @@ def resolve_paths():
 def emit_json(kind: str, payload: dict[str, Any]) -> None:
     """Print a result as JSON on stdout, in a stable, versioned shape."""
     doc = {"schema_version": JSON_SCHEMA_VERSION, "kind": kind, **payload}
+    import json
+
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -197,6 +196,8 @@ def verify_cmd(
         result = verify_units(unit_files, max_exposure)
     else:
         rendered = _render(None, llmctl, None, user)
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="llmctl-units.") as tmp:
             paths = []
             for f in rendered.files:

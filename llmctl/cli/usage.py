@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from typing import Annotated
 
@@ -52,6 +51,8 @@ def main(
         return
     if as_csv:
         fields = list(report.total.as_dict())
+        import csv
+
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for r in rows:
