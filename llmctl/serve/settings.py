@@ -8,13 +8,13 @@ the last full hash) before anything is loaded. A path outside the store needs an
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmctl.errors import ConfigError, UsageError
+from llmctl.netutil import is_loopback
 
 if TYPE_CHECKING:
     from llmctl.config import LoadedConfig
@@ -62,15 +62,6 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def key_id(secret: bytes) -> str:
