@@ -145,14 +145,6 @@ class App:
             time.sleep(0.02)
 
 
-@pytest.fixture
-def fakes():
-    started = {k: fake_upstreams.start(k) for k in ("fail", "hang", "ok")}
-    yield started
-    for f in started.values():
-        f.stop()
-
-
 def upstreams_yaml(f: dict, *, ok_cloud: bool = True) -> str:
     return f"""
 upstreams:

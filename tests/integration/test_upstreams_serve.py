@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import fake_upstreams
 from tests.fake_upstreams import COMPLETION_TOKENS, PROMPT_TOKENS, WORDS
 from tests._store import link_smoke_store
 from tests.integration.test_serve import free_port, metric, poll, start_server, stop_server, wait_healthy
@@ -31,14 +30,6 @@ KEY = "sk-client-abcdef-123"
 CLOUD_KEY = "sk-cloud-upstream-secret-42"
 NO_EOS = {"1": -100, "106": -100}  # the smoke model's <eos> and <end_of_turn>
 PRICE_IN, PRICE_OUT = 5.0, 15.0  # per 1K: 11 in + 7 out = $0.16 a request
-
-
-@pytest.fixture
-def fakes():
-    started = {k: fake_upstreams.start(k) for k in ("fail", "hang", "ok")}
-    yield started
-    for f in started.values():
-        f.stop()
 
 
 def config(fakes: dict, port: int, keys: Path) -> str:
