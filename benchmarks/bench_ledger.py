@@ -1,30 +1,41 @@
 """Requests/s through `llmctl serve`'s app with the usage ledger on against the ledger off, same run.
 
-Two servers run side by side, each in its own process: serve's real HTTP app (create_app, the
-Gate, the real Engine thread, the Router with its metrics), uvicorn on 127.0.0.1. They differ only
-in the ledger: one records every request to SQLite (write-behind), the other has no recorder.
+One server runs in its own process: serve's real HTTP app (create_app, the Gate, the real Engine
+thread, the Router with its metrics), uvicorn on 127.0.0.1, with a real Ledger writing SQLite
+(write-behind). Between rounds the benchmark switches the router's recorder on or off over the
+server's stdin, so both arms run in the same process, on the same connections, with the same
+allocator and CPU placement: they differ only in whether each request is recorded.
 
 mode "stub" (default): the engine's model is an instant stand-in (it answers without computing),
 so a request costs only the HTTP layer and the ledger: the worst case for the ledger's share.
 mode "smoke": the real smoke model with max_tokens=1 (needs llmctl[serve,smoke]).
 
-Rounds alternate on/off so drift on a shared machine hits both; each round sends --requests
-non-streaming chat completions from --clients threads (keep-alive connections).
+The client is a lean keep-alive HTTP/1.1 client on raw sockets (--clients connections, one thread
+each), so the server, not the client, is the bottleneck. With --pin (default on a machine with 2+
+CPUs) the server runs on CPU 0 and the client on CPU 1: the two stop trading places on the cores.
+
+Rounds run in ABBA order (on off off on ...) so drift on a shared machine hits both arms alike.
+Reported: the median of the paired per-round ratios with a bootstrap 95% interval; the ratio of
+the arms' total throughput; and the server's CPU time per request in each arm (its own
+process_time, asked over stdin), which the hypervisor's steal time does not inflate.
 Target: RATIO >= 0.98.
 
-Usage: python benchmarks/bench_ledger.py [--mode stub|smoke] [--rounds 21] [--requests 200] [--clients 4]
+Usage: python benchmarks/bench_ledger.py [--mode stub|smoke] [--pairs 150] [--requests 200] [--clients 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,11 +62,15 @@ class InstantModel:
         pass
 
 
-def child(port: int, ledger_on: bool, mode: str, home: str) -> None:
-    """One server: serve's app + engine + router (+ ledger), until stdin closes."""
+def child(port: int, mode: str, home: str, cpu: int | None) -> None:
+    """One server: serve's app + engine + router + ledger. Reads commands on stdin, one per line:
+    `on` / `off` (record requests or not), `flush` (write the recorded rows now), `cpu` (print this
+    process's CPU seconds); EOF stops it."""
     import asyncio
     import logging
 
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     logging.getLogger("llmctl.serve.llama").propagate = False  # llama.cpp's load-time warnings
 
     import uvicorn
@@ -89,20 +104,118 @@ def child(port: int, ledger_on: bool, mode: str, home: str) -> None:
         public_health=True, public_metrics=True, shutdown_timeout_s=2,
         limits=Limits(max_tokens=1, rate_limit_rpm=0, queue_length=64))
     engine = Engine(settings, loader=loader) if loader else Engine(settings)
-    ledger = Ledger(Path(home) / f"usage-{port}.db") if ledger_on else None
+    ledger = Ledger(Path(home) / f"usage-{port}.db")
+    # The wiring `llmctl serve` does (upstreams/wiring.py), with the recorder switchable.
     router = Router(routing_for(validate({}), None, {}), served_model="smoke", max_tokens=1,
-                    recorder=ledger.record if ledger else None, dropped=(lambda: ledger.dropped) if ledger else None)
+                    recorder=None, dropped=lambda: ledger.dropped)
     app, _ = create_app(settings, engine, access_log=lambda record: None, router=router)
     engine.start()
     engine.loaded.wait()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
                                            access_log=False))
-    threading.Thread(target=lambda: (sys.stdin.read(), setattr(server, "should_exit", True)), daemon=True).start()
+
+    def control() -> None:
+        for line in sys.stdin:
+            command = line.strip()
+            if command in ("on", "off", "off2"):  # off2: the A/A check's second "off" arm
+                router.recorder = ledger.record if command == "on" else None
+                print("ok", flush=True)
+            elif command == "flush":  # write what this round recorded, now (the "off" arms have nothing)
+                ledger.flush(30)
+                print("ok", flush=True)
+            elif command == "cpu":
+                print(time.process_time(), flush=True)
+        server.should_exit = True
+
+    threading.Thread(target=control, daemon=True).start()
     asyncio.run(server.serve())
     engine.stop(2)
-    if ledger:
-        ledger.close()
-        sys.stderr.write(f"ledger: written {ledger.written} dropped {ledger.dropped}\n")
+    ledger.close()
+    sys.stderr.write(f"ledger: written {ledger.written} dropped {ledger.dropped}\n")
+
+
+class Connection:
+    """A keep-alive HTTP/1.1 connection that sends one prepared request and reads the reply: a few
+    microseconds of client CPU per request (httpx spends about a millisecond)."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request = request
+        self.buffer = b""
+
+    def send(self) -> int:
+        self.sock.sendall(self.request)
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(v) for k, _, v in (x.partition(b":") for x in lines[1:]) if k.strip().lower() == b"content-length")
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return status
+
+    def _fill(self) -> None:
+        self.buffer += self._recv()
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def prepared_request(port: int) -> bytes:
+    body = json.dumps({"model": "smoke", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+                       "temperature": 0}).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def one_round(connections: list[Connection], n: int, end: Callable[[], object] = lambda: None) -> float:
+    """Requests/s for n requests spread over the connections, one thread each; `end` runs inside
+    the timing, after the last response (the ledger's flush: a round pays for the rows it made)."""
+    per = n // len(connections)
+    errors: list[int] = []
+
+    def work(c: Connection) -> None:
+        for _ in range(per):
+            status = c.send()
+            if status != 200:
+                errors.append(status)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in connections]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, first with HTTP {errors[0]}")
+    return per * len(connections) / elapsed
+
+
+def steal_ticks() -> int:
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def bootstrap_median(values: list[float], n: int = 5000, seed: int = 1) -> tuple[float, float]:
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n)]
 
 
 def recording_cost(n: int = 20000) -> float:
@@ -153,90 +266,86 @@ def wait_ready(url: str, proc: subprocess.Popen) -> None:
     raise SystemExit("server not ready")
 
 
-def one_round(clients: list, url: str, n: int) -> float:
-    per = n // len(clients)
-    body = {"model": "smoke", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
-    errors: list[str] = []
-
-    def work(c) -> None:
-        for _ in range(per):
-            r = c.post(url + "/v1/chat/completions", json=body)
-            if r.status_code != 200:
-                errors.append(f"{r.status_code} {r.text[:200]}")
-
-    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise SystemExit(f"{len(errors)} requests failed: {errors[0]}")
-    return per * len(clients) / elapsed
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=("stub", "smoke"), default="stub")
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--pairs", type=int, default=150, help="ABBA pairs of rounds (one round per arm each)")
+    ap.add_argument("--requests", type=int, default=200, help="requests per round")
+    ap.add_argument("--clients", type=int, default=4, help="keep-alive connections, one client thread each")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                    help="server on CPU 0, client on CPU 1")
+    ap.add_argument("--aa", action="store_true", help="A/A check: both arms off; shows the noise of this design")
     ap.add_argument("--home", help="an LLMCTL_HOME whose store has the smoke model (mode smoke); default: a temp dir")
-    ap.add_argument("--child", nargs=4, metavar=("PORT", "LEDGER", "MODE", "HOME"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("PORT", "MODE", "HOME", "CPU"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        port, on, mode, home = args.child
-        child(int(port), on == "on", mode, home)
+        port, mode, home, cpu = args.child
+        child(int(port), mode, home, None if cpu == "-" else int(cpu))
         return
-    import httpx
 
     home = args.home or tempfile.mkdtemp(prefix="bench-ledger-")
     env = {**os.environ, "LLMCTL_HOME": home}
-    if args.mode == "smoke":  # assemble the smoke model once, before both servers look for it
+    if args.mode == "smoke":  # assemble the smoke model once, before the server looks for it
         from llmctl.models.smoke import ensure_smoke
         from llmctl.models.store import Store
         from llmctl.paths import Paths
 
         root = Path(home)
         ensure_smoke(Store(Paths("home", root, root, root / "state", root / "cache")))
-    servers = {}
-    for label in ("ledger on", "ledger off"):
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(port), label.split()[1], args.mode, home],
-                                stdin=subprocess.PIPE, env=env)
-        servers[label] = (f"http://127.0.0.1:{port}", proc)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(port), args.mode, home, "0" if args.pin else "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+
+    def ask(command: str) -> str:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
     try:
-        for url, proc in servers.values():
-            wait_ready(url, proc)
-        clients = {label: [httpx.Client(timeout=60) for _ in range(args.clients)] for label in servers}
-        for label, (url, _) in servers.items():  # warm-up: connections, first-request paths
-            one_round(clients[label], url, args.clients * 10)
-        rps: dict[str, list[float]] = {label: [] for label in servers}
-        for i in range(args.rounds):
-            order = list(servers) if i % 2 == 0 else list(reversed(servers))
-            for label in order:
-                rps[label].append(one_round(clients[label], servers[label][0], args.requests))
-        for label, samples in rps.items():
-            print(f"{label:10s}  median {statistics.median(samples):8.1f} req/s  "
-                  f"min {min(samples):8.1f}  max {max(samples):8.1f}  (n={len(samples)}, mode {args.mode})")
-        # Each round's pair ran back to back: the median of the paired ratios resists the drift of
-        # a shared machine better than the ratio of the medians (both are printed).
-        paired = statistics.median(a / b for a, b in zip(rps["ledger on"], rps["ledger off"]))
-        medians = statistics.median(rps["ledger on"]) / statistics.median(rps["ledger off"])
-        print(f"ratio of medians {medians:.3f}")
-        print(ratio_line(f"requests/s ledger on / off ({args.mode}, median of paired rounds)", paired, ">= 0.98"))
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        if args.pin:
+            os.sched_setaffinity(0, {1})
+        request = prepared_request(port)
+        connections = [Connection(port, request) for _ in range(args.clients)]
+        a, b = ("off2", "off") if args.aa else ("on", "off")
+        for arm in (a, b):  # warm-up: first-request paths, the ledger's file
+            ask(arm)
+            one_round(connections, args.clients * 25)
+        rps: dict[str, list[float]] = {a: [], b: []}
+        cpu = {a: 0.0, b: 0.0}
+        steal = {a: 0, b: 0}
+        for i in range(args.pairs):
+            for arm in ((a, b) if i % 2 == 0 else (b, a)):
+                ask(arm)
+                c0, s0 = float(ask("cpu")), steal_ticks()
+                rps[arm].append(one_round(connections, args.requests, lambda: ask("flush")))
+                cpu[arm] += float(ask("cpu")) - c0
+                steal[arm] += steal_ticks() - s0
+        for c in connections:
+            c.close()
+        n = args.pairs * (args.requests // args.clients * args.clients)
+        for arm in (a, b):
+            samples = sorted(rps[arm])
+            print(f"ledger {arm:4s}  median {statistics.median(samples):7.1f} req/s  min {samples[0]:7.1f}  "
+                  f"p90 {samples[int(0.9 * (len(samples) - 1))]:7.1f}  max {samples[-1]:7.1f}  "
+                  f"server CPU {cpu[arm] / n * 1e6:6.1f} us/request  "
+                  f"steal {steal[arm] / os.sysconf('SC_CLK_TCK'):5.1f} s  (n={len(samples)}, mode {args.mode})")
+        paired = [x / y for x, y in zip(rps[a], rps[b])]
+        low, high = bootstrap_median(paired)
+        total = sum(1 / r for r in rps[b]) / sum(1 / r for r in rps[a])  # equal requests per round
+        print(f"ratio of total throughput {total:.3f}; server CPU per request {b} / {a}: {cpu[b] / cpu[a]:.3f}")
+        label = "A/A check: off / off" if args.aa else "ledger on / off"
+        print(ratio_line(f"requests/s {label} ({args.mode}, median of {len(paired)} paired rounds, "
+                         f"95% CI {low:.3f}-{high:.3f})", statistics.median(paired), "~ 1.0" if args.aa else ">= 0.98"))
         per_call = recording_cost()
-        request_s = 1 / statistics.median(rps["ledger off"])
         print(f"recording one request in process: {per_call * 1e6:.1f} us of CPU (router.observe + ledger.record, "
-              f"writer thread included) = {per_call / request_s:.2%} of a request at the ledger-off rate")
+              f"writer thread included) = {per_call / (cpu['off'] / n):.2%} of the server's CPU per request")
     finally:
-        for _, proc in servers.values():
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.stdin.close()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 if __name__ == "__main__":

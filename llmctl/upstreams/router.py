@@ -77,7 +77,7 @@ class Router:
         *,
         served_model: str,
         max_tokens: int | None = None,
-        recorder: Callable[[dict], None] | None = None,
+        recorder: Callable[[tuple], None] | None = None,
         dropped: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
@@ -134,22 +134,23 @@ class Router:
             return
         prompt = int(record.get("prompt_tokens") or 0)
         completion = int(record.get("completion_tokens") or 0)
-        upstream = next((u for u in self.routing.upstreams if u.route == route), None)
-        self.recorder({
-            "ts": time.time(),
-            "key_id": record.get("key_id"),
-            "client": record.get("client"),
-            "route": route,
-            "model": record.get("model") or self.served_model,
-            "endpoint": endpoint,
-            "stream": bool(record.get("stream")),
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "latency_ms": float(record.get("duration_ms") or 0.0),
-            "status": int(record.get("status") or 0),
-            "error": record.get("error"),
-            "cost": upstream.cost(prompt, completion) if upstream is not None else 0.0,
-        })
+        upstream = next((u for u in self.routing.upstreams if u.route == route), None) if route != "local" else None
+        # A tuple in the ledger's COLUMNS order (usage/ledger.py): the cheapest row to build and to write.
+        self.recorder((
+            time.time(),                                          # ts
+            record.get("key_id"),                                 # key_id
+            record.get("client"),                                 # client
+            route,                                                # route
+            record.get("model") or self.served_model,             # model
+            endpoint,                                             # endpoint
+            bool(record.get("stream")),                           # stream
+            prompt,                                               # prompt_tokens
+            completion,                                           # completion_tokens
+            float(record.get("duration_ms") or 0.0),              # latency_ms
+            int(record.get("status") or 0),                       # status
+            record.get("error"),                                  # error
+            upstream.cost(prompt, completion) if upstream is not None else 0.0,  # cost
+        ))
 
     # -- routing -----------------------------------------------------------------------------------
 

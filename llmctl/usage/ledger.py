@@ -1,9 +1,9 @@
 """A write-behind usage ledger in SQLite (the state dir's usage.db).
 
-`record()` never blocks and never raises: it puts the row on a bounded queue and returns. One
-writer thread drains the queue in batches, one transaction per batch. A full queue, or a batch the
-database refuses (a full disk: SQLITE_FULL, a locked or broken file), becomes a counted drop
-(`dropped`), never an error for the request that produced it.
+`record()` never blocks and never raises: it appends the row to a bounded buffer and returns. One
+writer thread drains the buffer in batches, one transaction per batch. A full buffer, or a row the
+database refuses (a full disk: SQLITE_FULL, a locked or broken file, a malformed row), becomes a
+counted drop (`dropped`), never an error for the request that produced it.
 
 Rows hold no prompt, no output and no API key: the client's key *id* (serve's hash), the route,
 the model, token counts, latency, status, cost.
@@ -11,11 +11,12 @@ the model, token counts, latency, status, cost.
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 
 FILENAME = "usage.db"
@@ -40,8 +41,11 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
-_STOP = object()
-BATCH = 2048
+_VALUES = f"({', '.join('?' * len(COLUMNS))})"
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {_VALUES}"
+CHUNK = 32  # rows per INSERT statement: one sqlite3_step, so one release of the GIL, per 32 rows
+INSERT_CHUNK = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {', '.join([_VALUES] * CHUNK)}"
+BATCH = 2048  # rows per transaction at most
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -56,18 +60,31 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _disk_full(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 class Ledger:
     def __init__(self, path: Path, *, maxsize: int = 10_000, start: bool = True,
                  max_pages: int | None = None, on_error: Callable[[Exception], None] | None = None,
-                 interval: float = 0.1) -> None:
+                 interval: float = 0.5) -> None:
         """`max_pages` caps the database (SQLite's max_page_count): past it, writes fail as on a full
-        disk. `start=False` leaves the writer stopped (tests fill the queue with it)."""
+        disk. `start=False` leaves the writer stopped (tests fill the buffer with it)."""
         self.path = Path(path)
-        self.interval = interval  # the writer gathers rows this long before a transaction
+        self.interval = interval  # the writer lets rows gather this long before a transaction
+        self.maxsize = maxsize
         self.written = 0
         self.dropped = 0
         self.last_error: str | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so recording a
+        # request takes no lock and wakes no thread. Only the first row after the writer went idle
+        # sets `_wake` (`_armed` says it is set already): one wake-up per batch, not per request.
+        self._rows: deque = deque()
+        self._wake = threading.Event()
+        self._armed = False
+        self._closing = threading.Event()
+        self._hurry = threading.Event()  # flush() and close(): write now, do not wait for more rows
+        self._busy = False  # the writer holds rows taken off the deque and not yet written or dropped
         self._on_error = on_error
         self._drop_lock = threading.Lock()
         self._conn = connect(self.path)
@@ -82,11 +99,16 @@ class Ledger:
 
     # -- the request's side: never blocks, never raises ---------------------------------------------
 
-    def record(self, row: dict) -> None:
+    def record(self, row: dict | tuple) -> None:
+        """A row: a mapping of COLUMNS, or (cheaper, what serve's router sends) a tuple in their order."""
         try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            self._drop(1)
+            if len(self._rows) >= self.maxsize:
+                self._drop(1)
+                return
+            self._rows.append(row)
+            if not self._armed:
+                self._armed = True
+                self._wake.set()
         except Exception:  # noqa: BLE001 - a ledger must never fail a request
             self._drop(1)
 
@@ -97,66 +119,80 @@ class Ledger:
     # -- the writer thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch = []
-            if item is _STOP:
-                stop = True
-            else:
-                batch.append(item)
-                if self._queue.qsize() < BATCH:
-                    # Let rows gather: one transaction (and one wake-up) per interval, not per request.
-                    time.sleep(self.interval)
-            while len(batch) < BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            if batch:
+        while True:
+            self._wake.wait()
+            if len(self._rows) < BATCH:
+                self._hurry.wait(self.interval)  # let rows gather: one transaction per interval
+            self._wake.clear()
+            self._hurry.clear()
+            self._armed = False  # before draining: any row appended from here on wakes the writer again
+            stopping = self._closing.is_set()  # after clear(): a close() from here on leaves `_wake` set
+            while self._rows:
+                self._busy = True
+                batch = [self._rows.popleft() for _ in range(min(BATCH, len(self._rows)))]
                 self._write(batch)
-            for _ in range(len(batch) + (1 if stop else 0)):
-                self._queue.task_done()
+                self._busy = False
+            if stopping:
+                break
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001
             pass
 
-    def _write(self, batch: list[dict]) -> None:
-        sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    def _write(self, batch: list) -> None:
+        rows = []
+        for row in batch:
+            if type(row) is not tuple:
+                try:
+                    row = tuple(map(row.get, COLUMNS))
+                except Exception as exc:  # noqa: BLE001 - not a mapping: a malformed row
+                    self._failed(1, exc)
+                    continue
+            rows.append(row)
         try:
             with self._conn:
-                self._conn.executemany(sql, [tuple(row.get(c) for c in COLUMNS) for row in batch])
-            self.written += len(batch)
-        except Exception as exc:  # noqa: BLE001 - sqlite3.Error (full disk), bad row: a counted drop
-            self._drop(len(batch))
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            if self._on_error is not None:
-                try:
-                    self._on_error(exc)
-                except Exception:  # noqa: BLE001
-                    pass
+                full = len(rows) - len(rows) % CHUNK
+                for i in range(0, full, CHUNK):
+                    self._conn.execute(INSERT_CHUNK, list(chain.from_iterable(rows[i:i + CHUNK])))
+                if full < len(rows):
+                    self._conn.executemany(INSERT, rows[full:])
+            self.written += len(rows)
+            return
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error (a full disk), a malformed row
+            error = exc
+        if len(rows) > 1 and not _disk_full(error):
+            for row in rows:  # one bad row must not take the rest of its batch with it
+                self._write([row])
+            return
+        self._failed(len(rows), error)
+
+    def _failed(self, n: int, error: Exception) -> None:
+        if not n:
+            return
+        self._drop(n)
+        self.last_error = f"{type(error).__name__}: {error}"
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:  # noqa: BLE001
+                pass
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is written (or dropped)."""
+        """Write everything recorded so far now, and wait until it is written (or dropped)."""
+        self._hurry.set()
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
+        while self._rows or self._busy:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is buffered, then stop the writer."""
         if self._thread.is_alive():
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:
-                pass
+            self._closing.set()
+            self._hurry.set()
+            self._wake.set()
             self._thread.join(timeout)
         else:
             try:

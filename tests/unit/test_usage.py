@@ -69,6 +69,27 @@ def test_an_unwritable_row_is_dropped_not_raised(tmp_path):
     assert ledger.written == 1 and ledger.dropped == 2
 
 
+def test_a_bad_row_does_not_take_its_batch_with_it(tmp_path):
+    ledger = Ledger(tmp_path / FILENAME, start=False)  # all five rows land in one batch
+    for i in range(5):
+        ledger.record(row(status=None) if i == 2 else row())
+    ledger.start()
+    assert ledger.flush(10)
+    ledger.close()
+    assert (ledger.written, ledger.dropped) == (4, 1)
+    assert "NOT NULL" in (ledger.last_error or "")
+
+
+def test_close_writes_what_is_buffered(tmp_path):
+    ledger = Ledger(tmp_path / FILENAME, interval=30)  # the writer would wait 30 s for more rows
+    for _ in range(7):
+        ledger.record(row())
+    time.sleep(0.2)  # not synchronisation: gives the writer time to start its 30 s wait, the case under test
+    t0 = time.monotonic()
+    ledger.close()
+    assert ledger.written == 7 and time.monotonic() - t0 < 29
+
+
 def test_summary_counts_tokens_latency_cost_and_savings(tmp_path):
     now = time.time()
     ledger = Ledger(tmp_path / FILENAME)
