@@ -14,6 +14,10 @@ from pathlib import Path
 SYSTEM_CONFIG_DIR = Path("/etc/llmctl")
 SYSTEM_DATA_DIR = Path("/var/lib/llmctl")
 SYSTEM_CACHE_DIR = Path("/var/cache/llmctl")
+# System mode: what `llmctl serve` writes (the usage ledger) has a directory of its own, the server
+# units' StateDirectory=, because they run as a dynamic user while the health check's state
+# directory belongs to the static user llmctl-health.
+SYSTEM_SERVE_STATE_DIR = SYSTEM_DATA_DIR / "serve"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class Paths:
     @property
     def config_file(self) -> Path:
         return self.config_dir / "config.yaml"
+
+    @property
+    def serve_state_dir(self) -> Path:
+        """Where `llmctl serve` writes (usage.db) and `llmctl usage` reads."""
+        return SYSTEM_SERVE_STATE_DIR if self.mode == "system" else self.state_dir
 
     @property
     def models_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""`llmctl usage`: what `llmctl serve` answered, from the usage ledger (state dir, usage.db)."""
+"""`llmctl usage`: what `llmctl serve` answered, from the usage ledger (serve's state dir, usage.db)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def main(
     loaded = load_config()
     paths = loaded.paths or resolve_paths()
     policy = loaded.config.routing
-    report = summarize(paths.state_dir, since=parse_since(since), by=by,
+    report = summarize(paths.serve_state_dir, since=parse_since(since), by=by,
                        reference_in_per_1k=policy.reference_price_in_per_1k,
                        reference_out_per_1k=policy.reference_price_out_per_1k)
     rows = list(report.rows) + [report.total]

@@ -143,6 +143,12 @@ def install(
                                   hint="run as root, or use --root DIR or --user") from None
         written.append(str(path))
     removed = _remove(stale)
+    for d in rendered.directories:  # ReadWritePaths= of a missing directory would be ignored
+        target = root / Path(d).relative_to("/") if root is not None else Path(d)
+        try:
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OperationFailed(f"cannot create {target}: {exc.strerror or exc}") from None
     if any(f.kind == "sysusers" for f in rendered.files):
         commands.append((sysusers, *([f"--root={root}"] if root is not None else [])))
     if root is None:

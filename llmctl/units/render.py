@@ -64,6 +64,9 @@ class RenderOptions:
 class RenderResult:
     files: tuple[RenderedFile, ...]
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Directories the units write that systemd does not create (user mode: the state directory,
+    # made writable by ReadWritePaths= in a read-only home); install creates them.
+    directories: tuple[str, ...] = field(default_factory=tuple)
 
     def get(self, name: str) -> RenderedFile:
         for f in self.files:
@@ -283,6 +286,11 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "ip_allow": _ip_allow(hosts),
             "wanted_by": "multi-user.target" if system else "default.target",
             "protect_home": "yes" if system else "read-only",
+            # Where serve writes (the usage ledger), and nothing else: StateDirectory= of the
+            # dynamic user in system mode; in user mode the home is read-only but for this.
+            "state_directory": (str(system_paths().serve_state_dir.relative_to("/var/lib")) if system else ""),
+            "read_write_paths": ([] if system or options.paths is None else
+                                 ["-" + unit_path("the state directory", str(options.paths.serve_state_dir))]),
         }
         if system:
             for label, p in (("the llmctl path", options.llmctl), ("the config file", options.config_path),
@@ -355,7 +363,9 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         }
         files.append(RenderedFile(SYSUSERS_CONF, "sysusers", str(SYSUSERS_DIR / SYSUSERS_CONF),
                                   env.get_template("sysusers.conf.j2").render(**sctx)))
-    return RenderResult(tuple(files), tuple(warnings))
+    directories = () if system or options.paths is None else (
+        str(options.paths.state_dir), str(options.paths.serve_state_dir))
+    return RenderResult(tuple(files), tuple(warnings), tuple(dict.fromkeys(directories)))
 
 
 def _readable_warnings(unit: str, service: str, model_ref: str, options: RenderOptions, system: bool) -> list[str]:

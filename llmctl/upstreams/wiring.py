@@ -24,9 +24,9 @@ def build_router(cfg: Config, paths: Paths, settings: Any) -> tuple[Any, Any, li
     notes: list[str] = []
     if cfg.routing.ledger:
         try:
-            ledger = Ledger(paths.state_dir / FILENAME, maxsize=cfg.routing.ledger_queue)
+            ledger = Ledger(paths.serve_state_dir / FILENAME, maxsize=cfg.routing.ledger_queue)
         except Exception as exc:  # noqa: BLE001 - serving goes on without a ledger
-            notes.append(f"usage ledger off: cannot open {paths.state_dir / FILENAME}: {exc}")
+            notes.append(f"usage ledger off: cannot open {paths.serve_state_dir / FILENAME}: {exc}")
     if routing.airgap and cfg.upstreams:
         notes.append("airgap: no request leaves this host; upstreams are not used")
     elif routing.upstreams:

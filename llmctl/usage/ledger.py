@@ -11,6 +11,7 @@ the model, token counts, latency, status, cost.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 _VALUES = f"({', '.join('?' * len(COLUMNS))})"
+_DEFAULTS = {"stream": 0, "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0, "cost": 0.0}
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {_VALUES}"
 CHUNK = 32  # rows per INSERT statement: one sqlite3_step, so one release of the GIL, per 32 rows
 INSERT_CHUNK = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {', '.join([_VALUES] * CHUNK)}"
@@ -50,7 +52,7 @@ BATCH = 2048  # rows per transaction at most
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        return sqlite3.connect(_reader_uri(Path(path)), uri=True, timeout=5.0)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
@@ -58,6 +60,30 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
     return conn
+
+
+def _reader_uri(path: Path) -> str:
+    """How a reader (`llmctl usage`) opens the ledger without creating a file beside it.
+
+    A read-only open of a WAL database creates its -wal and -shm files when they are missing. A
+    reader that is not the ledger's owner (root reading the ledger of a server unit, which runs
+    as a dynamic user) would leave files the server can no longer open. So a reader that does not
+    own the file opens it read-only only while both files exist (a writer is running, or died:
+    nothing is created), and otherwise as immutable (no locks, no -shm): without a -wal file,
+    everything written is in the database file itself (SQLite checkpoints and deletes the -wal
+    when the last writer closes)."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return uri  # sqlite3 reports the error
+    if owner == os.geteuid():
+        return uri
+    if all(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm")):
+        return uri
+    return uri + "&immutable=1"
 
 
 def _disk_full(exc: Exception) -> bool:
@@ -144,7 +170,7 @@ class Ledger:
         for row in batch:
             if type(row) is not tuple:
                 try:
-                    row = tuple(map(row.get, COLUMNS))
+                    row = tuple(row.get(c, _DEFAULTS.get(c)) for c in COLUMNS)
                 except Exception as exc:  # noqa: BLE001 - not a mapping: a malformed row
                     self._failed(1, exc)
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 import sqlite3
 import time
@@ -101,7 +102,13 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
     path = Path(state_dir) / FILENAME
     groups: dict[str, dict] = defaultdict(lambda: {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []})
     total = {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []}
-    if path.exists():
+    unreadable_hint = "read it as the user that runs llmctl serve, or as root (the server units run as a dynamic user)"
+    try:
+        present = path.exists()
+    except OSError as exc:  # PermissionError: /var/lib/private, the server units' own, is root's
+        raise OperationFailed(f"cannot read the usage ledger {path}: {exc.strerror or exc}",
+                              hint=unreadable_hint) from None
+    if present:
         key = GROUPS[by] if by else "'all'"
         try:
             conn = connect(path, readonly=True)
@@ -120,7 +127,9 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            raise OperationFailed(f"cannot read the usage ledger {path}: {exc}") from None
+            readable = os.access(path, os.R_OK)
+            raise OperationFailed(f"cannot read the usage ledger {path}: {exc}",
+                                  hint=None if readable else unreadable_hint) from None
 
     def row(name: str, acc: dict) -> UsageRow:
         lat = sorted(acc["lat"])

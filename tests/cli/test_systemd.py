@@ -142,6 +142,8 @@ def test_user_install_runs_daemon_reload_and_enable_now(llmctl, tmp_path: Path):
     assert sorted(p.name for p in unit_dir.iterdir()) == [
         "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
     assert "Ran: " in proc.stderr
+    state = Path(os.environ["LLMCTL_HOME"]) / "state"  # ReadWritePaths= of both units: install made it
+    assert state.is_dir() and f"ReadWritePaths=-{state}" in (unit_dir / "llmctl-chat.service").read_text()
 
     log.unlink()
     proc = llmctl("systemd", "uninstall", "--user", "--systemctl", str(script), env=env)

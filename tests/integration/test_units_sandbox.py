@@ -215,6 +215,40 @@ def test_engine_runs_under_the_server_units_seccomp_policy(smoke_model: Path, tm
     assert result["http"] == "pong"
 
 
+LEDGER_CHILD = SECCOMP_PRELUDE + r'''
+import time
+from pathlib import Path
+from llmctl.usage.ledger import Ledger
+from llmctl.usage.report import summarize
+
+state = Path(sys.argv[2])
+ledger = Ledger(state / "usage.db")
+for i in range(50):
+    ledger.record({"ts": time.time(), "route": "local", "model": "smoke", "status": 200, "prompt_tokens": 3})
+written = ledger.flush(10)
+report = summarize(state, since=None, by=None)  # read while the writer runs: WAL, -shm mapped
+ledger.close()
+print(json.dumps({"flushed": written, "written": ledger.written, "dropped": ledger.dropped,
+                  "error": ledger.last_error, "read": report.total.requests, "prompt": report.total.prompt_tokens}))
+'''
+
+
+def test_usage_ledger_works_under_the_server_units_seccomp_policy(tmp_path: Path):
+    """The one thing the server unit writes (its StateDirectory=): SQLite in WAL mode maps the -shm
+    file shared, takes fcntl locks and syncs; all of it must pass the unit's filters."""
+    config = validate({"services": {"chat": {"model": "smoke"}}})
+    unit = render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml")
+                  ).get("llmctl-chat.service").content
+    assert "StateDirectory=llmctl/serve" in unit
+    state = tmp_path / "serve"
+    state.mkdir(mode=0o700)
+    proc = subprocess.run([sys.executable, "-c", LEDGER_CHILD, json.dumps(_policy(unit)), str(state)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"flushed": True, "written": 50, "dropped": 0, "error": None, "read": 50, "prompt": 150}
+
+
 # A CUDA workload through the driver API (what llama.cpp's CUDA backend rests on): context, PTX JIT,
 # memory, a kernel launch, a copy back.
 GPU_CHILD = SECCOMP_PRELUDE + r'''

@@ -226,6 +226,29 @@ def test_user_units(home: Path):
     assert _unit(chat, "ProtectHome") == ["read-only"]
     assert _unit(chat, "ExecStart")[0].endswith(f"{home}/models/smoke/gemma-3-270m-q4_k_m.gguf")
     assert "WantedBy=default.target" in chat
+    # The home is read-only to it but for the state directory, where the usage ledger lives;
+    # install creates that directory (a missing one would be skipped: the "-" prefix).
+    assert _unit(chat, "ReadWritePaths") == [f"-{home}/state"]
+    assert "StateDirectory" not in chat
+    assert result.directories == (f"{home}/state",)
+
+
+def test_server_units_write_only_serves_state_directory(home: Path):
+    """System mode: StateDirectory= is where `llmctl serve` puts the usage ledger and where
+    `llmctl usage` reads it (Paths.serve_state_dir), not the health check's directory (another user)."""
+    result = _render(FLEET, home)
+    expected = "/var/lib/llmctl/serve"
+    system = Paths("system", Path("/etc/llmctl"), Path("/var/lib/llmctl"), Path("/var/lib/llmctl/state"),
+                   Path("/var/cache/llmctl"))
+    assert str(system.serve_state_dir) == expected and str(system.state_dir) != expected
+    for f in result.files:
+        if f.kind == "service" and f.name != "llmctl-health.service":
+            assert _unit(f.content, "StateDirectory") == [expected.removeprefix("/var/lib/")], f.name
+            assert _unit(f.content, "StateDirectoryMode") == ["0700"]
+            assert "ReadWritePaths" not in f.content
+    health = result.get("llmctl-health.service").content
+    assert _unit(health, "StateDirectory") == ["llmctl/state"]
+    assert result.directories == ()
 
 
 @pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node to run the polkit rule")

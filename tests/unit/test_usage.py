@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -149,3 +150,45 @@ def test_percentile_nearest_rank():
     assert percentile([1.0], 95) == 1.0
     values = [float(i) for i in range(1, 101)]
     assert percentile(values, 50) == 50.0 and percentile(values, 95) == 95.0
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the ledger to another user")
+
+
+def _give_away(directory, uid: int = 4242) -> None:
+    for p in directory.iterdir():
+        os.chown(p, uid, uid)
+
+
+@needs_root
+def test_root_reading_a_closed_ledger_creates_no_file(tmp_path):
+    tmp_path = tmp_path / "serve"  # the server unit's StateDirectory=
+    """`sudo llmctl usage` against a server unit's ledger (owned by its dynamic user): a -wal or
+    -shm file left by root would lock the server out of its own ledger."""
+    ledger = Ledger(tmp_path / FILENAME)
+    for _ in range(4):
+        ledger.record(row())
+    ledger.close()
+    _give_away(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
+    report = summarize(tmp_path, since=None, by=None)
+    assert report.total.requests == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
+
+
+@needs_root
+def test_root_reads_what_a_running_writer_has_only_in_its_wal(tmp_path):
+    tmp_path = tmp_path / "serve"
+    ledger = Ledger(tmp_path / FILENAME)
+    try:
+        for _ in range(3):
+            ledger.record(row())
+        assert ledger.flush(10)
+        _give_away(tmp_path)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        assert before == [FILENAME, FILENAME + "-shm", FILENAME + "-wal"]
+        assert summarize(tmp_path, since=None, by=None).total.requests == 3
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert all(p.stat().st_uid == 4242 for p in tmp_path.iterdir())
+    finally:
+        ledger.close()
