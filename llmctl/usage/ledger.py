@@ -110,6 +110,7 @@ class Ledger:
         self._armed = False
         self._closing = threading.Event()
         self._hurry = threading.Event()  # flush() and close(): write now, do not wait for more rows
+        self._idle = threading.Event()  # set by the writer each time it has emptied the buffer
         self._busy = False  # the writer holds rows taken off the deque and not yet written or dropped
         self._on_error = on_error
         self._drop_lock = threading.Lock()
@@ -158,6 +159,7 @@ class Ledger:
                 batch = [self._rows.popleft() for _ in range(min(BATCH, len(self._rows)))]
                 self._write(batch)
                 self._busy = False
+            self._idle.set()
             if stopping:
                 break
         try:
@@ -205,12 +207,17 @@ class Ledger:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write everything recorded so far now, and wait until it is written (or dropped)."""
-        self._hurry.set()
         deadline = time.monotonic() + timeout
         while self._rows or self._busy:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if not self._thread.is_alive() or remaining <= 0:
                 return False
-            time.sleep(0.002)
+            self._idle.clear()
+            if not (self._rows or self._busy):  # emptied between the test above and clear()
+                break
+            self._hurry.set()
+            self._wake.set()
+            self._idle.wait(min(remaining, 0.1))
         return True
 
     def close(self, timeout: float = 5.0) -> None:
