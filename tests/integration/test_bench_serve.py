@@ -4,58 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests._serve import Server, free_port, stop_server, wait_healthy
+
 pytestmark = [pytest.mark.model, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def serve_smoke(smoke_model, tmp_path):
     pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
     pytest.importorskip("uvicorn", reason="needs llmctl[serve]")
-    import httpx
-
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", "smoke", "--port", str(port), "-t", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:  # the store and config of the test's LLMCTL_HOME (smoke_model)
+        proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", "smoke", "--port", str(port), "-t", "1"],
+                                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    server = Server(proc, port, tmp_path, log_path)
     try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llmctl serve exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"llmctl serve not healthy within 120 s:\n{log.read()[-3000:]}")
-            time.sleep(0.2)
-        yield url
+        wait_healthy(server)
+        yield server.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        stop_server(server)
 
 
 def test_bench_measures_llmctl_serve(llmctl, serve_smoke):

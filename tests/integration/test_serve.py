@@ -6,19 +6,12 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests._serve import Server, assert_openai_error, free_port, metric, poll, start_server, stop_server, wait_healthy
 from tests._store import link_smoke_store
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
@@ -32,109 +25,13 @@ BURST_KEY = "sk-test-burst-abcdef"
 SECRET_MARKER = "zebra-quokka-7731"  # appears in a prompt; must never reach the log
 
 
-# -- helpers shared with test_serve_lifecycle.py --------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-link_store = link_smoke_store  # the lifecycle tests import it from here
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-    home: Path
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
-
-
-def start_server(home: Path, config: str, *args: str, env: dict | None = None) -> Server:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.yaml").write_text(config)
-    log_path = home / "server.log"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
-    environ.update({"LLMCTL_HOME": str(home), "LLMCTL_CONFIG": str(home / "config.yaml"), "NO_COLOR": "1"})
-    environ.update(env or {})
-    port = int(re.search(r"port: (\d+)", config).group(1)) if "port:" in config else free_port()
-    argv = [sys.executable, "-m", "llmctl", "serve", *args]
-    if "port:" not in config:
-        argv += ["--port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ)
-    return Server(proc, port, home, log_path)
-
-
-def wait_healthy(server: Server, deadline_s: float = 120.0, headers: dict | None = None) -> None:
-    """Poll /health until 200 (503 while loading is expected on the way)."""
-    deadline = time.monotonic() + deadline_s
-    seen = set()
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited {server.proc.returncode}:\n" + "\n".join(server.log_lines()[-20:]))
-        try:
-            r = httpx.get(server.url + "/health", headers=headers, timeout=2)
-            seen.add(r.status_code)
-            if r.status_code == 200:
-                return
-            assert r.status_code == 503, r.text
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # polling interval, not synchronisation
-    raise AssertionError(f"server not healthy within {deadline_s}s (saw {seen})")
-
-
-def stop_server(server: Server, timeout: float = 30.0) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-    return server.proc.returncode
-
-
-def metric(text: str, name: str, labels: str | None = None) -> float:
-    """One sample's value from Prometheus text (0.0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if labels is None and key == name:
-            return float(value)
-        if labels is not None and key.startswith(name + "{") and all(part in key for part in labels.split(",")):
-            return float(value)
-    return 0.0
-
-
-def poll(condition, deadline_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # -- the shared server ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("serve-home")
-    link_store(smoke_store, home)
+    link_smoke_store(smoke_store, home)
     keys = home / "api-keys"
     keys.write_text(f"# test keys\n{KEY}\n\n{BURST_KEY}\n")
     port = free_port()
@@ -170,19 +67,6 @@ def client(served: Server):
 
 def auth(key: str = KEY) -> dict:
     return {"Authorization": f"Bearer {key}"}
-
-
-def assert_openai_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    assert "code" in err
-    if code is not None:
-        assert err["code"] == code
-    return err
 
 
 def still_serving(served: Server) -> None:

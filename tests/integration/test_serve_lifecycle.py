@@ -14,15 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_serve import (
-    assert_openai_error,
-    free_port,
-    link_store,
-    metric,
-    poll,
-    start_server,
-    wait_healthy,
-)
+from tests._serve import assert_openai_error, free_port, metric, poll, start_server, wait_healthy
+from tests._store import link_smoke_store as link_store
 
 NO_EOS = {"1": -100, "106": -100}  # the smoke model's <eos> and <end_of_turn>: keep the stream going
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fake_upstreams import COMPLETION_TOKENS, PROMPT_TOKENS, WORDS
 from tests._store import link_smoke_store
-from tests.integration.test_serve import free_port, metric, poll, start_server, stop_server, wait_healthy
+from tests._serve import free_port, metric, poll, start_server, stop_server, wait_healthy
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 openai = pytest.importorskip("openai")
