@@ -1,4 +1,4 @@
-"""A write-behind usage ledger in SQLite (the state dir's usage.db).
+"""A write-behind usage ledger in SQLite (usage.db in serve's state dir, Paths.serve_state_dir).
 
 `record()` never blocks and never raises: it appends the row to a bounded buffer and returns. One
 writer thread drains the buffer in batches, one transaction per batch. A full buffer, or a row the
@@ -86,8 +86,11 @@ def _reader_uri(path: Path) -> str:
     return uri + "&immutable=1"
 
 
-def _disk_full(exc: Exception) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+def _row_error(exc: Exception) -> bool:
+    """An error of one row (a NULL in a NOT NULL column, a value sqlite3 cannot bind), not of the
+    database (full, locked, read-only, broken): only then is the batch retried row by row."""
+    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                            TypeError, ValueError, OverflowError))
 
 
 class Ledger:
@@ -188,7 +191,7 @@ class Ledger:
             return
         except Exception as exc:  # noqa: BLE001 - sqlite3.Error (a full disk), a malformed row
             error = exc
-        if len(rows) > 1 and not _disk_full(error):
+        if len(rows) > 1 and _row_error(error):
             for row in rows:  # one bad row must not take the rest of its batch with it
                 self._write([row])
             return
