@@ -40,7 +40,7 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     where = subprocess.run([str(venv / "bin/python"), "-c",
-                            "import llmctl.units.render as r; print(r.templates_dir())"],
+                            "import llmctl.templating as t; print(t.templates_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # the wheel's copy, not the checkout's
