@@ -236,6 +236,15 @@ class MonitoringSettings(Strict):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("job", "health_job")
+    @classmethod
+    def _no_grafana_variable(cls, v: str) -> str:
+        # The dashboard's queries name the job, and Grafana expands $name, ${name} and [[name]] in
+        # queries, with no way to escape them.
+        if "$" in v or "[[" in v:
+            raise ValueError("must not contain '$' or '[[' (Grafana reads them as dashboard variables)")
+        return v
+
     @field_validator("target_host")
     @classmethod
     def _host(cls, v: str | None) -> str | None:

@@ -19,8 +19,9 @@ app = typer.Typer(help="Render the Prometheus scrape config, alert and recording
                   "for the configured services.", no_args_is_help=True)
 
 
-def deployment(loaded):  # -> llmctl.monitoring.render.Deployment
-    """What is deployed, as the monitoring names it: units, the health check's units, cloud routes."""
+def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.render.Deployment
+    """What is deployed, as the monitoring names it: units, the health check's units, cloud routes,
+    and how a runbook runs llmctl on that host (`config_path`: default the config in use)."""
     from llmctl.monitoring.render import Deployment, runbook_llmctl
     from llmctl.units.render import HEALTH_TIMER, HEALTH_UNIT, SYSTEM_CONFIG_FILE, unit_name
     from llmctl.upstreams.config import upstream_route
@@ -28,7 +29,8 @@ def deployment(loaded):  # -> llmctl.monitoring.render.Deployment
     cfg = loaded.config
     units = {name: unit_name(name, spec) for name, spec in cfg.services.items()}
     cloud = () if cfg.airgap else tuple(upstream_route(n) for n, u in cfg.upstreams.items() if u.cloud)
-    config_path = str(Path(loaded.path).absolute()) if loaded.path is not None else None
+    if config_path is None and loaded.path is not None:
+        config_path = str(Path(loaded.path).absolute())
     return Deployment(units=units, health_service=HEALTH_UNIT, health_timer=HEALTH_TIMER, cloud_routes=cloud,
                       llmctl=runbook_llmctl(config_path, str(SYSTEM_CONFIG_FILE)))
 
@@ -37,6 +39,10 @@ def deployment(loaded):  # -> llmctl.monitoring.render.Deployment
 def render_cmd(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Write the files here (created "
                                                     "if missing) instead of printing them.",
+                                                    show_default=False)] = None,
+    config_path: Annotated[str | None, typer.Option("--config-path", help="The config file on the served host, "
+                                                    "for the runbooks' llmctl commands (default: the one in use; "
+                                                    "not named when it is /etc/llmctl/config.yaml).",
                                                     show_default=False)] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -54,7 +60,7 @@ def render_cmd(
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: not a directory")
     loaded = load_config()
-    result = render(loaded.config, deployment(loaded))
+    result = render(loaded.config, deployment(loaded, config_path))
     written = []
     if output_dir is not None:
         for f in result.files:

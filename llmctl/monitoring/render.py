@@ -167,9 +167,11 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
     }
 
     def alert_labels(severity: str) -> str:
-        """An alert's labels as a YAML flow mapping: severity, then monitoring.alert_labels."""
+        """An alert's labels as a YAML flow mapping: severity, then monitoring.alert_labels. Prometheus
+        expands alert labels as Go templates, as it does annotations."""
         pairs = [("severity", severity), *sorted(m.alert_labels.items())]
-        return "{" + ", ".join(f"{escape.yaml_value(k)}: {escape.yaml_value(v)}" for k, v in pairs) + "}"
+        return "{" + ", ".join(f"{escape.yaml_value(k)}: {escape.yaml_value(escape.gotmpl_text(v))}"
+                               for k, v in pairs) + "}"
 
     ctx["alert_labels"] = alert_labels
     env = _environment()
