@@ -16,7 +16,7 @@ import yaml
 
 from llmctl.config import load_config
 from llmctl.monitoring.render import RULES_FILE, SCRAPE_FILE, render
-from tests.unit.test_monitoring import HOSTILE, ISSUE_ALERTS, TEST_CONFIG, cli_deployment, rendered
+from tests._monitoring import HOSTILE, ISSUE_ALERTS, TEST_CONFIG, cli_deployment, rendered
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)")
 

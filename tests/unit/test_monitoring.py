@@ -6,10 +6,7 @@ promtool and a real Prometheus check the same files in tests/integration/test_mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import random
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,37 +14,12 @@ import yaml
 from llmctl.config import load_config
 from llmctl.errors import UsageError
 from llmctl.monitoring import escape
-from llmctl.monitoring.render import DASHBOARD_FILE, RULES_FILE, SCRAPE_FILE, render
+from llmctl.monitoring.render import DASHBOARD_FILE, RULES_FILE, SCRAPE_FILE
+from tests._monitoring import (HOSTILE, ISSUE_ALERTS, REPO, TEST_CONFIG, grafana_exprs, hostile_strings, rendered,
+                               substituted)
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
-TEST_CONFIG = REPO / "tests" / "monitoring" / "config.yaml"
 SNAPSHOTS = REPO / "tests" / "snapshots" / "monitoring" / "example"
-
-HOSTILE = [
-    'a"b\\c', "new\nline\ttab\r", "{{ $labels.job }} {{ printf \"%s\" 1 }}", "x }} {{ y", "{", "}}",
-    "ü ∑ 😀 \u2028 \u2029 \x85 \x7f \x01 \ufeff", "#comment: yes", "- item", "&anchor *alias !!python/object",
-    "'single'", "null", "~", "yes", "${datasource} $service", "[[ x ]] [% y %] [# z #]", "\\u0041 \\n",
-    " leading and trailing ", "", "---\n...\n", "%YAML 1.2", "a: {b: [c]}",
-]
-
-
-def hostile_strings(n: int = 40, seed: int = 17) -> list[str]:
-    """The fixed nasty ones, and random mixes of their characters."""
-    rng = random.Random(seed)
-    alphabet = "".join(sorted(set("".join(HOSTILE)))) + "abc xyz"
-    return HOSTILE + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(n)]
-
-
-def cli_deployment(loaded, llmctl: str = "llmctl"):
-    from llmctl.cli.monitoring import deployment
-
-    return dataclasses.replace(deployment(loaded), llmctl=llmctl)
-
-
-def rendered(path: Path, **replace):
-    loaded = load_config(path)
-    return render(loaded.config, cli_deployment(loaded, **replace))
 
 
 # -- escapers ---------------------------------------------------------------------------------------------
@@ -106,14 +78,6 @@ def test_bad_text_and_numbers_are_usage_errors():
 
 
 # -- render ----------------------------------------------------------------------------------------------
-
-
-ISSUE_ALERTS = {
-    "LlmctlServiceDown", "LlmctlHealthCritical",  # service down or health CRITICAL
-    "LlmctlRestartBudgetExhausted", "LlmctlHealthCheckStale", "LlmctlQueueSaturated", "LlmctlSlowFirstToken",
-    "LlmctlGenerationSlow", "LlmctlUpstreamCircuitOpen", "LlmctlCloudFallbackHigh", "LlmctlUsageLedgerDropping",
-    "LlmctlGpuOffloadLost",
-}
 
 
 def test_every_alert_the_issue_asks_for_with_annotations_and_a_runbook():
@@ -232,21 +196,6 @@ def test_example_config_matches_the_snapshots():
 # -- the dashboard ---------------------------------------------------------------------------------------
 
 
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$service": ".*", "${datasource}": "x"}
-
-
-def grafana_exprs(board: dict) -> list[str]:
-    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    exprs += [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
-    return exprs
-
-
-def substituted(expr: str) -> str:
-    for k, v in GRAFANA_VARIABLES.items():
-        expr = expr.replace(k, v)
-    return expr
-
-
 def test_dashboard_shape_variables_and_panels():
     board = json.loads(rendered(TEST_CONFIG).get(DASHBOARD_FILE).content)
     assert board["schemaVersion"] == 42 and board["uid"] == "llmctl" and board["title"] == "llmctl"
@@ -272,8 +221,6 @@ def test_dashboard_queries_parse():
     promql = pytest.importorskip("promql_parser", reason="needs llmctl[test]")
     board = json.loads(rendered(TEST_CONFIG).get(DASHBOARD_FILE).content)
     for expr in grafana_exprs(board):
-        if expr.startswith("label_values("):
-            expr = expr[len("label_values("):].rsplit(",", 1)[0]
         promql.parse(substituted(expr))
 
 
@@ -286,8 +233,6 @@ def test_hostile_dashboard_title_and_job(write_config, title):
     assert board["title"] == (title or "t")
     promql = pytest.importorskip("promql_parser", reason="needs llmctl[test]")
     for expr in grafana_exprs(board):
-        if expr.startswith("label_values("):
-            expr = expr[len("label_values("):].rsplit(",", 1)[0]
         jobs = []
         promql.walk(promql.parse(substituted(expr)),
                     lambda n: jobs.extend(m.value for m in n.matchers.matchers if m.name == "job")
