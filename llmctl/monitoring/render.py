@@ -137,7 +137,6 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
             "credentials_file": (m.credentials_file.replace("{service}", name)
                                  if spec.api_keys_file and not spec.public_metrics else None),
             "queue_length": spec.limits.queue_length,
-            "gpu": spec.uses_gpu,
         })
     window = m.rate_window
     ctx: dict[str, Any] = {
