@@ -25,7 +25,7 @@ class Strict(BaseModel):
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValueError(
             f"{kind} name {name!r} must be lower-case letters, digits, '.', '_' or '-' (at most 64)"
         )
@@ -189,6 +189,102 @@ class SystemdSettings(Strict):
         return v
 
 
+# -- monitoring (llmctl monitoring render) ------------------------------------------------------------
+
+# A Prometheus duration (model.ParseDuration): units largest first, each at most once; or 0.
+PROM_DURATION_RE = re.compile(r"0|(?=[0-9])(?:[0-9]+y)?(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?"
+                              r"(?:[0-9]+s)?(?:[0-9]+ms)?")
+LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+HOST_RE = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
+
+
+def _duration(v: str) -> str:
+    if not PROM_DURATION_RE.fullmatch(v) or v == "0":
+        raise ValueError(f"{v!r} is not a Prometheus duration such as 30s, 5m or 1h30m")
+    return v
+
+
+class MonitoringSettings(Strict):
+    """What `llmctl monitoring render` writes: Prometheus scrape config, rules, Grafana dashboard."""
+
+    job: str = "llmctl"  # Prometheus job of the servers' /metrics
+    health_job: str = "llmctl-health"  # job of node_exporter's textfile collector (systemd.health_textfile)
+    target_host: str | None = None  # where Prometheus dials the servers; null: each service's host
+    node_exporter: str = "127.0.0.1:9100"  # node_exporter's host:port (the health textfile)
+    credentials_file: str = "/etc/prometheus/llmctl-{service}.key"  # one API key, when /metrics needs one
+    scrape_interval: str | None = None  # null: Prometheus's global scrape_interval
+    evaluation_interval: str | None = None  # the rule groups' interval; null: Prometheus's global
+    rate_window: str = "5m"  # window of the recorded rates and quantiles (at least 4 scrape intervals)
+    alert_for: str = "5m"  # how long a condition holds before its alert fires
+    health_stale_after: str = "10m"  # no health run for this long (several health.interval) fires
+    ttft_p95_s: PositiveFloat = 5.0  # time to first token, p95 over rate_window, above this fires
+    min_generation_tps: PositiveFloat = 5.0  # mean decode speed per request below this fires
+    max_cloud_fallback_percent: Annotated[float, Field(gt=0, le=100)] = 10.0  # of generation requests
+    alert_labels: dict[str, str] = {}  # added to every alert, e.g. {team: ml-ops}
+    dashboard_title: str = "llmctl"
+    dashboard_uid: str = "llmctl"
+
+    @field_validator("scrape_interval", "evaluation_interval", "rate_window", "alert_for", "health_stale_after")
+    @classmethod
+    def _durations(cls, v: str | None) -> str | None:
+        return v if v is None else _duration(v)
+
+    @field_validator("job", "health_job", "dashboard_title")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("job", "health_job")
+    @classmethod
+    def _no_grafana_variable(cls, v: str) -> str:
+        # The dashboard's queries name the job, and Grafana expands $name, ${name} and [[name]] in
+        # queries, with no way to escape them.
+        if "$" in v or "[[" in v:
+            raise ValueError("must not contain '$' or '[[' (Grafana reads them as dashboard variables)")
+        return v
+
+    @field_validator("target_host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and not HOST_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a host name or address")
+        return v
+
+    @field_validator("node_exporter")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not HOST_RE.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not host:port, such as 127.0.0.1:9100")
+        return v
+
+    @field_validator("credentials_file")
+    @classmethod
+    def _credentials(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "\0\n\r"):
+            raise ValueError("must be an absolute path ({service} is replaced by the service's name)")
+        return v
+
+    @field_validator("alert_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not LABEL_NAME_RE.fullmatch(key) or key.startswith("__"):
+                raise ValueError(f"{key!r} is not a Prometheus label name")
+            if key in ("alertname", "severity", "service", "job", "instance"):
+                raise ValueError(f"{key!r} is set by the rules themselves")
+        return v
+
+    @field_validator("dashboard_uid")
+    @classmethod
+    def _uid(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", v):
+            raise ValueError("must be 1-40 letters, digits, '-' or '_' (a Grafana uid)")
+        return v
+
+
 # -- upstreams and routing (llmctl serve's fallback, the usage ledger) -----------------------------------
 
 STRATEGY_KEYWORDS = ("none", "cascade")
@@ -268,6 +364,7 @@ class Config(Strict):
     systemd: SystemdSettings = SystemdSettings()
     upstreams: dict[str, UpstreamSpec] = {}
     routing: RoutingPolicy = RoutingPolicy()
+    monitoring: MonitoringSettings = MonitoringSettings()
     airgap: bool = False  # no request ever leaves the host (LLMCTL_AIRGAP=1)
 
     @field_validator("models", "services", "upstreams", mode="before")

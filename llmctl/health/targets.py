@@ -10,25 +10,13 @@ from urllib.parse import urlsplit
 
 from llmctl.errors import NotFound, UsageError
 from llmctl.health.probes import Target
+from llmctl.netutil import connect_host, host_port
 
 CREDENTIAL_NAME = "api-keys"
 
 
 def default_unit(service: str) -> str:
     return f"llmctl-{service}.service"
-
-
-def probe_host(host: str) -> str:
-    """Where to connect for a bind address: a wildcard bind is reached on loopback."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "::1"
-    return host.strip("[]")
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def first_key(path: Path) -> str:
@@ -59,7 +47,7 @@ def credentials_key_file(service: str, environ: dict[str, str] | None = None) ->
 
 def service_target(name: str, spec: Any, *, environ: dict[str, str] | None = None) -> Target:
     """A Target for services.<name> (an llmctl.schema.ServiceSpec)."""
-    host = probe_host(spec.host)
+    host = connect_host(spec.host)
     api_key = None
     setup_error = None
     if spec.api_keys_file:
@@ -73,7 +61,7 @@ def service_target(name: str, spec: Any, *, environ: dict[str, str] | None = Non
         name=name,
         host=host,
         port=spec.port,
-        base_url=f"http://{_url_host(host)}:{spec.port}",
+        base_url=f"http://{host_port(host, spec.port)}",
         model=spec.model,
         api_key=api_key,
         unit=spec.unit or default_unit(name),
@@ -117,7 +105,7 @@ def url_target(url: str, *, model: str | None = None, api_key: str | None = None
         name=name or f"{host}:{port}",
         host=host,
         port=port,
-        base_url=f"{parts.scheme}://{_url_host(host)}:{port}{prefix}",
+        base_url=f"{parts.scheme}://{host_port(host, port)}{prefix}",
         model=model,
         api_key=api_key,
         unit=None,

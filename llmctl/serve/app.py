@@ -476,7 +476,11 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             if engine.state == "failed":
                 return error_response(503, "The model failed to load.", "server_error", "model_failed")
             return error_response(503, "Loading model.", "server_error", "model_loading", retry_after=1)
-        return JSONResponse({"status": "ok", "model": settings.model_name})
+        doc: dict[str, Any] = {"status": "ok", "model": settings.model_name}
+        offload = getattr(engine, "gpu_offload", None)  # GPU services: what `llmctl health` checks
+        if offload is not None:
+            doc["gpu_offload"] = offload
+        return JSONResponse(doc)
 
     probe_lock = asyncio.Lock()
 

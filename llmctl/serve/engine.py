@@ -324,6 +324,17 @@ def load_llama(settings: ServeSettings, **overrides: Any):
         undo()
 
 
+def gpu_offload_active(settings: ServeSettings) -> bool | None:
+    """None when no layer is to be offloaded; else whether this llama.cpp build found a GPU device
+    to offload to (a CPU-only build, or a host whose GPU driver is missing, runs on the CPU without
+    saying so: that is the silent slowdown the monitoring alerts on)."""
+    if settings.n_gpu_layers == 0:
+        return None
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 class Engine:
     """One model, one worker thread, one job at a time; a bounded wait queue in front."""
 
@@ -343,6 +354,7 @@ class Engine:
         self.state = "loading"  # loading | ready | failed | stopped
         self.error: BaseException | None = None
         self.load_seconds: float | None = None
+        self.gpu_offload: bool | None = None  # after loading: None for a CPU service (n_gpu_layers 0)
         self.heartbeat = time.monotonic()
         self.last_token_at: float | None = None
         self.busy_since: float | None = None
@@ -449,6 +461,7 @@ class Engine:
             self.loaded.set()
             return
         self.load_seconds = time.monotonic() - t0
+        self.gpu_offload = gpu_offload_active(self.settings)
         self._original_generate = self._llm.generate
         self._original_eval = self._llm.eval
         self.heartbeat = time.monotonic()

@@ -1,14 +1,16 @@
 """Prometheus metrics of one server, in its own registry.
 
-Where llama.cpp's server (`llama-server --metrics`) has a metric, the same name is used, so the
-dashboards people already have keep working:
+Every name passes `promtool check metrics` (no colons: Prometheus keeps those for recording rules).
+llama.cpp's server (`llama-server --metrics`) names its metrics `llamacpp:*`; the rules that
+`llmctl monitoring render` writes record those names from these, so dashboards built for
+llama-server keep working:
 
-    llamacpp:prompt_tokens_total          counter  prompt tokens processed
-    llamacpp:tokens_predicted_total       counter  generated tokens
-    llamacpp:prompt_tokens_seconds        gauge    average prompt throughput (tokens/s)
-    llamacpp:predicted_tokens_seconds     gauge    average generation throughput (tokens/s)
-    llamacpp:requests_processing          gauge    requests the model is working on
-    llamacpp:requests_deferred            gauge    requests waiting in the queue
+    llmctl_prompt_tokens_total                        llamacpp:prompt_tokens_total
+    llmctl_completion_tokens_total                    llamacpp:tokens_predicted_total
+    llmctl_prompt_throughput_tokens_per_second        llamacpp:prompt_tokens_seconds
+    llmctl_generation_throughput_tokens_per_second    llamacpp:predicted_tokens_seconds
+    llmctl_requests_processing                        llamacpp:requests_processing
+    llmctl_requests_deferred                          llamacpp:requests_deferred
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ class Metrics:
                              ["endpoint"], buckets=TPS_BUCKETS, registry=r)
         self.queue_wait = Histogram("llmctl_queue_wait_seconds", "Time a request waited for the model",
                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("llamacpp:prompt_tokens", "Prompt tokens processed", registry=r)
-        self.predicted_tokens = Counter("llamacpp:tokens_predicted", "Generated tokens", registry=r)
-        self.prompt_tps = Gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s",
-                                registry=r)
-        self.predicted_tps = Gauge("llamacpp:predicted_tokens_seconds",
+        self.prompt_tokens = Counter("llmctl_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.predicted_tokens = Counter("llmctl_completion_tokens", "Generated tokens", registry=r)
+        self.prompt_tps = Gauge("llmctl_prompt_throughput_tokens_per_second",
+                                "Average prompt throughput in tokens/s", registry=r)
+        self.predicted_tps = Gauge("llmctl_generation_throughput_tokens_per_second",
                                    "Average generation throughput in tokens/s", registry=r)
-        self.processing = Gauge("llamacpp:requests_processing", "Requests the model is working on", registry=r)
-        self.deferred = Gauge("llamacpp:requests_deferred", "Requests waiting for the model", registry=r)
+        self.processing = Gauge("llmctl_requests_processing", "Requests the model is working on", registry=r)
+        self.deferred = Gauge("llmctl_requests_deferred", "Requests waiting for the model", registry=r)
         self.in_flight = Gauge("llmctl_requests_in_flight", "HTTP requests being served", registry=r)
         self.streams = Gauge("llmctl_streams_open", "Streaming requests admitted (waiting or sending)",
                              registry=r)
@@ -57,6 +59,7 @@ class Metrics:
         self.info = Gauge("llmctl_model_info", "The served model", ["model"], registry=r)
         self.info.labels(model=model).set(1)
         self.ready = Gauge("llmctl_ready", "1 when the model is loaded and serving", registry=r)
+        self.gpu_offload = None  # created by set_gpu_offload, for GPU services
         self._prompt_total = 0
         self._prompt_seconds = 0.0
         self._gen_total = 0
@@ -81,6 +84,16 @@ class Metrics:
             self._gen_total += stats.completion_tokens - 1
             self._gen_seconds += gen_s
             self.predicted_tps.set(self._gen_total / self._gen_seconds)
+
+    def set_gpu_offload(self, active: bool) -> None:
+        """GPU services only (a CPU service exports no such series): 1 when llama.cpp can offload
+        layers to a GPU device, 0 when the model runs on the CPU although a GPU was asked for."""
+        if self.gpu_offload is None:
+            from prometheus_client import Gauge
+
+            self.gpu_offload = Gauge("llmctl_gpu_offload", "GPU services: 1 when llama.cpp offloads layers to a "
+                                     "GPU device, 0 when the model runs on the CPU", registry=self.registry)
+        self.gpu_offload.set(1 if active else 0)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -146,6 +146,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             server.should_exit = True
             return
         ctx.metrics.load_seconds.set(engine.load_seconds or 0.0)
+        if engine.gpu_offload is not None:
+            ctx.metrics.set_gpu_offload(engine.gpu_offload)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
         notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")

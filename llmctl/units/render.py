@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from llmctl import __version__
 from llmctl.errors import NotFound, UsageError
-from llmctl.netutil import is_loopback
+from llmctl.netutil import connect_host, is_loopback
 from llmctl.paths import SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, Paths
 
 if TYPE_CHECKING:
@@ -76,16 +76,6 @@ class RenderResult:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def templates_dir() -> Path:
-    """The templates shipped in the wheel (llmctl/templates), or the checkout's top-level templates/."""
-    pkg = Path(__file__).resolve().parent.parent
-    for candidate in (pkg / "templates", pkg.parent / "templates"):
-        if (candidate / "server.service.j2").is_file():
-            return candidate
-    raise NotFound(f"the unit templates are missing (looked in {pkg / 'templates'})",
-                   hint="reinstall llmctl")
 
 
 def default_llmctl() -> str:
@@ -151,16 +141,6 @@ def _families(hosts: list[str]) -> str:
     return " ".join(f for f, on in (("AF_UNIX", True), ("AF_INET", inet4), ("AF_INET6", inet6)) if on)
 
 
-def _probe_host(host: str) -> str:
-    """What the health check dials for a service bound to `host`."""
-    try:
-        if ipaddress.ip_address(host).is_unspecified:
-            return "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
-    except ValueError:
-        pass
-    return host
-
-
 def _ip_allow(hosts: list[str]) -> str | None:
     """IPAddressAllow= when every host is loopback; None (no IP restriction) otherwise."""
     return "localhost" if hosts and all(is_loopback(h) for h in hosts) else None
@@ -209,16 +189,9 @@ def model_file(config: Config, model_ref: str, store_paths: Paths | None, models
 
 
 def _environment():
-    import jinja2
+    from llmctl.templating import environment
 
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return environment()
 
 
 def _check_abs(label: str, value: str) -> None:
@@ -309,7 +282,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
     h = config.health
     if not _TIMESPAN.fullmatch(h.interval):
         raise UsageError(f"health.interval: {h.interval!r} is not a systemd time span (e.g. 1min, 30s)")
-    probe_hosts = [_probe_host(s.host) for s in config.services.values()]
+    probe_hosts = [connect_host(s.host) for s in config.services.values()]
     per_service = h.timeout_s * (h.retries + 1) + h.retry_delay_s * h.retries + h.recovery_timeout_s
     health_argv = [*base, "health", "--quiet"]
     read_write: list[str] = []

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 AIRGAP_ENV = "LLMCTL_AIRGAP"
 
 
+def upstream_route(name: str) -> str:
+    """The route of requests an upstream served: the `route` label, the ledger's route, X-Llmctl-Route."""
+    return f"upstream:{name}"
+
+
 @dataclass(frozen=True)
 class Upstream:
     name: str
@@ -34,7 +39,7 @@ class Upstream:
 
     @property
     def route(self) -> str:
-        return f"upstream:{self.name}"
+        return upstream_route(self.name)
 
     def remote_model(self, *names: str | None) -> str | None:
         for n in names:
@@ -128,5 +133,5 @@ def prices(cfg: Config) -> dict[str, tuple[float, float]]:
     """route -> (USD per 1K in, per 1K out) for every configured upstream; local is free."""
     out = {"local": (0.0, 0.0)}
     for name, spec in cfg.upstreams.items():
-        out[f"upstream:{name}"] = (spec.price_in_per_1k, spec.price_out_per_1k)
+        out[upstream_route(name)] = (spec.price_in_per_1k, spec.price_out_per_1k)
     return out

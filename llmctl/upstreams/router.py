@@ -70,6 +70,23 @@ def prompt_text(body: dict) -> str:
     return "\n".join(parts)
 
 
+class _ReadCounter:
+    """A counter whose count another object keeps (the ledger's drops), read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def describe(self) -> list:
+        from prometheus_client.core import CounterMetricFamily
+
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list:
+        from prometheus_client.core import CounterMetricFamily
+
+        return [CounterMetricFamily(self.name, self.documentation, value=float(self.read()))]
+
+
 class Router:
     def __init__(
         self,
@@ -111,9 +128,12 @@ class Router:
                       ["upstream"], registry=registry)
         for name, breaker in self.breakers.items():
             state.labels(upstream=name).set_function(lambda b=breaker: STATE_VALUE[b.state])
+        self._m["cost"] = Counter("llmctl_route_cost_usd", "What the requests an upstream served cost, in USD, "
+                                  "from its prices (the usage ledger's cost; local is free)", ["route"],
+                                  registry=registry)
         if self.dropped is not None:
-            Gauge("llmctl_usage_ledger_dropped", "Usage records dropped (queue full or write failed)",
-                  registry=registry).set_function(lambda: float(self.dropped()))
+            registry.register(_ReadCounter("llmctl_usage_ledger_dropped",
+                                           "Usage records dropped (queue full or write failed)", self.dropped))
 
     def _inc(self, name: str, **labels: str) -> None:
         m = self._m.get(name)
@@ -130,11 +150,15 @@ class Router:
         route = record.get("route") or "none"  # refused before routing (401, 429, 413)
         if route != "none":
             self._inc("routes", route=route)
-        if self.recorder is None:
-            return
         prompt = int(record.get("prompt_tokens") or 0)
         completion = int(record.get("completion_tokens") or 0)
-        upstream = next((u for u in self.routing.upstreams if u.route == route), None) if route != "local" else None
+        upstream = (next((u for u in self.routing.upstreams if u.route == route), None)
+                    if route not in ("local", "none") else None)
+        cost = upstream.cost(prompt, completion) if upstream is not None else 0.0
+        if cost > 0 and "cost" in self._m:
+            self._m["cost"].labels(route=route).inc(cost)
+        if self.recorder is None:
+            return
         # A tuple in the ledger's COLUMNS order (usage/ledger.py): the cheapest row to build and to write.
         self.recorder((
             time.time(),                                          # ts
@@ -149,7 +173,7 @@ class Router:
             float(record.get("duration_ms") or 0.0),              # latency_ms
             int(record.get("status") or 0),                       # status
             record.get("error"),                                  # error
-            upstream.cost(prompt, completion) if upstream is not None else 0.0,  # cost
+            cost,                                                 # cost
         ))
 
     # -- routing -----------------------------------------------------------------------------------

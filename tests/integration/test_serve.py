@@ -232,7 +232,7 @@ def test_eight_concurrent_streams_all_complete(served, client):
 
 def test_disconnected_client_frees_its_place(served, client):
     before = httpx.get(served.url + "/metrics", headers=auth()).text
-    predicted0 = metric(before, "llamacpp:tokens_predicted_total")
+    predicted0 = metric(before, "llmctl_completion_tokens_total")
     cancelled0 = metric(before, "llmctl_generations_cancelled_total")
     with httpx.Client(timeout=120) as h:
         with h.stream("POST", served.url + "/v1/completions", headers=auth(),
@@ -246,9 +246,9 @@ def test_disconnected_client_frees_its_place(served, client):
     text = poll(lambda: (t := httpx.get(served.url + "/metrics", headers=auth()).text)
                 and metric(t, "llmctl_generations_cancelled_total") > cancelled0 and t,
                 what="the generation to be cancelled")
-    assert metric(text, "llamacpp:tokens_predicted_total") - predicted0 < 200
+    assert metric(text, "llmctl_completion_tokens_total") - predicted0 < 200
     poll(lambda: metric(httpx.get(served.url + "/metrics", headers=auth()).text,
-                        "llamacpp:requests_processing") == 0, what="the worker to be free")
+                        "llmctl_requests_processing") == 0, what="the worker to be free")
     still_serving(served)
 
 
@@ -261,16 +261,16 @@ def test_metrics_move_with_requests(served, client):
 
     before = scrape()
     client.completions.create(model="smoke", prompt="Hello", max_tokens=3)
-    after = poll(lambda: (t := scrape()) and metric(t, "llamacpp:tokens_predicted_total")
-                 > metric(before, "llamacpp:tokens_predicted_total") and t, what="tokens_predicted to move")
+    after = poll(lambda: (t := scrape()) and metric(t, "llmctl_completion_tokens_total")
+                 > metric(before, "llmctl_completion_tokens_total") and t, what="tokens_predicted to move")
     label = 'endpoint="/v1/completions",status="200"'
     assert metric(after, "llmctl_requests_total", label) == metric(before, "llmctl_requests_total", label) + 1
-    assert metric(after, "llamacpp:prompt_tokens_total") > metric(before, "llamacpp:prompt_tokens_total")
+    assert metric(after, "llmctl_prompt_tokens_total") > metric(before, "llmctl_prompt_tokens_total")
     assert (metric(after, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"')
             == metric(before, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"') + 1)
-    for name in ("llamacpp:requests_processing", "llamacpp:requests_deferred", "llmctl_requests_in_flight",
-                 "llmctl_model_load_seconds", "llamacpp:predicted_tokens_seconds", "llmctl_rate_limited_total",
-                 "llmctl_request_duration_seconds_count"):
+    for name in ("llmctl_requests_processing", "llmctl_requests_deferred", "llmctl_requests_in_flight",
+                 "llmctl_model_load_seconds", "llmctl_generation_throughput_tokens_per_second",
+                 "llmctl_rate_limited_total", "llmctl_request_duration_seconds_count"):
         assert name in after, name
     assert metric(after, "llmctl_model_load_seconds") > 0
 
@@ -336,5 +336,5 @@ def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
                        json={"prompt": "Hi", "max_tokens": 1})
         poll(lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
              what="the waiting request to be dropped")
-        assert metric(scrape(), "llamacpp:requests_deferred") == 0
+        assert metric(scrape(), "llmctl_requests_deferred") == 0
     still_serving(served)

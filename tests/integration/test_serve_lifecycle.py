@@ -172,7 +172,7 @@ services:
             q = threading.Thread(target=queued)
             q.start()
             poll(lambda: metric(httpx.get(server.url + "/metrics", headers=headers).text,
-                                "llamacpp:requests_deferred") == 1, what="a request to wait in the queue")
+                                "llmctl_requests_deferred") == 1, what="a request to wait in the queue")
             # The queue is full: 503 with Retry-After, in OpenAI's shape.
             r = httpx.post(server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1})
             assert_openai_error(r, 503, "queue_full")

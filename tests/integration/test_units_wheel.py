@@ -1,4 +1,5 @@
-"""The templates really ship: build the wheel, install it (not editable) into a fresh venv, render there.
+"""The templates really ship: build the wheel, install it (not editable) into a fresh venv, render there
+(the units and the monitoring).
 
 The fresh venv gets the wheel's dependencies from pip's configured index and cache; it runs from a
 directory outside the checkout so nothing can import the source tree instead of the wheel.
@@ -16,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "units" / "example"
-TEMPLATES = sorted(p.name for p in (REPO / "templates").iterdir())
+TEMPLATES = sorted(str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*") if p.is_file())
+MONITORING_SNAPSHOTS = REPO / "tests" / "snapshots" / "monitoring" / "example"
 
 
 @pytest.mark.slow
@@ -40,7 +42,7 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     where = subprocess.run([str(venv / "bin/python"), "-c",
-                            "import llmctl.units.render as r; print(r.templates_dir())"],
+                            "import llmctl.templating as t; print(t.templates_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # the wheel's copy, not the checkout's
@@ -59,3 +61,12 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
                            "render", "chat"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"ExecStart={venv}/bin/llmctl --system " in proc.stdout
+
+    # The monitoring templates render from the wheel too.
+    out = tmp_path / "monitoring"
+    proc = subprocess.run([str(venv / "bin/llmctl"), "--config", str(REPO / "config.example.yaml"), "monitoring",
+                           "render", "-o", str(out), "--config-path", "/etc/llmctl/config.yaml"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for snap in MONITORING_SNAPSHOTS.iterdir():
+        assert (out / snap.name).read_text() == snap.read_text(), snap.name

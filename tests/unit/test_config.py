@@ -55,6 +55,9 @@ def test_example_documents_every_schema_key():
         assert set(UpstreamSpec.model_fields) == set(upstream)
     assert set(RoutingPolicy.model_fields) == set(raw["routing"])
     assert set(CircuitSpec.model_fields) == set(raw["routing"]["circuit"])
+    from llmctl.schema import MonitoringSettings
+
+    assert set(MonitoringSettings.model_fields) == set(raw["monitoring"])
 
 
 def test_empty_and_missing_default_file_give_defaults(home, monkeypatch):

@@ -11,7 +11,8 @@ from llmctl.errors import NotFound, UsageError
 from llmctl.health import report as rep
 from llmctl.health.probes import CheckResult, ProbeResult, ProbeSettings
 from llmctl.health.run import HealthReport, ServiceResult, Status, worst
-from llmctl.health.targets import config_targets, first_key, probe_host, url_target
+from llmctl.health.targets import config_targets, first_key, url_target
+from llmctl.netutil import connect_host as probe_host
 
 SETTINGS = ProbeSettings(timeout_s=10, slow_ms=2000)
 

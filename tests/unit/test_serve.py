@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -186,3 +187,31 @@ def test_bad_flags(smoke_model, kw, flag):
 def test_unknown_target_with_model_flag(smoke_model):
     with pytest.raises(UsageError, match="not a service"):
         _settings("nope", model="smoke")
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def test_gpu_offload_is_exported_only_for_gpu_services():
+    """A CPU service has no llmctl_gpu_offload series (an alert on `== 0` must not fire for it);
+    a GPU service has 1 or 0. No metric name has a colon (promtool check metrics)."""
+    from llmctl.serve.metrics import Metrics
+
+    m = Metrics("smoke")
+    text = m.render()[0].decode()
+    assert "llmctl_gpu_offload" not in text
+    assert not [line for line in text.splitlines() if not line.startswith("#") and ":" in line.split()[0]]
+    m.set_gpu_offload(False)
+    assert "\nllmctl_gpu_offload 0.0\n" in m.render()[0].decode()
+    m.set_gpu_offload(True)
+    assert "\nllmctl_gpu_offload 1.0\n" in m.render()[0].decode()
+
+
+def test_gpu_offload_active_needs_layers_to_offload(smoke_model):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
+    from llmctl.serve.engine import gpu_offload_active
+
+    settings = resolve_settings(load_config(), resolve_paths(), "smoke")
+    assert gpu_offload_active(settings) is None
+    gpu = dataclasses.replace(settings, n_gpu_layers=-1)
+    assert gpu_offload_active(gpu) is bool(llama_cpp.llama_supports_gpu_offload())

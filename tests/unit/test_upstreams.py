@@ -167,3 +167,37 @@ def test_backoff_is_exponential_with_full_jitter(write_config):
     assert [high.backoff(n) for n in range(4)] == [0.5, 1.0, 2.0, 3.0]
     low = Router(routing_for(cfg, None), served_model="m", rng=lambda: 0.0)
     assert low.backoff(3) == 0.0
+
+
+def test_router_metrics_count_cost_per_route_and_ledger_drops(write_config, monkeypatch):
+    """What the monitoring alerts and the dashboard read: the cost of what each upstream served
+    (from its prices; local is free) and the ledger's drops, as a counter read at each scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    monkeypatch.setenv("TEST_CLOUD_KEY", "k")
+    cfg = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n")).config
+    drops = [0]
+    rows: list[tuple] = []
+    router = Router(routing_for(cfg, None), served_model="smoke", recorder=rows.append, dropped=lambda: drops[0])
+    registry = CollectorRegistry(auto_describe=True)
+    router.attach(registry)
+    record = {"path": "/v1/chat/completions", "method": "POST", "status": 200}
+    router.observe({**record, "route": "upstream:cloud", "prompt_tokens": 1000, "completion_tokens": 2000})
+    router.observe({**record, "route": "local", "prompt_tokens": 1000, "completion_tokens": 2000})
+    router.observe({**record, "route": "upstream:lan", "prompt_tokens": 10, "completion_tokens": 10})
+    drops[0] = 7
+
+    def samples() -> dict:
+        text = generate_latest(registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    got = samples()
+    assert got[("llmctl_route_cost_usd_total", (("route", "upstream:cloud"),))] == 0.5 + 3.0
+    assert not any(name == "llmctl_route_cost_usd_total" and dict(labels)["route"] != "upstream:cloud"
+                   for name, labels in got)  # local and the free host of our own cost nothing
+    assert got[("llmctl_usage_ledger_dropped_total", ())] == 7
+    assert [row[-1] for row in rows] == [3.5, 0.0, 0.0]  # the ledger records the same cost
+    drops[0] = 9
+    assert samples()[("llmctl_usage_ledger_dropped_total", ())] == 9
