@@ -55,6 +55,12 @@ def test_example_documents_every_schema_key():
         assert set(UpstreamSpec.model_fields) == set(upstream)
     assert set(RoutingPolicy.model_fields) == set(raw["routing"])
     assert set(CircuitSpec.model_fields) == set(raw["routing"]["circuit"])
+    from llmctl.schema import K8sIngressSource, K8sSettings, K8sStorage
+
+    assert set(K8sSettings.model_fields) == set(raw["k8s"])
+    assert set(K8sStorage.model_fields) == set(raw["k8s"]["storage"])
+    for source in raw["k8s"]["ingress_from"]:
+        assert set(K8sIngressSource.model_fields) == set(source)
 
 
 def test_empty_and_missing_default_file_give_defaults(home, monkeypatch):
