@@ -120,13 +120,14 @@ class K8sRenderResult:
 
 
 def templates_dir() -> Path:
-    """templates/k8s shipped in the wheel (llmctl/templates/k8s), or the checkout's top-level one."""
-    pkg = Path(__file__).resolve().parent.parent
-    for candidate in (pkg / "templates" / "k8s", pkg.parent / "templates" / "k8s"):
-        if (candidate / "deployment.yaml.j2").is_file():
-            return candidate
-    raise NotFound(f"the Kubernetes templates are missing (looked in {pkg / 'templates' / 'k8s'})",
-                   hint="reinstall llmctl")
+    """templates/k8s beside the unit templates: where the wheel ships them (llmctl/templates) or the
+    checkout's top-level templates/. The one rule for finding them is the units' templates_dir()."""
+    from llmctl.units.render import templates_dir as shipped
+
+    folder = shipped() / "k8s"
+    if not (folder / "deployment.yaml.j2").is_file():
+        raise NotFound(f"the Kubernetes templates are missing (looked in {folder})", hint="reinstall llmctl")
+    return folder
 
 
 def environment():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from llmctl.errors import ConfigError, NotFound, UsageError
 from llmctl.k8s.render import K8sOptions, memory_quantity, pod_config, render
 from llmctl.paths import Paths
 from tests import k8s_pss
+from tests._snapshots import assert_snapshots
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "k8s"
@@ -66,18 +66,7 @@ def _containers(pod: dict) -> list[dict]:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_snapshots(name: str):
-    result = _render(CONFIGS[name])
-    folder = SNAPSHOTS / name
-    if os.environ.get("UPDATE_SNAPSHOTS"):
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.iterdir():
-            old.unlink()
-        for f in result.files:
-            (folder / f.name).write_text(f.content)
-    assert sorted(f.name for f in result.files) == sorted(p.name for p in folder.iterdir())
-    for f in result.files:
-        assert f.content == (folder / f.name).read_text(), (
-            f"{f.name} differs from its snapshot; if intended: UPDATE_SNAPSHOTS=1 pytest {__file__}")
+    assert_snapshots(_render(CONFIGS[name]).files, SNAPSHOTS / name, __file__)
 
 
 def test_same_config_same_bytes_and_the_version_is_named():
