@@ -321,10 +321,10 @@ def render(config: Config, options: K8sOptions | None = None, services: list[str
             raise NotFound(f"no service '{name}' in the config", hint=f"configured: {', '.join(known) or 'none'}")
     if not chosen:
         raise UsageError("no services in the config: nothing to render", hint="add one under services:")
-    namespace = options.namespace or k8s.namespace
+    namespace = options.namespace if options.namespace is not None else k8s.namespace
     if options.namespace is not None:
         _check(k8s_name_problem(options.namespace), "--namespace")
-    image = options.image or k8s.image
+    image = options.image if options.image is not None else k8s.image
     if image is None:
         raise UsageError("no image: pass --image or set k8s.image",
                          hint="build one from the Containerfile and push it to a registry the cluster pulls from")

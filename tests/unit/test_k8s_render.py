@@ -548,6 +548,10 @@ def test_flags_are_checked_too():
         render(cfg, K8sOptions(image=IMAGE, namespace="Bad"))
     with pytest.raises(UsageError, match="^--image: "):
         render(cfg, K8sOptions(image="registry.example.com/x:1 --privileged"))
+    with pytest.raises(UsageError, match="^--image: '' is not"):
+        render(cfg, K8sOptions(image=""))
+    with pytest.raises(UsageError, match="^--namespace: '' is not"):
+        render(cfg, K8sOptions(image=IMAGE, namespace=""))
     with pytest.raises(UsageError, match="^no image: pass --image or set k8s.image"):
         render(cfg, K8sOptions())
     with pytest.raises(NotFound, match="no service 'b'"):
