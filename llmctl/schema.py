@@ -6,8 +6,9 @@ config.example.yaml documents every key here and a test loads it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -354,6 +355,177 @@ class RoutingPolicy(Strict):
     def _headers(cls, v: list[str]) -> list[str]:
         return [h.lower() for h in v]
 
+    def strategy_for(self, service: str | None) -> str:
+        """The strategy of one service: routing.services.<service>, else routing.strategy."""
+        return self.services.get(service, self.strategy) if service else self.strategy
+
+
+# -- Kubernetes (`llmctl k8s render`) ----------------------------------------------------------------
+# The name rules of Kubernetes (k8s.io/apimachinery validation), checked with re.fullmatch: `$` would
+# also match before a trailing newline.
+K8S_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123 label (namespaces, most names)
+K8S_DNS1035_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # RFC 1035 label (Service names)
+K8S_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+K8S_LABEL_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+K8S_QUALIFIED_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+K8S_QUANTITY_RE = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+# An image reference, as the distribution/reference grammar has it: [host[:port]/]path[:tag][@digest].
+IMAGE_RE = re.compile(
+    r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+_NAME_RULES = {
+    "label": (K8S_LABEL_RE, 63, "lower-case letters, digits and '-', starting and ending with a letter or digit"),
+    "dns1035": (K8S_DNS1035_RE, 63, "lower-case letters, digits and '-', starting with a letter"),
+    "subdomain": (K8S_SUBDOMAIN_RE, 253, "lower-case letters, digits, '-' and '.'"),
+}
+
+
+def k8s_name_problem(value: str, kind: str = "label") -> str | None:
+    """Why `value` cannot be a Kubernetes name of this kind (label, dns1035, subdomain), or None."""
+    rule, max_len, what = _NAME_RULES[kind]
+    if not rule.fullmatch(value):
+        return f"{value!r} is not a Kubernetes name: {what}"
+    if len(value) > max_len:
+        return f"{value!r} is not a Kubernetes name: at most {max_len} characters"
+    return None
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a label key ([prefix/]name), or None."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not K8S_SUBDOMAIN_RE.fullmatch(prefix)):
+        return f"label key {key!r}: the prefix must be a DNS subdomain"
+    if len(name) > 63 or not K8S_QUALIFIED_NAME_RE.fullmatch(name):
+        return f"label key {key!r}: the name must be 1-63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if len(value) > 63 or not K8S_LABEL_VALUE_RE.fullmatch(value):
+        return f"label value {value!r}: at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+    return None
+
+
+def _labels(v: dict[str, str] | None) -> dict[str, str] | None:
+    for key, value in (v or {}).items():
+        problem = label_key_problem(key) or label_value_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return v
+
+
+def _k8s_name(v: str | None, kind: str = "label") -> str | None:
+    problem = k8s_name_problem(v, kind) if v is not None else None
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+class K8sIngressSource(Strict):
+    """Who may connect to a server: pods picked by namespace and/or labels (a NetworkPolicy peer)."""
+
+    namespace: str | None = None  # a namespace by name (its kubernetes.io/metadata.name label)
+    namespace_labels: dict[str, str] = {}  # namespaces by label
+    pod_labels: dict[str, str] | None = None  # pods by label ({}: any); without a namespace: this namespace
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        return _k8s_name(v)
+
+    @field_validator("namespace_labels", "pod_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _labels(v)
+
+    @model_validator(mode="after")
+    def _something(self) -> K8sIngressSource:
+        if self.namespace is None and not self.namespace_labels and self.pod_labels is None:
+            raise ValueError("give namespace, namespace_labels or pod_labels ({} for any pod in the namespace)")
+        return self
+
+
+class K8sStorage(Strict):
+    """The model volume of each server pod."""
+
+    type: Literal["pvc", "emptyDir"] = "pvc"  # a PersistentVolumeClaim per service, or scratch space per pod
+    storage_class: str | None = None  # the PVC's storageClassName; null: the cluster's default
+    size: str | None = None  # a quantity (20Gi); null: twice the model plus 1Gi
+
+    @field_validator("storage_class")
+    @classmethod
+    def _class(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "subdomain")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None and not K8S_QUANTITY_RE.fullmatch(v):
+            raise ValueError("must be a Kubernetes quantity such as 20Gi or 500Mi")
+        return v
+
+
+class K8sSettings(Strict):
+    """How `llmctl k8s render` turns the services into Kubernetes manifests."""
+
+    namespace: str = "llmctl"  # every object goes here; the Namespace enforces Pod Security "restricted"
+    image: str | None = None  # the llmctl image (see Containerfile); best pinned by digest; --image overrides
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    uid: int = Field(10001, ge=1, le=2_147_483_647)  # runAsUser of every container (non-zero)
+    gid: int = Field(10001, ge=1, le=2_147_483_647)  # runAsGroup and fsGroup (owns the model volume)
+    replicas: int = Field(1, ge=1)  # per service; more than 1 needs storage.type: emptyDir
+    cpu: int = Field(2, ge=1)  # CPU request and limit of a server whose n_threads is null (then --threads)
+    startup_timeout_s: int = Field(600, ge=10)  # how long the startup probe waits for the model to load
+    storage: K8sStorage = K8sStorage()
+    ingress_from: list[K8sIngressSource] = [K8sIngressSource(pod_labels={})]  # default: pods of the namespace
+    upstream_cidrs: dict[str, list[str]] = {}  # upstream -> CIDRs its host resolves to (egress policy)
+    service_monitor: bool = False  # a ServiceMonitor (Prometheus operator) per service
+    gpu_resource: str = "nvidia.com/gpu"  # the extended resource a GPU service asks for (amd.com/gpu)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return _k8s_name(v)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 512 or not IMAGE_RE.fullmatch(v)):
+            raise ValueError("must be an image reference such as registry.example.com/llmctl@sha256:<64 hex>")
+        return v
+
+    @field_validator("upstream_cidrs")
+    @classmethod
+    def _cidrs(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, cidrs in v.items():
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=True)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {cidr!r} is not a CIDR ({exc})") from None
+        return v
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        prefix, _, name = v.partition("/")
+        if not name or label_key_problem(v) or k8s_name_problem(prefix, "subdomain"):
+            raise ValueError("must be an extended resource name such as nvidia.com/gpu")
+        return v
+
+    @model_validator(mode="after")
+    def _replicas(self) -> K8sSettings:
+        if self.replicas > 1 and self.storage.type == "pvc":
+            raise ValueError("replicas above 1 need storage.type: emptyDir (pods on two nodes cannot share "
+                             "one ReadWriteOnce volume)")
+        return self
+
 
 class Config(Strict):
     version: Literal[1] = 1
@@ -366,6 +538,16 @@ class Config(Strict):
     routing: RoutingPolicy = RoutingPolicy()
     monitoring: MonitoringSettings = MonitoringSettings()
     airgap: bool = False  # no request ever leaves the host (LLMCTL_AIRGAP=1)
+    k8s: K8sSettings = K8sSettings()
+
+    def upstreams_for(self, service: str | None) -> list[str]:
+        """The upstreams a service may fall back to, in order (airgap aside: the caller applies it)."""
+        strategy = self.routing.strategy_for(service)
+        if strategy == "none":
+            return []
+        if strategy == "cascade":
+            return list(self.routing.cascade) if self.routing.cascade is not None else list(self.upstreams)
+        return [strategy]
 
     @field_validator("models", "services", "upstreams", mode="before")
     @classmethod
@@ -396,6 +578,9 @@ def _check_routing(cfg: Config) -> None:
     for name in cfg.routing.cascade or []:
         if name not in cfg.upstreams:
             raise ValueError(f"routing.cascade: {name!r} is not an upstream (upstreams: {known})")
+    for name in cfg.k8s.upstream_cidrs:
+        if name not in cfg.upstreams:
+            raise ValueError(f"k8s.upstream_cidrs: {name!r} is not an upstream (upstreams: {known})")
 
 
 def known_keys(loc: list[str]) -> list[str]:
@@ -412,6 +597,9 @@ def known_keys(loc: list[str]) -> list[str]:
             model = {"models": ModelSpec, "services": ServiceSpec, "upstreams": UpstreamSpec}[part]
             i += 2  # skip the entry's name
             continue
+        if get_origin(ann) is list and get_args(ann) and isinstance(get_args(ann)[0], type):
+            ann = get_args(ann)[0]
+            i += 1  # skip the item's index
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         i += 1
     return list(model.model_fields) if model is not None and i == len(loc) else []

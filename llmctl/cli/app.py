@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from llmctl import __version__
-from llmctl.cli import bench, config, health, models, monitoring, serve, systemd, usage
+from llmctl.cli import bench, config, health, k8s, models, monitoring, serve, systemd, usage
 from llmctl.cli._common import OPTIONS
 
 app = typer.Typer(
@@ -64,6 +64,7 @@ def root(
 app.add_typer(models.app, name="models")
 app.add_typer(systemd.app, name="systemd")
 app.add_typer(monitoring.app, name="monitoring")
+app.add_typer(k8s.app, name="k8s")
 app.command("health", help=health.HELP, context_settings=health.CONTEXT_SETTINGS)(health.main)
 app.command("bench", help=bench.HELP)(bench.main)
 app.command("serve", help=serve.HELP)(serve.main)

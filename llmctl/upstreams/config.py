@@ -105,14 +105,9 @@ def routing_for(cfg: Config, service: str | None, environ: dict[str, str] | None
     """The routing of one served service; reads only the keys of the upstreams it may use."""
     env = dict(os.environ if environ is None else environ)
     policy = cfg.routing
-    strategy = policy.services.get(service, policy.strategy) if service else policy.strategy
+    strategy = policy.strategy_for(service)
     airgap = airgap_on(cfg, env)
-    if strategy == "none" or airgap:
-        names: list[str] = []
-    elif strategy == "cascade":
-        names = list(policy.cascade) if policy.cascade is not None else list(cfg.upstreams)
-    else:
-        names = [strategy]
+    names = [] if airgap else cfg.upstreams_for(service)
     upstreams = tuple(
         Upstream(name=n, base_url=cfg.upstreams[n].base_url, api_key=read_api_key(n, cfg.upstreams[n], env),
                  models=dict(cfg.upstreams[n].models), default_model=cfg.upstreams[n].default_model,

@@ -70,3 +70,14 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     for snap in MONITORING_SNAPSHOTS.iterdir():
         assert (out / snap.name).read_text() == snap.read_text(), snap.name
+
+    # The Kubernetes templates ship too (templates/k8s): the same manifests as from the checkout.
+    out = tmp_path / "k8s"
+    proc = subprocess.run([str(venv / "bin/llmctl"), "--config", str(REPO / "config.example.yaml"), "k8s",
+                           "render", "--image", "registry.example.com/llmctl@sha256:" + "0" * 64, "-o", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    k8s_snapshots = REPO / "tests" / "snapshots" / "k8s" / "example"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in k8s_snapshots.iterdir())
+    for snap in k8s_snapshots.iterdir():
+        assert (out / snap.name).read_text() == snap.read_text(), snap.name

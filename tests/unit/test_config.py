@@ -58,6 +58,12 @@ def test_example_documents_every_schema_key():
     from llmctl.schema import MonitoringSettings
 
     assert set(MonitoringSettings.model_fields) == set(raw["monitoring"])
+    from llmctl.schema import K8sIngressSource, K8sSettings, K8sStorage
+
+    assert set(K8sSettings.model_fields) == set(raw["k8s"])
+    assert set(K8sStorage.model_fields) == set(raw["k8s"]["storage"])
+    for source in raw["k8s"]["ingress_from"]:
+        assert set(K8sIngressSource.model_fields) == set(source)
 
 
 def test_empty_and_missing_default_file_give_defaults(home, monkeypatch):

@@ -7,7 +7,6 @@ Snapshots live in tests/snapshots/units/<config>/; regenerate them with
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from llmctl.config import check_file, validate
 from llmctl.errors import NotFound, UsageError
 from llmctl.paths import Paths
 from llmctl.units.render import RenderOptions, exec_line, quote_arg, render
+from tests._snapshots import assert_snapshots
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "units"
@@ -43,18 +43,7 @@ def _unit(content: str, key: str) -> list[str]:
 @pytest.mark.parametrize("config_file", [EXAMPLE, FLEET], ids=["example", "fleet"])
 def test_snapshots(config_file: Path, home: Path):
     result = _render(config_file, home)
-    folder = SNAPSHOTS / config_file.stem.replace("config.", "")
-    if os.environ.get("UPDATE_SNAPSHOTS"):
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.iterdir():
-            old.unlink()
-        for f in result.files:
-            (folder / f.name).write_text(f.content)
-    expected = sorted(p.name for p in folder.iterdir())
-    assert sorted(f.name for f in result.files) == expected
-    for f in result.files:
-        assert f.content == (folder / f.name).read_text(), (
-            f"{f.name} differs from its snapshot; if intended: UPDATE_SNAPSHOTS=1 pytest {__file__}")
+    assert_snapshots(result.files, SNAPSHOTS / config_file.stem.replace("config.", ""), __file__)
 
 
 def test_rendering_is_deterministic_and_names_the_version(home: Path):

@@ -1,0 +1,1 @@
+"""Kubernetes manifests rendered from the config (`llmctl k8s render`)."""
