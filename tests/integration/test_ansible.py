@@ -1,0 +1,254 @@
+"""The llmctl.fleet Ansible collection end to end: built with `ansible-galaxy collection build`,
+installed into a temp collections path, run with the real ansible-playbook and ansible.
+
+The fleet is three hosts on this machine (`ansible_connection=local`), each with its own LLMCTL_HOME
+and XDG_CONFIG_HOME, in user mode, with `llmctl_install: false` (this venv's llmctl) and
+`llmctl_systemctl: false`: there is no SSH server here and systemd is not PID 1 (README, "Ansible").
+The one fake is the systemctl of the units module's enable test, for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests._serve import free_port, start_server, stop_server, wait_healthy
+from tests.ggufmake import make_gguf
+from tests.hubserver import FakeHub, sha256_of
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SMOKE_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+ADHOC = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!) => (\{.*?^\})", re.M | re.S)
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{path} is missing: pip install -e '.[test]' (ansible-core is in the test extra)"
+    return str(path)
+
+
+def ansible_env(root: Path, collections: Path, extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCTL_", "ANSIBLE_"))}
+    env.update({
+        "ANSIBLE_COLLECTIONS_PATH": str(collections),
+        "ANSIBLE_HOME": str(root / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(root / "ansible-remote-tmp"),
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),  # does not exist: no ansible.cfg from elsewhere
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "NO_COLOR": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory) -> Path:
+    """The collection built from ansible/ and installed into a temp collections path."""
+    out = tmp_path_factory.mktemp("galaxy")
+    build = subprocess.run([tool("ansible-galaxy"), "collection", "build", str(REPO / "ansible"),
+                            "--output-path", str(out)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (tarball,) = out.glob("llmctl-fleet-*.tar.gz")
+    path = out / "collections"
+    inst = subprocess.run([tool("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(path)],
+                          capture_output=True, text=True, timeout=300, env=ansible_env(out, path))
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    assert (path / "ansible_collections/llmctl/fleet/plugins/modules/model.py").is_file()
+    return path
+
+
+@dataclass
+class Fleet:
+    root: Path
+    collections: Path
+    hosts: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.yml"
+
+    def home(self, host: str) -> Path:
+        return Path(self.hosts[host]["llmctl_home"])
+
+    def write_inventory(self) -> None:
+        doc = {"all": {"children": {"llm": {
+            "hosts": self.hosts,
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                "llmctl_mode": "user",
+                "llmctl_install": False,
+                "llmctl_executable": str(BIN / "llmctl"),
+                "llmctl_systemctl": False,
+                "llmctl_models": ["smoke"],
+                "llmctl_results_dir": str(self.root / "results"),
+            },
+        }}}}
+        self.inventory.write_text(json.dumps(doc, indent=2))  # JSON is YAML
+
+    def playbook(self, name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([tool("ansible-playbook"), "-i", str(self.inventory), f"llmctl.fleet.{name}", *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.root,
+                              env=ansible_env(self.root, self.collections))
+
+
+def make_fleet(root: Path, collections: Path, n: int = 3) -> Fleet:
+    root.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(root, collections)
+    for i in range(1, n + 1):
+        home = root / f"host{i}"
+        fleet.hosts[f"host{i}"] = {
+            "llmctl_home": str(home),
+            "llmctl_environment": {"XDG_CONFIG_HOME": str(home / "xdg")},  # where user units go
+            "llmctl_config": {"services": {"chat": {"model": "smoke", "port": free_port()}}},
+        }
+    fleet.write_inventory()
+    return fleet
+
+
+def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    rows = {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+            for m in RECAP.findall(proc.stdout)}
+    assert rows, proc.stdout + proc.stderr
+    return rows
+
+
+def show(proc: subprocess.CompletedProcess) -> str:
+    return f"rc={proc.returncode}\n--- stdout\n{proc.stdout[-8000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+def lock(home: Path) -> dict:
+    return json.loads((home / "models.lock").read_text())["models"]
+
+
+@pytest.fixture(scope="module")
+def fleet(collections, tmp_path_factory):
+    """Three hosts, provisioned once by site.yml (the first run is checked by the first test)."""
+    f = make_fleet(tmp_path_factory.mktemp("fleet"), collections)
+    f.first_run = f.playbook("site")
+    return f
+
+
+def test_first_run_provisions_all_three_hosts(fleet):
+    proc = fleet.first_run
+    assert proc.returncode == 0, show(proc)
+    rows = recap(proc)
+    assert sorted(rows) == ["host1", "host2", "host3"]
+    for host, row in rows.items():
+        assert row["failed"] == 0 and row["changed"] == 4, (host, row)  # config dir, config, model, units
+        home = fleet.home(host)
+        assert lock(home)["smoke"]["sha256"] == SMOKE_SHA256
+        assert (home / "models" / lock(home)["smoke"]["path"]).stat().st_size == 253113024
+        units = home / "xdg/systemd/user"
+        assert sorted(p.name for p in units.iterdir()) == [
+            "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
+        chat = (units / "llmctl-chat.service").read_text()
+        assert f"--config {home / 'config.yaml'} serve chat" in chat  # this host's config, absolute
+        assert f"{BIN / 'llmctl'} " in chat  # this venv's llmctl
+        port = fleet.hosts[host]["llmctl_config"]["services"]["chat"]["port"]
+        assert f"port: {port}" in (home / "config.yaml").read_text()
+
+
+def test_second_run_and_check_run_change_nothing(fleet):
+    assert fleet.first_run.returncode == 0, show(fleet.first_run)
+    before = {h: (fleet.home(h) / "models.lock").read_bytes() for h in fleet.hosts}
+    for args in ((), ("--check", "--diff")):
+        proc = fleet.playbook("site", *args)
+        assert proc.returncode == 0, show(proc)
+        assert {h: r["changed"] for h, r in recap(proc).items()} == {"host1": 0, "host2": 0, "host3": 0}, show(proc)
+    assert {h: (fleet.home(h) / "models.lock").read_bytes() for h in fleet.hosts} == before
+
+
+def test_check_mode_on_fresh_hosts_reports_changes_and_writes_nothing(collections, tmp_path):
+    fresh = make_fleet(tmp_path / "fresh", collections, n=2)
+    proc = fresh.playbook("site", "--check", "--diff")
+    assert proc.returncode == 0, show(proc)
+    assert {h: r["changed"] for h, r in recap(proc).items()} == {"host1": 4, "host2": 4}, show(proc)
+    assert "+ExecStart=" in proc.stdout  # the diff of the units that would be written
+    for host in fresh.hosts:
+        assert not fresh.home(host).exists()  # no config, no store, no unit, not even the directory
+    # The config was checked in check mode too: an invalid one fails before anything else runs.
+    fresh.hosts["host2"]["llmctl_config"] = {"services": {"chat": {"model": "smoke", "port": 70000}}}
+    fresh.write_inventory()
+    proc = fresh.playbook("site", "--check")
+    rows = recap(proc)
+    assert rows["host1"]["failed"] == 0 and rows["host2"]["failed"] == 1, show(proc)
+    assert "services.chat.port" in proc.stdout, show(proc)
+
+
+def test_a_tampered_model_fails_verify_on_that_host_only(fleet):
+    assert fleet.first_run.returncode == 0, show(fleet.first_run)
+    model = fleet.home("host2") / "models" / lock(fleet.home("host2"))["smoke"]["path"]
+    with open(model, "r+b") as fh:
+        fh.seek(1_000_000)
+        byte = fh.read(1)
+        fh.seek(1_000_000)
+        fh.write(bytes([byte[0] ^ 0xFF]))  # same size: only a re-hash can tell
+    try:
+        proc = fleet.playbook("verify")
+        rows = recap(proc)
+        assert proc.returncode == 2, show(proc)
+        assert {h: r["failed"] for h, r in rows.items()} == {"host1": 0, "host2": 1, "host3": 0}, show(proc)
+        assert f"{model}: sha256 " in proc.stdout and f"does not match the lock's {SMOKE_SHA256}" in proc.stdout
+    finally:
+        with open(model, "r+b") as fh:
+            fh.seek(1_000_000)
+            fh.write(byte)
+    assert sha256_of(model) == SMOKE_SHA256
+
+
+@pytest.mark.model
+def test_bench_gathers_one_json_file_per_host_on_the_controller(fleet):
+    assert fleet.first_run.returncode == 0, show(fleet.first_run)
+    extra = {"llmctl_bench_model": "smoke", "llmctl_bench_args": ["-p", "8", "-n", "4", "-r", "1", "-t", "1"]}
+    proc = fleet.playbook("bench", "-e", json.dumps(extra), "--forks", "1")
+    assert proc.returncode == 0, show(proc)
+    results = fleet.root / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["host1.json", "host2.json", "host3.json"]
+    for host in fleet.hosts:
+        doc = json.loads((results / f"{host}.json").read_text())
+        rows = doc if isinstance(doc, list) else doc["results"]  # issue 20 makes -o json a bare array
+        assert sorted(r["test"] for r in rows) == ["pp8", "tg4"]
+        assert all(r["avg_ts"] > 0 and r["n_threads"] == 1 for r in rows)
+        assert all(str(fleet.home(host)) in r["model_filename"] for r in rows)  # each host's own store
+
+
+@pytest.mark.model
+def test_health_fails_the_hosts_whose_service_is_down(fleet):
+    assert fleet.first_run.returncode == 0, show(fleet.first_run)
+    home = fleet.home("host1")
+    server = start_server(home, (home / "config.yaml").read_text(), "chat")  # the same bytes the role wrote
+    try:
+        wait_healthy(server)
+        proc = fleet.playbook("health", "-e", "llmctl_health_restart=false")
+    finally:
+        stop_server(server)
+    rows = recap(proc)
+    assert {h: r["failed"] for h, r in rows.items()} == {"host1": 0, "host2": 1, "host3": 1}, show(proc)
+    assert "CRITICAL - chat tcp: connection refused" in proc.stdout, show(proc)
+
+
+def test_ansible_lint_passes_on_the_collection(tmp_path):
+    # ansible-lint resolves the collection's own role and modules only in an ansible_collections/ tree.
+    tree = tmp_path / "ansible_collections" / "llmctl"
+    tree.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(REPO / "ansible"), str(tree / "fleet")], check=True)
+    env = ansible_env(tmp_path, tmp_path, {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    proc = subprocess.run([tool("ansible-lint"), "--offline", "--nocolor"], cwd=tree / "fleet",
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, show(proc)
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout, show(proc)
