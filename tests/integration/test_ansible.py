@@ -252,3 +252,144 @@ def test_ansible_lint_passes_on_the_collection(tmp_path):
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, show(proc)
     assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout, show(proc)
+
+
+# -- the modules one by one, with the ad hoc `ansible` command -------------------------------------
+
+
+def adhoc(collections: Path, root: Path, module: str, args: dict, *flags: str,
+          env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run one llmctl.fleet module on localhost; returns the process and the module's result."""
+    proc = subprocess.run([tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                           "-m", f"llmctl.fleet.{module}", "-a", json.dumps(args), *flags],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env=ansible_env(root, collections, env))
+    m = ADHOC.search(proc.stdout)
+    assert m, show(proc)
+    return proc, json.loads(m.group(3))
+
+
+def test_model_module_pulls_from_the_hub_once_checks_without_downloading_and_hides_the_token(
+        collections, tmp_path):
+    repo, file, token = "acme/Tiny-GGUF", "Tiny-Q4_K_M.gguf", "hf_sekrit_token_0123456789"
+    gguf = make_gguf(tmp_path / file, payload_bytes=2 << 20)
+    home = tmp_path / "home"
+    with FakeHub() as hub:
+        hub.add(repo, file, gguf)
+        hub.faults.require_token = token
+        base = {"executable": str(BIN / "llmctl"), "home": str(home), "mode": "user", "name": "tiny",
+                "repo": repo, "file": file, "hf_endpoint": hub.url, "hf_token": token}
+
+        def run(args: dict, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+            return adhoc(collections, tmp_path, "model", args, *flags, env={"HF_HOME": str(tmp_path / "hf")})
+
+        proc, res = run(base, "-vvv")  # -vvv prints the module's arguments: the token must not be there
+        assert proc.returncode == 0 and res["changed"] is True, show(proc)
+        assert res["pull"]["status"] == "installed" and res["model"]["sha256"] == sha256_of(gguf)
+        assert token not in proc.stdout + proc.stderr
+        proc, res = run(base)
+        assert proc.returncode == 0 and res["changed"] is False, show(proc)
+
+        proc, res = run({**base, "hf_token": "hf_wrong"})  # the Hub refuses: llmctl's line and exit code
+        assert proc.returncode != 0 and res["rc"] == 1 and "HF_TOKEN" in res["msg"], show(proc)
+        assert "hf_wrong" not in proc.stdout + proc.stderr
+
+        # The branch moves to other bytes: check mode says so, with the lock's diff, and downloads nothing.
+        other = make_gguf(tmp_path / "v2" / file, payload_bytes=1 << 20)
+        hub.repos[repo].branches["main"] = hub.add(repo, file, other, revision="v2")
+        lock_before, gets = (home / "models.lock").read_bytes(), hub.count("GET", "resolve")
+        proc, res = run(base, "--check", "--diff")
+        assert proc.returncode == 0 and res["changed"] is True, show(proc)
+        assert res["pull"]["status"] == "would_install" and res["model"]["sha256"] == sha256_of(other)
+        assert f'-  "sha256": "{sha256_of(gguf)}"' in proc.stdout
+        assert f'+  "sha256": "{sha256_of(other)}"' in proc.stdout
+        assert (home / "models.lock").read_bytes() == lock_before and hub.count("GET", "resolve") == gets
+        proc, res = run(base)
+        assert res["changed"] is True and lock(home)["tiny"]["sha256"] == sha256_of(other), show(proc)
+
+        proc, res = run({**base, "state": "verified"})
+        assert proc.returncode == 0 and res["changed"] is False and res["verify"]["ok"] is True, show(proc)
+
+        proc, res = run({"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"},
+                        "--check")
+        assert res["changed"] is True and "tiny" in lock(home), show(proc)
+        proc, res = run({"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"})
+        assert res["changed"] is True and lock(home) == {}, show(proc)
+        proc, res = run({"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"})
+        assert proc.returncode == 0 and res["changed"] is False, show(proc)
+
+
+def test_model_module_imports_a_local_file_once(collections, tmp_path):
+    src = make_gguf(tmp_path / "Local-Q8_0.gguf", payload_bytes=256 << 10)
+    home = tmp_path / "home"
+    base = {"executable": str(BIN / "llmctl"), "home": str(home), "name": "local", "path": str(src)}
+    proc, res = adhoc(collections, tmp_path, "model", base)
+    assert proc.returncode == 0 and res["changed"] is True and res["model"]["source"] == "import", show(proc)
+    proc, res = adhoc(collections, tmp_path, "model", base)
+    assert proc.returncode == 0 and res["changed"] is False, show(proc)
+
+    make_gguf(src, payload_bytes=128 << 10, seed=7)  # the file at that path changed
+    lock_before = (home / "models.lock").read_bytes()
+    proc, res = adhoc(collections, tmp_path, "model", base, "--check")
+    assert res["changed"] is True and (home / "models.lock").read_bytes() == lock_before, show(proc)
+    proc, res = adhoc(collections, tmp_path, "model", {**base, "sha256": "ab" * 32})
+    assert proc.returncode != 0 and res["rc"] == 3 and "does not match the pinned" in res["msg"], show(proc)
+    assert (home / "models.lock").read_bytes() == lock_before  # nothing imported
+    proc, res = adhoc(collections, tmp_path, "model", base)
+    assert res["changed"] is True and lock(home)["local"]["sha256"] == sha256_of(src), show(proc)
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# A stand-in for systemctl (systemd is not PID 1 here): logs its argv, keeps enabled/active in files.
+echo "$*" >> {log}
+[ "$1" = "--user" ] && shift
+case "$1" in
+  enable) shift; now=; [ "$1" = "--now" ] && {{ now=1; shift; }}
+          for u in "$@"; do touch "{state}/enabled.$u"; [ -n "$now" ] && touch "{state}/active.$u"; done ;;
+  is-enabled) if [ -e "{state}/enabled.$2" ]; then echo enabled; else echo disabled; exit 1; fi ;;
+  is-active) if [ -e "{state}/active.$2" ]; then echo active; else echo inactive; exit 3; fi ;;
+esac
+exit 0
+"""
+
+
+def test_units_module_enables_once_and_notices_a_stopped_unit(collections, tmp_path):
+    state, log, script = tmp_path / "systemd-state", tmp_path / "systemctl.log", tmp_path / "systemctl"
+    state.mkdir()
+    script.write_text(FAKE_SYSTEMCTL.format(log=log, state=state))
+    script.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text(f"services:\n  chat:\n    model: smoke\n    port: {free_port()}\n")
+    args = {"executable": str(BIN / "llmctl"), "home": str(home), "mode": "user", "enable": True, "now": True,
+            "systemctl_path": str(script)}
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    unit_dir = tmp_path / "xdg/systemd/user"
+
+    def run(*flags: str) -> tuple[subprocess.CompletedProcess, dict, list[str]]:
+        log.unlink(missing_ok=True)
+        proc, res = adhoc(collections, tmp_path, "units", args, *flags, env=env)
+        return proc, res, log.read_text().splitlines() if log.exists() else []
+
+    proc, res, calls = run()
+    assert proc.returncode == 0 and res["changed"] is True and len(res["written"]) == 3, show(proc)
+    assert calls[-2:] == ["--user daemon-reload", "--user enable --now llmctl-chat.service llmctl-health.timer"]
+    assert sorted(p.name for p in unit_dir.iterdir()) == [
+        "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
+
+    proc, res, calls = run()
+    assert proc.returncode == 0 and res["changed"] is False, show(proc)
+    assert all(c.split()[1] in ("is-enabled", "is-active") for c in calls), calls  # asked, changed nothing
+
+    (state / "active.llmctl-chat.service").unlink()  # the server stopped
+    proc, res, calls = run()
+    assert res["changed"] is True and res["written"] == [], show(proc)
+    assert res["units_state"]["llmctl-chat.service"] == {"enabled": "enabled", "active": "inactive"}
+    assert calls[-1] == "--user enable --now llmctl-chat.service llmctl-health.timer"
+
+    timer = unit_dir / "llmctl-health.timer"
+    timer.write_text(timer.read_text() + "# edited by hand\n")
+    proc, res, calls = run("--check", "--diff")
+    assert proc.returncode == 0 and res["changed"] is True and res["written"] == [str(timer)], show(proc)
+    assert "-# edited by hand" in proc.stdout and timer.read_text().endswith("# edited by hand\n")
+    assert not any(" enable " in f" {c} " or "daemon-reload" in c for c in calls), calls
