@@ -190,6 +190,34 @@ def test_check_mode_on_fresh_hosts_reports_changes_and_writes_nothing(collection
     assert "services.chat.port" in proc.stdout, show(proc)
 
 
+def test_role_installs_llmctl_into_a_venv_from_a_wheel(collections, tmp_path):
+    pytest.importorskip("build", reason="needs the build package (llmctl[test])")
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = dist.glob("llmctl-*.whl")
+    one = make_fleet(tmp_path / "install", collections, n=1)
+    venv = tmp_path / "venv"
+    one.hosts["host1"].update({"llmctl_install": True, "llmctl_venv": str(venv), "llmctl_pip_spec": str(wheel),
+                               "llmctl_python": sys.executable, "llmctl_models": [],
+                               "llmctl_executable": f"{venv}/bin/llmctl"})  # the group's is this venv's
+    one.write_inventory()
+
+    proc = one.playbook("site", "--check")  # llmctl is not there yet: pip would install it, the host ends
+    assert proc.returncode == 0 and recap(proc)["host1"]["changed"] == 1, show(proc)
+    assert "llmctl would be installed first" in proc.stdout and not venv.exists()
+
+    proc = one.playbook("site")
+    assert proc.returncode == 0 and recap(proc)["host1"]["failed"] == 0, show(proc)
+    chat = (one.home("host1") / "xdg/systemd/user/llmctl-chat.service").read_text()
+    assert f"ExecStart={venv}/bin/llmctl " in chat  # the units run the venv's llmctl
+    version = subprocess.run([str(venv / "bin/llmctl"), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("llmctl "), version.stderr
+    proc = one.playbook("site")
+    assert proc.returncode == 0 and recap(proc)["host1"]["changed"] == 0, show(proc)
+
+
 def test_a_tampered_model_fails_verify_on_that_host_only(fleet):
     assert fleet.first_run.returncode == 0, show(fleet.first_run)
     model = fleet.home("host2") / "models" / lock(fleet.home("host2"))["smoke"]["path"]
