@@ -50,6 +50,7 @@ def ansible_env(root: Path, collections: Path, extra: dict | None = None) -> dic
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
         "NO_COLOR": "1",
+        "LC_ALL": "C.UTF-8",  # ansible-core refuses to start without a UTF-8 locale (CI may set none)
     })
     env.update(extra or {})
     return env
@@ -171,6 +172,18 @@ def test_second_run_and_check_run_change_nothing(fleet):
         assert proc.returncode == 0, show(proc)
         assert {h: r["changed"] for h, r in recap(proc).items()} == {"host1": 0, "host2": 0, "host3": 0}, show(proc)
     assert {h: (fleet.home(h) / "models.lock").read_bytes() for h in fleet.hosts} == before
+
+
+def test_an_invalid_config_never_replaces_the_old_one(fleet):
+    assert fleet.first_run.returncode == 0, show(fleet.first_run)
+    config = fleet.home("host1") / "config.yaml"
+    before = config.read_bytes()
+    bad = {"llmctl_config": {"services": {"chat": {"model": "smoke", "prot": 8000}}}}
+    proc = fleet.playbook("site", "--limit", "host1", "-e", json.dumps(bad))
+    assert proc.returncode == 2 and recap(proc)["host1"]["failed"] == 1, show(proc)
+    assert "services.chat.prot: unknown key (did you mean 'port'?)" in proc.stdout, show(proc)
+    assert config.read_bytes() == before
+    assert sorted(p.name for p in config.parent.iterdir() if p.name.startswith(".")) == []  # no temp file left
 
 
 def test_check_mode_on_fresh_hosts_reports_changes_and_writes_nothing(collections, tmp_path):

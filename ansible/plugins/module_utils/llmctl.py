@@ -66,9 +66,14 @@ def environment(module, secrets=None):
     return env
 
 
+BOX = u"\u2502\u256d\u256e\u2570\u256f\u2500"  # the frame Typer draws around a usage error
+
+
 def error_line(stderr):
-    """llmctl's one-line error (`Error: ...`, with its `Hint: ...`), else the last line of stderr."""
-    lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
+    """llmctl's one-line error (`Error: ...`, with its `Hint: ...`), else the last line of stderr
+    (for a usage error Typer rejected before llmctl ran: the message inside its frame)."""
+    lines = [ln.strip(BOX + u" ").strip() for ln in (stderr or "").splitlines()]
+    lines = [ln for ln in lines if ln]
     picked = [ln for ln in lines if ln.startswith(("Error:", "Hint:"))]
     if picked:
         return " ".join(picked)

@@ -1,4 +1,5 @@
-"""The llmctl.fleet collection's documentation says what its code does.
+"""The llmctl.fleet collection's pieces that need no ansible run: its documentation says what its
+code does, and its module_utils read llmctl's output right.
 
 What ansible-test's validate-modules checks, for our modules: every option of a module's
 argument_spec is documented with the same type, default, choices and elements, and nothing else is
@@ -107,3 +108,25 @@ def test_role_argument_specs_give_the_defaults_of_defaults_main():
             assert opt.get("default") == value, key
     for entry in ("health", "verify", "bench"):
         assert specs[entry]["options"] == options
+
+
+@pytest.fixture
+def utils(spec_of):
+    return importlib.import_module("ansible_collections.llmctl.fleet.plugins.module_utils.llmctl")
+
+
+def test_error_line_is_llmctls_error_and_hint_or_typers_framed_message(utils):
+    assert utils.error_line("progress\nError: model 'x' is not installed\nHint: see `llmctl models list`\n") == \
+        "Error: model 'x' is not installed Hint: see `llmctl models list`"
+    typer_usage = ("Usage: llmctl bench [OPTIONS] [MODEL]\nTry 'llmctl bench -h' for help.\n"
+                   "\u256d\u2500 Error \u2500\u2500\u2500\u2500\u256e\n"
+                   "\u2502 No such option: --bogus         \u2502\n"
+                   "\u2570\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u256f\n")
+    assert utils.error_line(typer_usage) == "No such option: --bogus"
+    assert utils.error_line("") == ""
+
+
+def test_parse_json_takes_an_array_or_an_object_and_nothing_else(utils):
+    assert utils.parse_json('[{"test": "pp8"}]\n') == [{"test": "pp8"}]  # issue 20's bare llama-bench array
+    assert utils.parse_json('{"kind": "bench", "results": []}') == {"kind": "bench", "results": []}
+    assert utils.parse_json("| model | size |\n") is None and utils.parse_json("") is None
