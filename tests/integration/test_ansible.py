@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests._serve import free_port, start_server, stop_server, wait_healthy
+from tests._wheel import build_wheel
 from tests.ggufmake import make_gguf
 from tests.hubserver import FakeHub, sha256_of
 
@@ -204,12 +205,7 @@ def test_check_mode_on_fresh_hosts_reports_changes_and_writes_nothing(collection
 
 
 def test_role_installs_llmctl_into_a_venv_from_a_wheel(collections, tmp_path):
-    pytest.importorskip("build", reason="needs the build package (llmctl[test])")
-    dist = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (wheel,) = dist.glob("llmctl-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     one = make_fleet(tmp_path / "install", collections, n=1)
     venv = tmp_path / "venv"
     one.hosts["host1"].update({"llmctl_install": True, "llmctl_venv": str(venv), "llmctl_pip_spec": str(wheel),
