@@ -61,11 +61,12 @@ def ansible_env(root: Path, collections: Path, extra: dict | None = None) -> dic
 def collections(tmp_path_factory) -> Path:
     """The collection built from ansible/ and installed into a temp collections path."""
     out = tmp_path_factory.mktemp("galaxy")
+    path = out / "collections"
     build = subprocess.run([tool("ansible-galaxy"), "collection", "build", str(REPO / "ansible"),
-                            "--output-path", str(out)], capture_output=True, text=True, timeout=300)
+                            "--output-path", str(out)], capture_output=True, text=True, timeout=300,
+                           env=ansible_env(out, path))  # ANSIBLE_HOME in the temp dir, not ~/.ansible
     assert build.returncode == 0, build.stdout + build.stderr
     (tarball,) = out.glob("llmctl-fleet-*.tar.gz")
-    path = out / "collections"
     inst = subprocess.run([tool("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(path)],
                           capture_output=True, text=True, timeout=300, env=ansible_env(out, path))
     assert inst.returncode == 0, inst.stdout + inst.stderr
