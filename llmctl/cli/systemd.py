@@ -120,6 +120,8 @@ def install_cmd(
     systemctl: Annotated[str, typer.Option("--systemctl", help="The systemctl to run.")] = "systemctl",
     no_systemctl: Annotated[bool, typer.Option("--no-systemctl", help="Write the files only; print the "
                                                "commands that would run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write, remove and run nothing; list the files "
+                                          "that would be written or removed and the commands.")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Write every unit atomically, create the health user (sysusers.d), daemon-reload, enable.
@@ -130,8 +132,8 @@ def install_cmd(
 
     result = _render(None, llmctl, config_path, user)
     outcome = install(result, root=root.absolute() if root else None, user=_user_mode(user), enable=enable,
-                      now=now, run=_runner(no_systemctl), systemctl=systemctl)
-    _report("systemd.install", outcome, no_systemctl, json)
+                      now=now, run=_runner(no_systemctl), systemctl=systemctl, dry_run=dry_run)
+    _report("systemd.install", outcome, no_systemctl or dry_run, json, dry_run)
 
 
 @command(app, "uninstall")
@@ -155,7 +157,7 @@ def uninstall_cmd(
     _report("systemd.uninstall", outcome, no_systemctl, json)
 
 
-def _report(kind: str, outcome, dry: bool, json: bool) -> None:
+def _report(kind: str, outcome, dry: bool, json: bool, dry_run: bool = False) -> None:
     if json:
         emit_json(kind, {
             "written": list(outcome.written),
@@ -163,10 +165,12 @@ def _report(kind: str, outcome, dry: bool, json: bool) -> None:
             "removed": list(outcome.removed),
             "commands": [list(c) for c in outcome.commands],
             "commands_run": not dry,
+            "dry_run": dry_run,
         })
         return
-    rows = ([("written", p) for p in outcome.written] + [("unchanged", p) for p in outcome.unchanged]
-            + [("removed", p) for p in outcome.removed])
+    would = "would be " if dry_run else ""
+    rows = ([(f"{would}written", p) for p in outcome.written] + [("unchanged", p) for p in outcome.unchanged]
+            + [(f"{would}removed", p) for p in outcome.removed])
     if rows:
         print_table(["ACTION", "PATH"], rows)
     else:

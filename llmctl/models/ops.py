@@ -33,7 +33,7 @@ SPACE_MARGIN = 16 * 1024 * 1024  # keep this much free beyond the download itsel
 @dataclass(frozen=True)
 class PullResult:
     name: str
-    status: str  # "installed" | "present"
+    status: str  # "installed" | "present"; a dry run: "would_install" | "would_update" (record a new commit)
     path: Path
     size: int
     sha256: str
@@ -82,7 +82,10 @@ def normalize_sha256(value: str | None, flag: str = "--sha256") -> str | None:
     return v
 
 
-def _check_space(directory: Path, needed: int) -> None:
+def _check_space(directory: Path, needed: int, *, dry_run: bool = False) -> None:
+    if dry_run:  # ask the nearest directory that exists: a dry run creates none
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
     free = free_bytes(directory)
     if free < needed + SPACE_MARGIN:
         raise OperationFailed(
@@ -116,8 +119,13 @@ def pull(
     progress: Progress | None = None,
     notice: Notice | None = None,
     retries: int = 2,
+    dry_run: bool = False,
 ) -> PullResult:
-    """Resolve, download, verify and install one file from the Hub (or find it already installed)."""
+    """Resolve, download, verify and install one file from the Hub (or find it already installed).
+
+    dry_run: resolve on the Hub (metadata only) and say what a pull would do; download and write
+    nothing. The same errors as a real pull (a pinned hash that does not match, no disk space).
+    """
     from filelock import FileLock, Timeout
 
     t0 = time.perf_counter()
@@ -161,8 +169,17 @@ def pull(
     if same_source and existing.sha256 == want and _present(store, existing):
         if existing.revision != remote.commit:
             # The revision moved but this file's bytes did not: record the new commit, download nothing.
+            if dry_run:
+                return _result(replace(existing, revision=remote.commit), store, "would_update",
+                               seconds=time.perf_counter() - t0)
             existing = store.record(replace(existing, revision=remote.commit))
         return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+    if dry_run:
+        partial = store.root / ".partial" / f"{want}.part"
+        have = partial.stat().st_size if partial.exists() else 0
+        _check_space(partial.parent, max(remote.size - have, 0), dry_run=True)
+        return PullResult(name, "would_install", store.destination(name, file), remote.size, want, repo, file,
+                          remote.commit, "hub", resumed_from=have, seconds=time.perf_counter() - t0)
 
     if existing is not None and notice:
         notice(f"replacing '{name}' ({existing.repo or existing.source}/{existing.file}"
@@ -260,16 +277,28 @@ def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
                 and src.is_file() and src.stat().st_size == existing.size
                 and (spec.sha256 is None or spec.sha256 == existing.sha256)):
             return _result(existing, store, "present")
+        if kw.get("dry_run"):
+            if not src.is_file():
+                raise NotFound(f"no such file: {src}")
+            return PullResult(name, "would_install", store.destination(name, src.name), src.stat().st_size,
+                              spec.sha256 or sha256_file(src), file=src.name, source="import")
         return import_file(store, src, name=name, sha256=spec.sha256, chat_format=spec.chat_format,
                            progress=kw.get("progress"))
     return pull(store, spec.repo, spec.file, revision=spec.revision, name=name, sha256=spec.sha256,
                 chat_format=spec.chat_format, **kw)
 
 
-def pull_smoke(store: Store, progress: Progress | None = None) -> PullResult:
-    from llmctl.models.smoke import SMOKE_NAME, ensure_smoke
+def pull_smoke(store: Store, progress: Progress | None = None, *, dry_run: bool = False) -> PullResult:
+    from llmctl.models.smoke import (SMOKE_FILE, SMOKE_NAME, SMOKE_PACKAGE, SMOKE_SHA256, ensure_smoke,
+                                     installed_smoke, smoke_size)
 
     t0 = time.perf_counter()
+    if dry_run:
+        entry = installed_smoke(store)
+        if entry is not None:
+            return _result(entry, store, "present", seconds=time.perf_counter() - t0)
+        return PullResult(SMOKE_NAME, "would_install", store.destination(SMOKE_NAME, SMOKE_FILE), smoke_size(),
+                          SMOKE_SHA256, file=SMOKE_FILE, source=f"pypi:{SMOKE_PACKAGE}")
     before = store.read_lock().get(SMOKE_NAME)
     entry = ensure_smoke(store, progress)
     status = "present" if before == entry else "installed"

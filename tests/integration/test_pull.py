@@ -126,6 +126,42 @@ def test_real_smoke_gguf_pulled_and_listed(hub, home, llmctl, smoke_store):
     assert (m["architecture"], m["quantization"], m["context_length"]) == ("gemma3", "Q4_K_M", 32768)
 
 
+def test_dry_run_says_what_a_pull_would_do_and_writes_nothing(hub, home, llmctl, gguf_file, tmp_path):
+    sha = sha256_of(gguf_file)
+    r = llmctl("models", "pull", REPO, FILE, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["models"]
+    assert res["status"] == "would_install" and res["sha256"] == sha and res["size"] == gguf_file.stat().st_size
+    assert res["revision"] == hub.commit(REPO) and res["path"] == str(home / "models" / NAME / FILE)
+    assert not (home / "models").exists() and not (home / "models.lock").exists()  # not even a directory
+    assert hub.count("GET", "resolve") == 0  # metadata only
+
+    assert llmctl("models", "pull", REPO, FILE, "-q").returncode == 0
+    lock_before = (home / "models.lock").read_bytes()
+    r = llmctl("models", "pull", REPO, FILE, "--dry-run", "--json")
+    assert json.loads(r.stdout)["models"][0]["status"] == "present"
+
+    # The branch moves to a commit with the same bytes: a pull would only record the new commit.
+    moved = hub.add(REPO, FILE, gguf_file, revision="v2")
+    hub.repos[REPO].branches["main"] = moved
+    r = llmctl("models", "pull", REPO, FILE, "--dry-run", "--json")
+    (res,) = json.loads(r.stdout)["models"]
+    assert res["status"] == "would_update" and res["revision"] == moved
+    assert (home / "models.lock").read_bytes() == lock_before
+
+    # ... and then to different bytes: a pull would download them.
+    other = make_gguf(tmp_path / FILE, payload_bytes=1 << 20)
+    newer = hub.add(REPO, FILE, other, revision="v3")
+    hub.repos[REPO].branches["main"] = newer
+    r = llmctl("models", "pull", REPO, FILE, "--dry-run")
+    assert r.returncode == 0 and "would install" in r.stderr
+    assert (home / "models.lock").read_bytes() == lock_before and hub.count("GET", "resolve") == 1
+
+    # The same errors as a real pull: a pinned hash that does not match exits 3.
+    r = llmctl("models", "pull", REPO, FILE, "--dry-run", "--sha256", "ab" * 32)
+    assert r.returncode == 3 and "ab" * 32 in r.stderr
+
+
 # -- integrity ------------------------------------------------------------------------------------
 
 

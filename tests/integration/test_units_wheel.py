@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._wheel import build_wheel
+
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "units" / "example"
 TEMPLATES = sorted(str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*") if p.is_file())
@@ -23,12 +25,7 @@ MONITORING_SNAPSHOTS = REPO / "tests" / "snapshots" / "monitoring" / "example"
 
 @pytest.mark.slow
 def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
-    pytest.importorskip("build", reason="needs the build package (llmctl[test])")
-    dist = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (wheel,) = dist.glob("llmctl-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     for name in TEMPLATES:
