@@ -28,8 +28,9 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "commit": re.compile(r"[0-9a-f]{40}"),
     # a systemd size: MemoryMax=512M, 8G, 1.5G
     "size": re.compile(r"[0-9]+(?:\.[0-9]+)?[KMGT]?"),
-    # a systemd unit name (the characters unit_name_is_valid() allows) with the .service suffix
-    "service_unit": re.compile(r"[A-Za-z0-9:_.\\-]+\.service"),
+    # a systemd unit name with the .service suffix: the characters unit_name_is_valid() allows but
+    # ':', which `systemd-analyze verify` cannot take in a file name
+    "service_unit": re.compile(r"[A-Za-z0-9_.\\-]+\.service"),
     # a systemd time span: 1min, 30s, 1h 30min
     "timespan": re.compile(r"(?:[0-9]+(?:\.[0-9]+)? *(?:[a-z]+)? *)+"),
 }

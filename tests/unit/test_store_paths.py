@@ -81,6 +81,13 @@ def test_every_reader_refuses_a_path_outside_the_store(home: Path, victim: Path,
     assert info.integrity and not info.present and "must stay inside the store" in info.problem
     (res,) = ops.verify_models(store)
     assert not res.ok and res.actual is None and "must stay inside the store" in res.message
+    # render: a unit never names that file
+    from llmctl.config import validate
+    from llmctl.units.render import RenderOptions, render
+
+    with pytest.raises(IntegrityError):
+        render(validate({"services": {"chat": {"model": "evil"}}}),
+               RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml", paths=store.paths))
 
 
 @pytest.mark.parametrize("kind", KINDS)
