@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import typer
 
 from llmctl.errors import ExitCode, LlmctlError
-from llmctl.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 JSON_SCHEMA_VERSION = 1
@@ -51,6 +50,8 @@ def render_error(error: BaseException | str, hint: str | None = None) -> None:
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
+    from llmctl.text import printable
+
     sys.stderr.write(f"Error: {printable(error)}\n")
     if hint:
         sys.stderr.write(f"Hint: {printable(hint)}\n")
@@ -158,6 +159,8 @@ def stderr_console():
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A rich table on a terminal; plain aligned columns when piped (easy to grep and cut)."""
+    from llmctl.text import printable
+
     cells = [[printable("" if c is None else c) for c in row] for row in rows]
     if stdout_is_tty():
         from rich.console import Console
@@ -183,6 +186,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: st
 def info(message: str, *, quiet: bool = False) -> None:
     """A diagnostic line for people, on stderr."""
     if not quiet:
+        from llmctl.text import printable
+
         sys.stderr.write(printable(message) + "\n")
         sys.stderr.flush()
 
