@@ -70,6 +70,17 @@ def describe_unexpected(exc: BaseException) -> tuple[str, str | None]:
     return f"internal error: {type(exc).__name__}" + (f": {text[0][:300]}" if text else ""), BUG_HINT
 
 
+def _validation_error(exc: Exception) -> LlmctlError | None:
+    """pydantic's ValidationError (a value from a flag checked by the config schema) as the
+    ConfigError the config loader would raise: one line naming the field, exit 2."""
+    if type(exc).__name__ != "ValidationError" or not type(exc).__module__.startswith("pydantic"):
+        return None
+    from llmctl.config import format_validation_error
+    from llmctl.errors import ConfigError
+
+    return ConfigError(format_validation_error(exc))
+
+
 def guard(fn: F | None = None, *, exit_for: Callable[[Exception], int] | None = None) -> Any:
     """The one error path of every command: LlmctlError -> `Error: ...` on stderr and its exit code;
     Ctrl-C -> exit 130; any other exception -> one line, a hint to report the bug (an OSError:
@@ -94,6 +105,10 @@ def guard(fn: F | None = None, *, exit_for: Callable[[Exception], int] | None = 
                 sys.stderr.write("Interrupted.\n")
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
             except Exception as exc:  # noqa: BLE001 - the one place every unexpected exception ends
+                invalid = _validation_error(exc)
+                if invalid is not None:  # a schema object built from a flag (serve --model): exit 2
+                    render_error(invalid, invalid.hint)
+                    raise typer.Exit(exit_for(invalid) if exit_for else invalid.exit_code) from None
                 if debug_mode() == "raise":
                     raise
                 message, hint = describe_unexpected(exc)

@@ -286,3 +286,9 @@ def test_an_unexpected_exception_in_health_is_unknown(monkeypatch, write_config,
     assert result.stdout == "UNKNOWN - internal error: OverflowError: cannot convert float infinity to integer\n"
     assert result.stderr.startswith("Error: internal error: OverflowError")
     assert "llmctl_health_run_status 3.0" in textfile.read_text()
+
+
+def test_a_flag_value_the_schema_refuses_is_a_usage_error(llmctl):
+    """serve builds a ServiceSpec from --model: the schema's refusal is exit 2, not an internal error."""
+    line = one_error_line(llmctl("serve", "--model", "a\nb"), 2)
+    assert line.startswith("Error: model: 'a\\nb' contains a control character")
