@@ -70,6 +70,68 @@ def find_config_file(explicit: str | os.PathLike | None, paths: Paths) -> tuple[
     return None, False
 
 
+# A config file is small. These bounds turn hostile YAML (an alias bomb that expands to gigabytes,
+# 50,000 nested lists) into a one-line error instead of a traceback or an exhausted host.
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_VALUES = 100_000  # keys and values, counted after expanding aliases
+
+
+def _bounded_loader():
+    """yaml.SafeLoader that refuses nesting deeper than MAX_DEPTH while it composes (before Python's
+    recursion limit is hit)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):  # type: ignore[override]
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                      self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return BoundedLoader
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load with the bounds above. Raises yaml.YAMLError, or ValueError for a value that
+    cannot be built (an integer of more than 4300 digits) or that is too large once aliases expand."""
+    import yaml
+
+    loader = _bounded_loader()(text)
+    try:
+        data = loader.get_single_data()
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+    _check_size(data)
+    return data
+
+
+def _check_size(data: Any) -> None:
+    """Walk the loaded data (aliases expanded, as every later reader sees it) without recursion;
+    stop at the first bound crossed."""
+    stack = [(data, 0)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ValueError(f"more than {MAX_VALUES} values (after expanding aliases)")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels (after expanding aliases)")
+        if isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -82,12 +144,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except ValueError as exc:  # an integer too long to convert, or the bounds above
+        raise ConfigError(f"{path}: invalid YAML: {str(exc).split(';')[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -110,8 +174,8 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, list[str], Any]]:
         if any(not p for p in parts):
             raise ConfigError(f"{name}: malformed override (use LLMCTL_SECTION__KEY=value)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = safe_load(raw) if raw.strip() else raw
+        except (yaml.YAMLError, ValueError):
             value = raw
         out.append((name, parts, value))
     return out
@@ -143,9 +207,11 @@ def format_validation_error(exc: Any, env_paths: dict[str, str] | None = None) -
     """pydantic ValidationError -> 'a.b.c: message' lines, most useful first."""
     from llmctl.schema import known_keys
 
+    from llmctl.text import printable
+
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
+        loc = [printable(p) for p in err.get("loc", ())]  # a key may hold a control character
         key = ".".join(loc) or "(top level)"
         etype = err.get("type", "")
         msg = err.get("msg", "invalid value")

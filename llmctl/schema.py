@@ -12,24 +12,45 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-SIZE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGT]?$")
+from llmctl.text import NAME_RULE, USER_RULE, check_pattern, control_char, describe_char, is_name, printable
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 
 
+def _no_control(value: Any, where: str = "") -> None:
+    """Refuse a control character in any string of a config value (dict keys and list items too):
+    config values land in unit files, polkit rules, command lines, HTTP headers and log lines."""
+    if isinstance(value, str):
+        ch = control_char(value)
+        if ch is not None:
+            raise ValueError(f"{where}{printable(repr(value))[:80]} contains a control character, "
+                             f"{describe_char(ch)}: not allowed in a config value")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_control(k, f"{where}key ")
+            _no_control(v, f"{where}[{printable(repr(k))[:40]}]: " if isinstance(v, str) else where)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_control(v, f"{where}[{i}]: " if isinstance(v, str) else where)
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: `timeout_s: .inf` or `1e999` is an error, not a timeout that never ends.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        # Nested models validate their own fields; this walks strings, lists and dicts.
+        _no_control(v)
+        return v
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"{kind} name {name!r} must be lower-case letters, digits, '.', '_' or '-' (at most 64)"
-        )
+    if not is_name(name):
+        raise ValueError(f"{kind} name {printable(repr(name))} must be {NAME_RULE}")
 
 
 class ModelSpec(Strict):
@@ -48,7 +69,7 @@ class ModelSpec(Strict):
         if v is None:
             return v
         v = v.lower().removeprefix("sha256:")
-        if not SHA256_RE.match(v):
+        if not check_pattern("sha256", v):
             raise ValueError("must be 64 hex digits")
         return v
 
@@ -67,6 +88,8 @@ class ModelSpec(Strict):
             raise ValueError("give either 'repo' and 'file', or 'path', not both")
         if self.file is not None and not self.file.endswith(".gguf"):
             raise ValueError("'file' must name a .gguf file")
+        if self.file is not None and (self.file.startswith("/") or ".." in self.file.split("/")):
+            raise ValueError("'file' must be a path inside the repository")
         return self
 
 
@@ -109,7 +132,7 @@ class ServiceSpec(Strict):
     @field_validator("memory_max")
     @classmethod
     def _mem(cls, v: str | None) -> str | None:
-        if v is not None and not SIZE_RE.match(v):
+        if v is not None and not check_pattern("size", v):
             raise ValueError("must be a size such as 512M or 8G")
         return v
 
@@ -170,16 +193,16 @@ class SystemdSettings(Strict):
     @field_validator("server_user", "health_user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_-]{0,30}$", v):
-            raise ValueError("must be a user name: lower-case letters, digits, '_' or '-' (at most 31)")
+        if not check_pattern("user", v):
+            raise ValueError(f"must be a user name: {USER_RULE}")
         return v
 
     @field_validator("gpu_groups")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
         for g in v:
-            if not re.match(r"^[a-z_][a-z0-9_-]{0,30}$", g):
-                raise ValueError(f"{g!r} is not a group name")
+            if not check_pattern("user", g):
+                raise ValueError(f"{printable(repr(g))} is not a group name: {USER_RULE}")
         return v
 
     @field_validator("health_textfile")

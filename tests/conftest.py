@@ -1,7 +1,7 @@
 """Shared fixtures.
 
-Every test gets its own LLMCTL_HOME and an empty config file, NO_COLOR=1, and no stray LLMCTL_*
-variables from the caller's shell. Tests that need the smoke model share one assembled copy
+Every test gets its own LLMCTL_HOME and an empty config file, NO_COLOR=1, LLMCTL_DEBUG=raise, and
+no stray LLMCTL_* variables from the caller's shell. Tests that need the smoke model share one assembled copy
 (session scope) that is hard-linked into each test's store.
 """
 
@@ -30,6 +30,9 @@ def llmctl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LLMCTL_CONFIG", str(config))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # An unexpected exception propagates instead of becoming `Error: internal error ...`: a bug fails
+    # the test that meets it. Tests of that error path itself delete this.
+    monkeypatch.setenv("LLMCTL_DEBUG", "raise")
     # The CLI keeps the root options in a module global; reset it between CliRunner calls.
     from llmctl.cli._common import OPTIONS
 

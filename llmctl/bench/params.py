@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llmctl.errors import UsageError
 
-_RANGE = re.compile(r"^(-?\d+)(?:-(\d+)(?:([+*])(\d+))?)?$")
+_RANGE = re.compile(r"(-?\d+)(?:-(\d+)(?:([+*])(\d+))?)?")  # with fullmatch, never match + "$"
 _ON = {"1", "on", "true", "yes", "enabled"}
 _OFF = {"0", "off", "false", "no", "disabled"}
 
@@ -26,7 +26,7 @@ def parse_int_list(text: str | int | Sequence[int], flag: str, *, minimum: int =
         if not text.strip() or any(not p for p in parts):
             raise UsageError(f"{flag}: expected a comma-separated list of integers, got {text!r}")
         for part in parts:
-            m = _RANGE.match(part)
+            m = _RANGE.fullmatch(part)
             if not m:
                 raise UsageError(f"{flag}: {part!r} is not an integer or a range such as 1-8 or 128-1024*2")
             first = int(m.group(1))

@@ -31,23 +31,64 @@ OPTIONS = GlobalOptions()
 
 # -- the one error table ---------------------------------------------------------------------------
 
+BUG_HINT = ("this is a bug in llmctl; please report it with the output of the same command run "
+            "with LLMCTL_DEBUG=1")
 
-def render_error(exc: BaseException, hint: str | None = None) -> None:
-    if os.environ.get("LLMCTL_DEBUG"):
+
+def debug_mode() -> str | None:
+    """LLMCTL_DEBUG: unset (or 0): one-line errors. `raise`: an unexpected exception propagates
+    (the test suite sets it, so a bug fails a test). Any other value: a traceback with every error."""
+    value = os.environ.get("LLMCTL_DEBUG", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return None
+    return "raise" if value == "raise" else "traceback"
+
+
+def render_error(error: BaseException | str, hint: str | None = None) -> None:
+    """`Error: ...` (+ `Hint: ...`) on stderr, control characters made visible."""
+    if isinstance(error, BaseException) and debug_mode() == "traceback":
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
-    sys.stderr.write(f"Error: {exc}\n")
+        traceback.print_exception(error, file=sys.stderr)
+    from llmctl.text import printable
+
+    sys.stderr.write(f"Error: {printable(error)}\n")
     if hint:
-        sys.stderr.write(f"Hint: {hint}\n")
+        sys.stderr.write(f"Hint: {printable(hint)}\n")
     sys.stderr.flush()
 
 
-def guard(fn: F | None = None, *, exit_for: Callable[[LlmctlError], int] | None = None) -> Any:
-    """Turn LlmctlError into `Error: ...` on stderr and its exit code; Ctrl-C into exit 130.
+def describe_unexpected(exc: BaseException) -> tuple[str, str | None]:
+    """The one line (and hint) for an exception that is not an LlmctlError. An OSError is the host
+    refusing something (permissions, a full disk); anything else is a bug."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"{exc.strerror or exc}{where}", None
+    if isinstance(exc, MemoryError):
+        return "out of memory", None
+    text = str(exc).strip().splitlines()
+    return f"internal error: {type(exc).__name__}" + (f": {text[0][:300]}" if text else ""), BUG_HINT
+
+
+def _validation_error(exc: Exception) -> LlmctlError | None:
+    """pydantic's ValidationError (a value from a flag checked by the config schema) as the
+    ConfigError the config loader would raise: one line naming the field, exit 2."""
+    if type(exc).__name__ != "ValidationError" or not type(exc).__module__.startswith("pydantic"):
+        return None
+    from llmctl.config import format_validation_error
+    from llmctl.errors import ConfigError
+
+    return ConfigError(format_validation_error(exc))
+
+
+def guard(fn: F | None = None, *, exit_for: Callable[[Exception], int] | None = None) -> Any:
+    """The one error path of every command: LlmctlError -> `Error: ...` on stderr and its exit code;
+    Ctrl-C -> exit 130; any other exception -> one line, a hint to report the bug (an OSError:
+    no hint), exit 1, and a traceback only under LLMCTL_DEBUG=1.
 
     `exit_for` lets a command map errors to other codes (health speaks the monitoring-plugin
-    convention). Anything else propagates: an unexpected exception is a bug and tests must see it.
+    convention: every error is 3, UNKNOWN). Under LLMCTL_DEBUG=raise an unexpected exception
+    propagates, so tests (CliRunner with catch_exceptions=False) see bugs.
     """
 
     def deco(func: F) -> F:
@@ -55,13 +96,30 @@ def guard(fn: F | None = None, *, exit_for: Callable[[LlmctlError], int] | None 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return func(*args, **kwargs)
+            except (typer.Exit, typer.Abort, typer.TyperException):
+                raise  # Typer's own exits and usage errors
             except LlmctlError as exc:
                 render_error(exc, exc.hint)
                 raise typer.Exit(exit_for(exc) if exit_for else exc.exit_code) from None
             except KeyboardInterrupt:
                 sys.stderr.write("Interrupted.\n")
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
+            except Exception as exc:  # noqa: BLE001 - the one place every unexpected exception ends
+                invalid = _validation_error(exc)
+                if invalid is not None:  # a schema object built from a flag (serve --model): exit 2
+                    render_error(invalid, invalid.hint)
+                    raise typer.Exit(exit_for(invalid) if exit_for else invalid.exit_code) from None
+                if debug_mode() == "raise":
+                    raise
+                message, hint = describe_unexpected(exc)
+                if debug_mode() == "traceback":
+                    import traceback
 
+                    traceback.print_exception(exc, file=sys.stderr)
+                render_error(message, hint)
+                raise typer.Exit(exit_for(exc) if exit_for else ExitCode.FAILED) from None
+
+        wrapper.__llmctl_guarded__ = True  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return deco(fn) if fn is not None else deco
@@ -116,16 +174,20 @@ def stderr_console():
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A rich table on a terminal; plain aligned columns when piped (easy to grep and cut)."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    from llmctl.text import printable
+
+    cells = [[printable("" if c is None else c) for c in row] for row in rows]
     if stdout_is_tty():
         from rich.console import Console
         from rich.table import Table
+
+        from rich.text import Text
 
         table = Table(title=title, show_lines=False)
         for col in columns:
             table.add_column(col)
         for row in cells:
-            table.add_row(*row)
+            table.add_row(*(Text(c) for c in row))  # Text: a '[' in a model name is not markup
         Console(highlight=False).print(table)
         return
     widths = [len(c) for c in columns]
@@ -139,7 +201,9 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: st
 def info(message: str, *, quiet: bool = False) -> None:
     """A diagnostic line for people, on stderr."""
     if not quiet:
-        sys.stderr.write(message + "\n")
+        from llmctl.text import printable
+
+        sys.stderr.write(printable(message) + "\n")
         sys.stderr.flush()
 
 

@@ -145,7 +145,9 @@ def main(
         for line in host_lines(report):
             info(line, quiet=quiet)
     else:
-        sys.stdout.write(render(report, fmt, gate_dicts))
+        from llmctl.text import printable_lines
+
+        sys.stdout.write(printable_lines(render(report, fmt, gate_dicts)))
         sys.stdout.flush()
 
     for label in unmatched:

@@ -68,6 +68,8 @@ def _number(flag: str, raw: str | None, kind: type, minimum: float, *, above: bo
 
 
 def _exit_for(_exc: Exception) -> int:
+    """Every error of a health run, expected or not, is UNKNOWN (3): never 1, which the health
+    unit counts as success (WARNING)."""
     return UNKNOWN
 
 
@@ -124,25 +126,27 @@ def main(
             services or [], url or [], model, api_key, timeout, retries, retry_delay, slow_ms, recovery_timeout,
             no_restart, dry_run, json_out, textfile, quiet, wait, events,
         )
-    except Exception as exc:
-        from llmctl.errors import LlmctlError
-
-        if not isinstance(exc, LlmctlError):
-            raise
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the monitoring system hears UNKNOWN
         events.flush()
         _unknown(exc, json_out, textfile)
-        raise
+        raise  # guard prints the error line and exits 3 (UNKNOWN), whatever the exception
     raise typer.Exit(code)
 
 
 def _unknown(exc: Exception, json_out: bool, textfile: str | None) -> None:
     """Could not check: still one line on stdout for the monitoring system, and the textfile says 3."""
+    from llmctl.cli._common import describe_unexpected
+    from llmctl.errors import LlmctlError
+    from llmctl.health.report import unknown_line
     from llmctl.health.run import HealthLocked
 
+    text = str(exc) if isinstance(exc, LlmctlError) else describe_unexpected(exc)[0]
     if json_out:
-        emit_json("health", {"status": "UNKNOWN", "exit_code": UNKNOWN, "error": str(exc), "services": []})
+        emit_json("health", {"status": "UNKNOWN", "exit_code": UNKNOWN, "error": text, "services": []})
     else:
-        sys.stdout.write(f"UNKNOWN - {exc}\n")
+        sys.stdout.write(unknown_line(text) + "\n")
         sys.stdout.flush()
     if textfile and not isinstance(exc, HealthLocked):  # the run holding the lock will write it
         from llmctl.health.report import textfile_bytes, write_textfile
@@ -150,7 +154,7 @@ def _unknown(exc: Exception, json_out: bool, textfile: str | None) -> None:
 
         try:
             write_textfile(textfile, textfile_bytes(None, status=Status.UNKNOWN, now=time.time()))
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 

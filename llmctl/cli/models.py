@@ -34,7 +34,9 @@ def _note(quiet: bool):
         if quiet:
             return
         if _Live.console is not None:
-            _Live.console.print(msg, markup=False, highlight=False)
+            from llmctl.text import printable
+
+            _Live.console.print(printable(msg), markup=False, highlight=False)
         else:
             info(msg)
 
@@ -199,6 +201,7 @@ def list_(json_out: JsonOpt = False) -> None:
     models = ops.list_models(_store())
     if json_out:
         emit_json("models.list", {"models": [m.to_json() for m in models]})
+        _integrity_exit(models)
         return
     rows = []
     for m in models:
@@ -211,9 +214,23 @@ def list_(json_out: JsonOpt = False) -> None:
         info("no models installed (try `llmctl models pull smoke`)")
         return
     print_table(["name", "size", "quant", "arch", "context", "source", "problem"], rows)
+    _integrity_exit(models)
 
 
-app.command("ls", hidden=True)(list_)
+command(app, "ls", hidden=True)(list_)
+
+
+def _integrity_exit(models) -> None:
+    """After the listing: an entry whose lock path leaves the store is an integrity failure (exit 3)."""
+    from llmctl.cli._common import render_error
+    from llmctl.errors import ExitCode
+
+    bad = [m for m in models if m.integrity]
+    for m in bad:
+        render_error(m.problem, f"`llmctl models rm {m.entry.name}` drops the entry (and deletes no file "
+                                "outside the store)")
+    if bad:
+        raise typer.Exit(ExitCode.INTEGRITY)
 
 
 @command(app, "show")
@@ -228,8 +245,9 @@ def show(
     doc = m.to_json()
     if json_out:
         emit_json("models.show", {"model": doc})
-        return
-    print_table(["key", "value"], [(k, "" if v is None else v) for k, v in doc.items()])
+    else:
+        print_table(["key", "value"], [(k, "" if v is None else v) for k, v in doc.items()])
+    _integrity_exit([m])
 
 
 @command(app, "verify")
@@ -266,7 +284,9 @@ def verify(
     else:
         for r in results:
             if r.ok and not quiet:
-                sys.stdout.write(f"OK  {r.name}  {r.path}  sha256 {r.actual}\n")
+                from llmctl.text import printable
+
+                sys.stdout.write(printable(f"OK  {r.name}  {r.path}  sha256 {r.actual}") + "\n")
     bad = [r for r in results if not r.ok]
     for r in bad:
         render_error(f"{r.name}: {r.message}")

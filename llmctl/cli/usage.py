@@ -41,9 +41,13 @@ def main(
                        reference_in_per_1k=policy.reference_price_in_per_1k,
                        reference_out_per_1k=policy.reference_price_out_per_1k)
     rows = list(report.rows) + [report.total]
+    if report.skipped:
+        info(f"note: {report.skipped} rows of {report.path} left out: a figure in them is not a number "
+             "of the right type")
     if as_json:
         emit_json("usage", {
             "ledger": str(report.path), "since": report.since, "by": report.by,
+            "skipped_rows": report.skipped,
             "reference_price_in_per_1k": report.reference_price_in_per_1k,
             "reference_price_out_per_1k": report.reference_price_out_per_1k,
             "rows": [r.as_dict() for r in report.rows], "total": report.total.as_dict(),

@@ -190,30 +190,59 @@ def state_to_json(state: HealthState) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+# Bounds on what a state file may hold. The file is read back on every run and may be corrupt (a
+# disk error, a hand edit, `1e999`, `Infinity`): a value outside them resets the state.
+MAX_COUNT = 1_000_000  # consecutive failures, restart streak
+MAX_RESTARTS = 10_000  # restart times kept in the budget window
+MAX_TIME = float(2**34)  # a unix time after the year 2500 is corrupt
+
+
 def state_from_json(text: str) -> HealthState:
+    """Parse and range-check a state file; anything unexpected is StateCorrupt (the caller resets)."""
     try:
         doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-            raise StateCorrupt(f"unsupported state version {doc.get('version') if isinstance(doc, dict) else doc!r}")
-        services = {}
-        for name, raw in doc.get("services", {}).items():
-            services[str(name)] = ServiceState(
-                consecutive_failures=int(raw.get("consecutive_failures", 0)),
-                restarts=tuple(sorted(float(t) for t in raw.get("restarts", ()))),
-                streak=int(raw.get("streak", 0)),
-                last_restart=_opt_float(raw.get("last_restart")),
-                last_ok=_opt_float(raw.get("last_ok")),
-                last_failure=_opt_float(raw.get("last_failure")),
-            )
-        return HealthState(services)
-    except StateCorrupt:
-        raise
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise StateCorrupt(str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise StateCorrupt(f"not JSON: {str(exc)[:100] if isinstance(exc, ValueError) else 'nested too deeply'}") from None
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+        version = doc.get("version") if isinstance(doc, dict) else None
+        raise StateCorrupt(f"unsupported state version {str(version)[:40]!r}")
+    raw_services = doc.get("services", {})
+    if not isinstance(raw_services, dict):
+        raise StateCorrupt("'services' is not an object")
+    services = {}
+    for name, raw in raw_services.items():
+        if not isinstance(raw, dict):
+            raise StateCorrupt(f"service {name[:64]!r} is not an object")
+        restarts = raw.get("restarts", [])
+        if not isinstance(restarts, list) or len(restarts) > MAX_RESTARTS:
+            raise StateCorrupt(f"{name[:64]}.restarts: not a list of at most {MAX_RESTARTS} times")
+        services[name] = ServiceState(
+            consecutive_failures=_count(raw, "consecutive_failures", name),
+            restarts=tuple(sorted(_time(t, f"{name}.restarts") for t in restarts)),
+            streak=_count(raw, "streak", name),
+            last_restart=_opt_time(raw, "last_restart", name),
+            last_ok=_opt_time(raw, "last_ok", name),
+            last_failure=_opt_time(raw, "last_failure", name),
+        )
+    return HealthState(services)
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _count(raw: dict, key: str, name: str) -> int:
+    value = raw.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise StateCorrupt(f"{name[:64]}.{key}: {str(value)[:40]} is not a count from 0 to {MAX_COUNT}")
+    return value
+
+
+def _time(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_TIME:
+        raise StateCorrupt(f"{where[:80]}: {str(value)[:40]} is not a unix time")  # NaN fails the range too
+    return float(value)
+
+
+def _opt_time(raw: dict, key: str, name: str) -> float | None:
+    value = raw.get(key)
+    return None if value is None else _time(value, f"{name}.{key}")
 
 
 def load_state(path: Path) -> HealthState:

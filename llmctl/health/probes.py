@@ -12,6 +12,7 @@ httpx is imported inside the functions: importing this module is cheap.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -21,6 +22,9 @@ from typing import Any
 
 PROBES = ("tcp", "health", "models", "completion")
 PROMPT = "Hello"
+# /health, /v1/models and a one-token completion are a few hundred bytes. A body beyond this fails
+# the probe: a server that streams forever costs a probe, never the health check's memory.
+MAX_BODY_BYTES = 1 << 20
 
 # log(event, level="info", **fields): a structured event for the caller to record.
 Log = Callable[..., None]
@@ -110,7 +114,43 @@ def _error_text(exc: BaseException, timeout_s: float) -> str:
     return text.splitlines()[0][:200]
 
 
-def _http_error(resp: Any) -> str:
+@dataclass(frozen=True)
+class Reply:
+    """A response read in full, up to MAX_BODY_BYTES."""
+
+    status_code: int
+    body: bytes
+    path: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+async def fetch(client: Any, method: str, url: str, *, limit: int = MAX_BODY_BYTES, **kwargs: Any) -> Reply:
+    """One request whose body is read up to `limit` bytes (as sent: compression is refused, so the
+    limit cannot be multiplied by a gzip bomb)."""
+    headers = {**kwargs.pop("headers", {}), "Accept-Encoding": "identity"}
+    request = client.build_request(method, url, headers=headers, **kwargs)
+    response = await client.send(request, stream=True)
+    try:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ProbeFailed(f"{request.url.path}: compressed response ({encoding[:20]}) although not asked for")
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise ProbeFailed(f"{request.url.path}: response body larger than {limit} bytes")
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return Reply(response.status_code, b"".join(chunks), request.url.path)
+
+
+def _http_error(resp: Reply) -> str:
     detail = ""
     try:
         body = resp.json()
@@ -123,7 +163,7 @@ def _http_error(resp: Any) -> str:
     if resp.status_code == 401:
         hint = "unauthorized: check the service's api_keys_file (or --api-key)"
         return f"HTTP 401 {hint}"
-    if resp.status_code == 503 and resp.request.url.path.endswith("/health"):
+    if resp.status_code == 503 and resp.path.endswith("/health"):
         return "HTTP 503 (model still loading or server not ready)"
     return f"HTTP {resp.status_code}" + (f": {detail[:160]}" if detail else "")
 
@@ -164,7 +204,7 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
 
     async def health() -> None:
         nonlocal health_doc
-        resp = await client.get(f"{target.base_url}/health", headers=headers)
+        resp = await fetch(client, "GET", f"{target.base_url}/health", headers=headers)
         if resp.status_code != 200:
             raise ProbeFailed(_http_error(resp))
         try:
@@ -174,7 +214,7 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
 
     async def models() -> None:
         nonlocal model
-        resp = await client.get(f"{target.base_url}/v1/models", headers=headers)
+        resp = await fetch(client, "GET", f"{target.base_url}/v1/models", headers=headers)
         if resp.status_code != 200:
             raise ProbeFailed(_http_error(resp))
         try:
@@ -192,8 +232,8 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
     async def completion() -> None:
         nonlocal latency
         t0 = time.perf_counter()
-        resp = await client.post(
-            f"{target.base_url}/v1/completions",
+        resp = await fetch(
+            client, "POST", f"{target.base_url}/v1/completions",
             json={"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0},
             headers=headers,
         )

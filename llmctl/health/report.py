@@ -13,10 +13,18 @@ from typing import Any
 
 from llmctl.health.probes import CheckResult, ProbeSettings
 from llmctl.health.run import HealthReport, ServiceResult, Status
+from llmctl.text import printable
+
+
+def plugin_text(text: object) -> str:
+    """Text for a monitoring-plugin line: one line, control characters made visible, and no '|'
+    (it starts the performance data: a server's error text must not be able to forge it)."""
+    return printable(" ".join(str(text).split())).replace("|", "/")
 
 
 def _label(name: str) -> str:
-    return "'" + name.replace("'", "''") + "'"
+    """A perfdata label (Nagios plugin guidelines): quoted, a quote doubled, no '=' (it ends the label)."""
+    return "'" + plugin_text(name).replace("=", "_").replace("'", "''") + "'"
 
 
 def perfdata(res: ServiceResult, settings: ProbeSettings) -> str:
@@ -27,14 +35,18 @@ def perfdata(res: ServiceResult, settings: ProbeSettings) -> str:
 
 
 def nagios_line(res: ServiceResult, settings: ProbeSettings) -> str:
-    summary = " ".join(res.summary.split())  # one line, always
-    return f"{res.status.name} - {summary} | {perfdata(res, settings)}"
+    return f"{res.status.name} - {plugin_text(res.summary)} | {perfdata(res, settings)}"
 
 
 def nagios_lines(report: HealthReport, settings: ProbeSettings) -> list[str]:
     lines = [nagios_line(r, settings) for r in report.services]
-    lines += [f"{Status.UNKNOWN.name} - {note}" for note in report.notes]
+    lines += [unknown_line(note) for note in report.notes]
     return lines
+
+
+def unknown_line(text: object) -> str:
+    """The line of a run that could not check (or a note about one that could not record)."""
+    return f"{Status.UNKNOWN.name} - {plugin_text(text)}"
 
 
 def _check_doc(res: CheckResult | None) -> dict[str, Any] | None:

@@ -302,11 +302,14 @@ def run_health(
         raise LlmctlError(f"cannot lock {state_dir / pol.LOCK_FILE}: {exc.strerror or exc}") from None
     try:
         state_path = state_dir / pol.STATE_FILE
+        reset = False
         try:
             state = pol.load_state(state_path)
         except pol.StateCorrupt as exc:
+            # Pure state: start afresh, say so, and write the fresh state below whatever this run finds.
             log("state_reset", "warning", path=str(state_path), error=str(exc))
             state = pol.HealthState()
+            reset = True
         report, new_state = asyncio.run(
             check_services(
                 targets,
@@ -321,7 +324,7 @@ def run_health(
                 poll_s=poll_s,
             )
         )
-        if not dry_run and new_state != state:
+        if not dry_run and (new_state != state or reset):
             try:
                 pol.save_state(state_path, new_state)
             except OSError as exc:

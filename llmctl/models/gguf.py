@@ -6,6 +6,7 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,19 +47,48 @@ class GgufInfo:
         return FILE_TYPES.get(self.file_type, f"type {self.file_type}")
 
 
+# The smallest encoding of a key-value pair (an empty key, a type, a one-byte value) and of a tensor
+# info (an empty name, no dimensions, a type, an offset): a count that cannot fit in the rest of the
+# file is refused before anything loops over it.
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8
+
+
 class _Reader:
+    """Every count and length is checked against the bytes left in the file before it is used, so a
+    hostile header costs at most one pass over the file, never a huge loop, seek or allocation."""
+
     def __init__(self, fh: BinaryIO, path: Path) -> None:
         self.fh = fh
         self.path = path
+        self.size = os.fstat(fh.fileno()).st_size
+
+    def remaining(self) -> int:
+        return self.size - self.fh.tell()
+
+    def truncated(self) -> UsageError:
+        return UsageError(f"{self.path}: truncated GGUF header")
 
     def read(self, n: int) -> bytes:
+        if n > self.remaining():
+            raise self.truncated()
         data = self.fh.read(n)
         if len(data) != n:
-            raise UsageError(f"{self.path}: truncated GGUF header")
+            raise self.truncated()
         return data
+
+    def skip(self, n: int) -> None:
+        if n > self.remaining():
+            raise self.truncated()
+        self.fh.seek(n, 1)
 
     def scalar(self, fmt: str):
         return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def count(self, what: str, n: int, min_bytes: int) -> int:
+        if n * min_bytes > self.remaining():
+            raise UsageError(f"{self.path}: implausible GGUF {what} count {n} for a file of {self.size} bytes")
+        return n
 
     def string(self) -> str:
         n = self.scalar("<Q")
@@ -67,8 +97,7 @@ class _Reader:
         return self.read(n).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
-        n = self.scalar("<Q")
-        self.fh.seek(n, 1)
+        self.skip(self.scalar("<Q"))
 
     def value(self, vtype: int):
         if vtype in _SCALARS:
@@ -84,13 +113,12 @@ class _Reader:
         itype = self.scalar("<I")
         count = self.scalar("<Q")
         if itype in _SCALARS:
-            self.fh.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
+            self.skip(struct.calcsize(_SCALARS[itype]) * count)
         elif itype == _STRING:
-            for _ in range(count):
+            for _ in range(self.count("array element", count, 8)):
                 self.skip_string()
-        elif itype == _ARRAY:
-            for _ in range(count):
-                self.skip_array()
+        elif itype == _ARRAY:  # ggml's gguf reader refuses nested arrays too
+            raise UsageError(f"{self.path}: nested GGUF arrays are not valid GGUF")
         else:
             raise UsageError(f"{self.path}: unknown GGUF array type {itype}")
 
@@ -106,7 +134,8 @@ def read_gguf_info(path: Path) -> GgufInfo:
         if version not in (2, 3):
             raise UsageError(f"{path}: unsupported GGUF version {version}")
         tensor_count = r.scalar("<Q")
-        kv_count = r.scalar("<Q")
+        kv_count = r.count("key-value", r.scalar("<Q"), _MIN_KV_BYTES)
+        r.count("tensor", tensor_count, _MIN_TENSOR_BYTES)  # the tensor infos follow the key-values
         kv: dict[str, object] = {}
         arch: str | None = None
         for _ in range(kv_count):

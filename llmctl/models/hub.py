@@ -8,13 +8,12 @@ honoured by the caller (ops.pull) before anything here is called.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from llmctl.errors import LlmctlError, NotFound, OperationFailed
+from llmctl.text import check_pattern, printable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -
         )
     commit = meta.commit_hash
     sha = (meta.etag or "").lower()
-    sha256 = sha if SHA256_RE.match(sha) else None
+    sha256 = sha if check_pattern("sha256", sha) else None
     size = meta.size
     if sha256 is None or size is None:
         try:
@@ -135,7 +134,11 @@ def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -
             if getattr(info, "path", None) == file:
                 lfs = getattr(info, "lfs", None)
                 if lfs is not None and sha256 is None:
+                    # It names the partial download's file (.partial/<sha256>.part): only hex digits.
                     sha256 = str(lfs.sha256).lower()
+                    if not check_pattern("sha256", sha256):
+                        raise OperationFailed(f"{settings.endpoint} sent a malformed LFS sha256 for "
+                                              f"'{repo}/{file}': {printable(repr(sha256))[:80]}")
                 if size is None:
                     size = int(lfs.size if lfs is not None else info.size)
     if size is None:

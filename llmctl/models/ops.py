@@ -20,13 +20,11 @@ from llmctl.models.download import Notice, fetch_verified, write_all
 from llmctl.models.gguf import GgufInfo, read_gguf_info
 from llmctl.models.hub import HubSettings, hub_settings, resolve_remote
 from llmctl.models.store import HASH_CHUNK, LockEntry, Progress, Store, free_bytes, sha256_file, utc_now
+from llmctl.text import NAME_RULE, check_pattern, is_name, printable
 
 if TYPE_CHECKING:
     from llmctl.schema import ModelSpec
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as llmctl.schema (not imported: pydantic is heavy)
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SPACE_MARGIN = 16 * 1024 * 1024  # keep this much free beyond the download itself
 
 
@@ -60,8 +58,8 @@ def _result(entry: LockEntry, store: Store, status: str, **kw) -> PullResult:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UsageError(f"--name {name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 64)")
+    if not is_name(name):
+        raise UsageError(f"--name {printable(repr(name))}: use {NAME_RULE}")
     return name
 
 
@@ -77,7 +75,7 @@ def normalize_sha256(value: str | None, flag: str = "--sha256") -> str | None:
     if value is None:
         return None
     v = value.strip().lower().removeprefix("sha256:")
-    if not SHA256_RE.match(v):
+    if not check_pattern("sha256", v):
         raise UsageError(f"{flag}: must be 64 hex digits, got {value!r}")
     return v
 
@@ -99,7 +97,7 @@ def _present(store: Store, entry: LockEntry | None) -> bool:
         return False
     try:
         return store.model_path(entry).stat().st_size == entry.size
-    except OSError:
+    except (OSError, IntegrityError):  # missing, or its lock path leaves the store: not present
         return False
 
 
@@ -144,7 +142,7 @@ def pull(
     same_source = existing is not None and existing.repo == repo and existing.file == file
     if settings.offline:
         if (same_source and _present(store, existing)
-                and (not COMMIT_RE.match(revision) or revision == existing.revision)
+                and (not check_pattern("commit", revision) or revision == existing.revision)
                 and (pinned is None or pinned == existing.sha256)):
             return _result(existing, store, "present", seconds=time.perf_counter() - t0)
         raise OperationFailed(
@@ -315,6 +313,7 @@ class ModelInfo:
     present: bool
     gguf: GgufInfo | None = None
     problem: str | None = None
+    integrity: bool = False  # the problem is an integrity failure (the lock entry's path leaves the store)
 
     def to_json(self) -> dict:
         g = self.gguf
@@ -327,7 +326,10 @@ class ModelInfo:
 
 
 def _info(store: Store, entry: LockEntry) -> ModelInfo:
-    path = store.model_path(entry)
+    try:
+        path = store.model_path(entry)
+    except IntegrityError as exc:
+        return ModelInfo(entry, store.root / entry.path, False, None, exc.message, integrity=True)
     if not path.is_file():
         return ModelInfo(entry, path, False, None, "file missing")
     try:
@@ -371,12 +373,20 @@ def verify_models(store: Store, names: list[str] | None = None, *, progress_for=
         entries = [lock.entries[n] for n in sorted(lock.entries)]
     results = []
     for entry in entries:
-        path = store.model_path(entry)
+        try:
+            path = store.model_path(entry)
+        except IntegrityError as exc:
+            results.append(VerifyResult(entry.name, store.root / entry.path, False, entry.sha256, None,
+                                        entry.size, exc.message))
+            continue
         if not path.is_file():
             results.append(VerifyResult(entry.name, path, False, entry.sha256, None, entry.size,
                                         f"{path}: missing (expected sha256 {entry.sha256})"))
             continue
-        actual = sha256_file(path, progress_for(entry) if progress_for else None)
+        try:
+            actual = sha256_file(path, progress_for(entry) if progress_for else None)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
         ok = actual == entry.sha256
         msg = "" if ok else f"{path}: sha256 {actual} does not match the lock's {entry.sha256}"
         results.append(VerifyResult(entry.name, path, ok, entry.sha256, actual, entry.size, msg))

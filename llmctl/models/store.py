@@ -14,14 +14,16 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from pathlib import Path, PurePosixPath
 
 from llmctl.errors import IntegrityError, NotFound, OperationFailed
 from llmctl.fsutil import atomic_write_text
 from llmctl.paths import Paths
+from llmctl.text import check_pattern, control_char, is_name, printable
 
 LOCK_VERSION = 1
 HASH_CHUNK = 8 * 1024 * 1024
@@ -43,6 +45,40 @@ class LockEntry:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+# The type of each field of a lock entry, as read back from JSON (None: may be null). A lockfile is
+# read back from disk and may be corrupt or hostile: every field is checked before it is used.
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {
+    "file": (str, False), "path": (str, False), "size": (int, False), "sha256": (str, False),
+    "pulled_at": (str, False), "repo": (str, True), "revision": (str, True), "source": (str, False),
+    "chat_format": (str, True),
+}
+_REQUIRED = {f.name for f in fields(LockEntry) if f.default is MISSING} - {"name"}
+
+
+def _entry_from_json(name: object, raw: object) -> LockEntry:
+    """One lock entry, type-checked; ValueError names what is wrong."""
+    if not is_name(name):
+        raise ValueError(f"entry {printable(repr(name))} is not a model name")
+    if not isinstance(raw, dict):
+        raise ValueError(f"entry '{name}' is not an object")
+    unknown = sorted(set(raw) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"entry '{name}': unknown field {printable(repr(unknown[0]))}")
+    missing = sorted(_REQUIRED - set(raw))
+    if missing:
+        raise ValueError(f"entry '{name}': field '{missing[0]}' is missing")
+    for key, value in raw.items():
+        kind, nullable = _FIELD_TYPES[key]
+        if value is None and nullable:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"entry '{name}': field '{key}' must be {'an integer' if kind is int else 'a string'}"
+                             + (" or null" if nullable else ""))
+    if raw["size"] < 0 or not check_pattern("sha256", raw["sha256"]):
+        raise ValueError(f"entry '{name}': size or sha256 is malformed")
+    return LockEntry(name=name, **raw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -90,29 +126,38 @@ class Store:
         """Hold the store's file lock (other llmctl processes wait)."""
         from filelock import FileLock, Timeout
 
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.lock_path) + ".flock")
         try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             with lock.acquire(timeout=timeout):
                 yield
         except Timeout:
             raise OperationFailed(
                 f"another llmctl process holds {lock.lock_file} for over {timeout:.0f}s"
             ) from None
+        except PermissionError as exc:
+            raise _access_error(exc) from None
 
     def read_lock(self) -> Lockfile:
         try:
-            raw = self.lock_path.read_text(encoding="utf-8")
+            data = self.lock_path.read_bytes()
         except FileNotFoundError:
             return Lockfile({})
+        except OSError as exc:
+            raise _access_error(exc) from None
         try:
-            data = json.loads(raw)
-            if data.get("version") != LOCK_VERSION:
-                raise ValueError(f"unsupported version {data.get('version')!r}")
-            entries = {name: LockEntry(name=name, **fields) for name, fields in data["models"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise OperationFailed(
-                f"lockfile {self.lock_path} is unreadable: {exc}",
+            doc = json.loads(data.decode("utf-8"))
+            if not isinstance(doc, dict) or doc.get("version") != LOCK_VERSION:
+                version = doc.get("version") if isinstance(doc, dict) else None
+                raise ValueError(f"unsupported version {printable(repr(version))[:40]}")
+            models = doc.get("models")
+            if not isinstance(models, dict):
+                raise ValueError("'models' is not an object")
+            entries = {name: _entry_from_json(name, raw) for name, raw in models.items()}
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise IntegrityError(
+                f"lockfile {self.lock_path} is corrupt: {printable(why)[:200]}",
                 hint="restore it from a backup, or remove it and pull the models again",
             ) from None
         return Lockfile(entries)
@@ -122,7 +167,10 @@ class Store:
             "version": LOCK_VERSION,
             "models": {name: lock.entries[name].to_json() for name in sorted(lock.entries)},
         }
-        atomic_write_text(self.lock_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        try:
+            atomic_write_text(self.lock_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise _access_error(exc) from None
 
     def list(self) -> list[LockEntry]:
         lock = self.read_lock()
@@ -135,11 +183,26 @@ class Store:
         return entry
 
     def model_path(self, entry: LockEntry) -> Path:
-        return self.root / entry.path
+        """The file of a lock entry, which must stay inside the store: every reader of a lock
+        entry's path goes through here. A path that is absolute, has '..' or a control character,
+        or resolves (symbolic links followed) outside the models dir is an IntegrityError that
+        names the entry."""
+        path = self.root / lock_relpath(entry, self.lock_path)
+        try:
+            real = path.resolve()
+            root = self.root.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+            raise _escape_error(entry, self.lock_path, f"cannot be resolved ({exc})") from None
+        if real == root or not real.is_relative_to(root):
+            raise _escape_error(entry, self.lock_path, f"resolves to {real}, outside the store {root}")
+        return path
 
     def partial_dir(self) -> Path:
         d = self.root / ".partial"
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _access_error(exc) from None
         return d
 
     def destination(self, name: str, filename: str) -> Path:
@@ -154,20 +217,28 @@ class Store:
         """
         from llmctl.fsutil import commit_file
 
-        dest = self.root / entry.path
+        dest = self.model_path(entry)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         with self.locked():
             lock = self.read_lock()
             old = lock.get(entry.name)
-            commit_file(tmp, dest)
+            try:
+                commit_file(tmp, dest)
+            except OSError as exc:
+                raise _access_error(exc) from None
             # The bytes were hashed on the way in: record that, so a server that may not write
             # here (a sandboxed unit) starts with the cheap size+mtime check, not a full re-hash.
             _write_stamp(dest, entry.sha256)
             entries = dict(lock.entries)
             entries[entry.name] = entry
             self._write_lock(Lockfile(entries))
-            if old is not None and old.path != entry.path:
-                (self.root / old.path).unlink(missing_ok=True)
+            if old is not None and old.path != entry.path and not any(e.path == old.path for e in entries.values()):
+                try:
+                    old_path = self.model_path(old)
+                except IntegrityError:
+                    old_path = None  # it pointed outside the store: replaced in the lock, never deleted
+                if old_path is not None:
+                    _delete_model_file(old_path, self.root)
         return entry
 
     def record(self, entry: LockEntry) -> LockEntry:
@@ -183,21 +254,40 @@ class Store:
         return entry
 
     def remove(self, name: str) -> LockEntry:
+        """Drop a model from the lock and delete its file (and its directory, when empty).
+
+        Checked before anything changes: the path must stay inside the store, and be a regular
+        file (or missing). An entry whose path leaves the store is dropped from the lock and no
+        file is deleted; that still ends in an IntegrityError, so the caller hears of it.
+        """
         with self.locked():
             lock = self.read_lock()
             entry = lock.get(name)
             if entry is None:
                 raise NotFound(f"model '{name}' is not installed", hint="see `llmctl models list`")
+            escaped: IntegrityError | None = None
+            path: Path | None = None
+            try:
+                path = self.model_path(entry)
+            except IntegrityError as exc:
+                escaped = exc
+            if path is not None:
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    st = None
+                except OSError as exc:
+                    raise _access_error(exc) from None
+                if st is not None and not stat.S_ISREG(st.st_mode):
+                    raise IntegrityError(
+                        f"model '{name}': {path} is not a regular file; nothing removed",
+                        hint="move it out of the store by hand, then run `llmctl models rm` again")
             entries = {k: v for k, v in lock.entries.items() if k != name}
             self._write_lock(Lockfile(entries))
-            path = self.root / entry.path
-            still_used = any(e.path == entry.path for e in entries.values())
-            if not still_used:
-                path.unlink(missing_ok=True)
-                try:
-                    path.parent.rmdir()
-                except OSError:
-                    pass
+            if path is not None and not any(e.path == entry.path for e in entries.values()):
+                _delete_model_file(path, self.root)
+        if escaped is not None:
+            raise IntegrityError(f"{escaped.message}; the entry was removed from the lock, no file was deleted")
         return entry
 
     def verify(self, entry: LockEntry, progress: Progress | None = None, *, quick: bool = False) -> Path:
@@ -211,6 +301,10 @@ class Store:
             st = path.stat()
         except FileNotFoundError:
             raise IntegrityError(f"{path}: missing (model '{entry.name}' is in the lock)") from None
+        except OSError as exc:
+            raise _access_error(exc) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{path}: not a regular file (model '{entry.name}')")
         if st.st_size != entry.size:
             raise IntegrityError(
                 f"{path}: size {st.st_size} does not match the lock's {entry.size} (model '{entry.name}')"
@@ -221,13 +315,63 @@ class Store:
                     return path
             except OSError:
                 pass
-        actual = sha256_file(path, progress)
+        try:
+            actual = sha256_file(path, progress)
+        except OSError as exc:
+            raise _access_error(exc) from None
         if actual != entry.sha256:
             raise IntegrityError(
                 f"{path}: sha256 {actual} does not match the lock's {entry.sha256} (model '{entry.name}')"
             )
         _write_stamp(path, actual)
         return path
+
+
+def lock_relpath(entry: LockEntry, lock_path: Path | str = "models.lock") -> PurePosixPath:
+    """A lock entry's path, checked without touching the disk: relative, without '..' or control
+    characters, naming something below the models dir. Callers that have a store use
+    Store.model_path, which also resolves it; rendering for another host uses this alone."""
+    raw = entry.path
+    rel = PurePosixPath(raw)
+    if not raw or rel.is_absolute():
+        problem = "is empty" if not raw else "is absolute"
+    elif ".." in rel.parts:
+        problem = "contains '..'"
+    elif control_char(raw) is not None:
+        problem = "contains a control character"
+    elif not rel.parts or rel.parts[0] == ".partial":
+        problem = "does not name a model file"
+    else:
+        return rel
+    raise _escape_error(entry, lock_path, problem)
+
+
+def _escape_error(entry: LockEntry, lock_path: Path | str, problem: str) -> IntegrityError:
+    return IntegrityError(
+        f"model '{entry.name}': its path {printable(repr(entry.path))} in {lock_path} {problem}: "
+        "a model's file must stay inside the store",
+        hint=f"`llmctl models rm {entry.name}` drops the entry (and deletes no file outside the store), "
+        "or restore models.lock from a backup",
+    )
+
+
+def _access_error(exc: OSError) -> OperationFailed:
+    return OperationFailed(f"cannot access {exc.filename}: {exc.strerror or exc}",
+                           hint="run as the user that owns the store, or as root with --system")
+
+
+def _delete_model_file(path: Path, root: Path) -> None:
+    """Delete a model file, its verify stamp, and its directory when that is empty (never the root)."""
+    try:
+        path.unlink(missing_ok=True)
+        _stamp_path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        raise OperationFailed(f"removed from the lock, but cannot delete {path}: {exc.strerror or exc}") from None
+    if path.parent != root:
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass
 
 
 def _stamp_path(path: Path) -> Path:
@@ -251,6 +395,9 @@ def entry_with(entry: LockEntry, **changes) -> LockEntry:
 
 
 def free_bytes(path: Path) -> int:
-    path.mkdir(parents=True, exist_ok=True)
-    st = os.statvfs(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise _access_error(exc) from None
     return st.f_bavail * st.f_frsize

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +19,10 @@ from llmctl import __version__
 from llmctl.errors import NotFound, UsageError
 from llmctl.netutil import connect_host, is_loopback
 from llmctl.paths import SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, Paths
+from llmctl.text import check_pattern, printable
+from llmctl.units.escape import FINALIZE, Rendered, exec_line, no_control, quote_arg, unit_path
+
+__all__ = ["exec_line", "quote_arg", "render", "unit_name", "unit_path"]  # the escapers live in escape.py
 
 if TYPE_CHECKING:
     from llmctl.schema import Config, ServiceSpec
@@ -89,35 +92,15 @@ def default_llmctl() -> str:
     raise NotFound("cannot find the installed `llmctl` executable", hint="pass --llmctl PATH")
 
 
-_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+\.service")
-_TIMESPAN = re.compile(r"(?:[0-9]+(?:\.[0-9]+)? *(?:[a-z]+)? *)+")
-
-
 def unit_name(service: str, spec: ServiceSpec) -> str:
     name = spec.unit or f"llmctl-{service}.service"
     name = name if name.endswith(".service") else f"{name}.service"
-    if not _UNIT_NAME.fullmatch(name) or name.startswith((".", "-")) or len(name) > 255:
-        raise UsageError(f"services.{service}.unit: {spec.unit!r} is not a valid unit name "
-                         "(letters, digits, ':', '_', '.', '-')")
+    if not check_pattern("service_unit", name) or name.startswith((".", "-")) or len(name) > 255:
+        raise UsageError(f"services.{service}.unit: {printable(repr(spec.unit))} is not a valid unit name "
+                         "(letters, digits, '_', '.', '-', '\\')")
     if name in (HEALTH_UNIT,):
         raise UsageError(f"services.{service}.unit: {name} is the health check's unit")
     return name
-
-
-_SAFE_ARG = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
-
-
-def quote_arg(arg: str, first: bool = False) -> str:
-    """One ExecStart= argument: quoted when needed, with % and $ escaped (systemd.service(5))."""
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if _SAFE_ARG.fullmatch(arg) and not (first and arg.startswith(("@", "-", ":", "+", "!"))):
-        return arg
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return '"' + escaped + '"'
-
-
-def exec_line(argv: list[str]) -> str:
-    return " ".join(quote_arg(a, first=i == 0) for i, a in enumerate(argv))
 
 
 def _seconds(value: float) -> str:
@@ -146,9 +129,11 @@ def _ip_allow(hosts: list[str]) -> str | None:
     return "localhost" if hosts and all(is_loopback(h) for h in hosts) else None
 
 
-def _header(comment: str, source: str, what: str) -> str:
-    return (
-        f"{comment} {MARKER} {__version__} from {source} ({what}).\n"
+def _header(comment: str, source: str, what: str) -> Rendered:
+    """The first lines of every file (comments). `source` is the config path, checked by _check_abs:
+    no control character can end the comment."""
+    return Rendered(
+        f"{comment} {MARKER} {__version__} from {no_control('the config path', source)} ({what}).\n"
         f"{comment} Do not edit: change the config and run `llmctl systemd install` again."
     )
 
@@ -158,21 +143,31 @@ def system_paths() -> Paths:
                  Path("/var/cache/llmctl"))
 
 
+def _lock_entry(store_paths: Paths | None, model_ref: str):
+    """The lock entry of a model in the local store, or None (no store given, not installed, or an
+    unreadable lock: the unit then names the store's layout)."""
+    if store_paths is None:
+        return None
+    from llmctl.errors import LlmctlError
+    from llmctl.models.store import Store
+
+    try:
+        return Store(store_paths).read_lock().get(model_ref)
+    except LlmctlError:
+        return None
+
+
 def model_file(config: Config, model_ref: str, store_paths: Paths | None, models_dir: Path) -> Path:
     """The verified model file a service loads: its lock entry's path if installed, else the store's
-    layout for the configured model (models_dir / name / file)."""
+    layout for the configured model (models_dir / name / file). A lock entry whose path leaves the
+    store is an IntegrityError (exit 3), never a unit that loads that file."""
     from llmctl.models.smoke import SMOKE_FILE, SMOKE_NAME
+    from llmctl.models.store import Store, lock_relpath
 
-    entry = None
-    if store_paths is not None:
-        from llmctl.models.store import Store
-
-        try:
-            entry = Store(store_paths).read_lock().get(model_ref)
-        except Exception:  # an unreadable lock: fall back to the layout
-            entry = None
-    if entry is not None:
-        return models_dir / entry.path
+    entry = _lock_entry(store_paths, model_ref)
+    if entry is not None and store_paths is not None:
+        Store(store_paths).model_path(entry)  # resolved in the local store: IntegrityError if it leaves it
+        return models_dir / lock_relpath(entry)
     if model_ref == SMOKE_NAME:
         return models_dir / SMOKE_NAME / SMOKE_FILE
     spec = config.models.get(model_ref)
@@ -188,26 +183,23 @@ def model_file(config: Config, model_ref: str, store_paths: Paths | None, models
 # -- rendering ---------------------------------------------------------------------------------------
 
 
-def _environment():
-    from llmctl.templating import environment
+class _Templates:
+    """One Jinja environment per output format; each escapes every `{{ value }}` for its format
+    (llmctl.units.escape.FINALIZE), so no template can write a raw config value."""
 
-    return environment()
+    def __init__(self) -> None:
+        from llmctl.templating import environment
+
+        self._envs = {fmt: environment(finalize=finalize) for fmt, finalize in FINALIZE.items()}
+
+    def render(self, fmt: str, template: str, ctx: dict) -> str:
+        return self._envs[fmt].get_template(template).render(**ctx)
 
 
 def _check_abs(label: str, value: str) -> None:
-    if not os.path.isabs(value) or any(c in value for c in "\n\r\0"):
+    no_control(label, value)
+    if not os.path.isabs(value):
         raise UsageError(f"{label} must be an absolute path, not {value!r}")
-
-
-_PLAIN_PATH = re.compile(r"/[^\s\"'\\;]*")
-
-
-def unit_path(label: str, value: str) -> str:
-    """A path for a unit setting that takes a bare path (LoadCredential=, ReadWritePaths=):
-    absolute, no white space or quotes; '%' escaped as '%%' (a specifier otherwise)."""
-    if not _PLAIN_PATH.fullmatch(value):
-        raise UsageError(f"{label}: {value!r} must be an absolute path without spaces or quotes")
-    return value.replace("%", "%%")
 
 
 def render(config: Config, options: RenderOptions, services: list[str] | None = None) -> RenderResult:
@@ -221,7 +213,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         if name not in config.services:
             raise NotFound(f"no service '{name}' in the config",
                            hint=f"configured: {', '.join(known) or 'none'}")
-    env = _environment()
+    env = _Templates()
     system = not options.user
     systemd_cfg = config.systemd
     models_dir = system_paths().models_dir if system else (options.paths or system_paths()).models_dir
@@ -253,7 +245,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "system": system,
             "server_user": systemd_cfg.server_user,
             "gpu": spec.uses_gpu,
-            "gpu_groups": " ".join(systemd_cfg.gpu_groups),
+            "gpu_groups": " ".join(systemd_cfg.gpu_groups),  # user names (schema): no spaces inside
             "bind_service": spec.port < 1024,
             "address_families": _families(hosts),
             "ip_allow": _ip_allow(hosts),
@@ -272,7 +264,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
                     warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides "
                                     f"from {unit}")
         warnings += _readable_warnings(unit, name, spec.model, options, system)
-        content = env.get_template("server.service.j2").render(**ctx)
+        content = env.render("systemd", "server.service.j2", ctx)
         files.append(RenderedFile(unit, "service", _unit_rel(unit, system), content, service=name))
 
     # The health check covers every configured service, whichever were named.
@@ -280,7 +272,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
     if len(set(server_units)) != len(server_units):
         raise UsageError("services: two services have the same unit name")
     h = config.health
-    if not _TIMESPAN.fullmatch(h.interval):
+    if not check_pattern("timespan", h.interval):
         raise UsageError(f"health.interval: {h.interval!r} is not a systemd time span (e.g. 1min, 30s)")
     probe_hosts = [connect_host(s.host) for s in config.services.values()]
     per_service = h.timeout_s * (h.retries + 1) + h.retry_delay_s * h.retries + h.recovery_timeout_s
@@ -313,14 +305,14 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         "protect_home": "yes" if system else "read-only",
     }
     files.append(RenderedFile(HEALTH_UNIT, "service", _unit_rel(HEALTH_UNIT, system),
-                              env.get_template("health.service.j2").render(**hctx)))
+                              env.render("systemd", "health.service.j2", hctx)))
     tctx = {
         "header": _header("#", options.config_path, "health check timer"),
         "interval": h.interval,
         "health_unit": HEALTH_UNIT,
     }
     files.append(RenderedFile(HEALTH_TIMER, "timer", _unit_rel(HEALTH_TIMER, system),
-                              env.get_template("health.timer.j2").render(**tctx)))
+                              env.render("systemd", "health.timer.j2", tctx)))
     if system:
         pctx = {
             "header": _header("//", options.config_path, "health check restarts"),
@@ -328,14 +320,15 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "server_units": server_units,
         }
         files.append(RenderedFile(POLKIT_RULES, "polkit", str(POLKIT_DIR / POLKIT_RULES),
-                                  env.get_template("polkit.rules.j2").render(**pctx)))
+                                  env.render("polkit", "polkit.rules.j2", pctx)))
         sctx = {
             "header": _header("#", options.config_path, "users"),
             "health_user": systemd_cfg.health_user,
+            "gecos": "llmctl health check",
             "health_home": str(system_paths().state_dir),
         }
         files.append(RenderedFile(SYSUSERS_CONF, "sysusers", str(SYSUSERS_DIR / SYSUSERS_CONF),
-                                  env.get_template("sysusers.conf.j2").render(**sctx)))
+                                  env.render("sysusers", "sysusers.conf.j2", sctx)))
     directories = () if system or options.paths is None else (
         str(options.paths.state_dir), str(options.paths.serve_state_dir))
     return RenderResult(tuple(files), tuple(warnings), tuple(dict.fromkeys(directories)))
@@ -347,15 +340,11 @@ def _readable_warnings(unit: str, service: str, model_ref: str, options: RenderO
         return []
     out = []
     candidates = [("the config file", Path(options.config_path))]
-    if options.paths is not None:
-        try:
-            from llmctl.models.store import Store
+    entry = _lock_entry(options.paths, model_ref)
+    if entry is not None and options.paths is not None:
+        from llmctl.models.store import Store
 
-            entry = Store(options.paths).read_lock().get(model_ref)
-        except Exception:
-            entry = None
-        if entry is not None:
-            candidates.append((f"model '{model_ref}'", options.paths.models_dir / entry.path))
+        candidates.append((f"model '{model_ref}'", Store(options.paths).model_path(entry)))
     for label, path in candidates:
         try:
             mode = path.stat().st_mode

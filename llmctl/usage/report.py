@@ -27,6 +27,14 @@ GROUPS = {
     "key": "COALESCE(key_id, 'ip:' || COALESCE(client, '-'))",
 }
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# The ledger is a file another process (or a person with sqlite3) may have written: SQLite keeps
+# whatever type a value had. Rows whose figures are not numbers of the right type are counted and
+# left out of the report, never summed.
+_NUM = "typeof({0}) IN ('integer', 'real') AND {0} BETWEEN -1e300 AND 1e300"
+WELL_TYPED = " AND ".join([
+    _NUM.format("ts"), _NUM.format("latency_ms"), _NUM.format("cost"),
+    *(f"typeof({c}) = 'integer'" for c in ("status", "prompt_tokens", "completion_tokens")),
+])
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class UsageReport:
     total: UsageRow
     reference_price_in_per_1k: float
     reference_price_out_per_1k: float
+    skipped: int = 0  # rows in the window left out because a figure had the wrong type
 
 
 def parse_since(text: str, now: float | None = None) -> float | None:
@@ -108,14 +117,19 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
     except OSError as exc:  # PermissionError: /var/lib/private, the server units' own, is root's
         raise OperationFailed(f"cannot read the usage ledger {path}: {exc.strerror or exc}",
                               hint=unreadable_hint) from None
+    skipped = 0
     if present:
         key = GROUPS[by] if by else "'all'"
+        window = (since if since is not None else float("-inf"),)
         try:
             conn = connect(path, readonly=True)
             try:
+                skipped = conn.execute(
+                    f"SELECT count(*) FROM requests WHERE NOT ({WELL_TYPED}) AND NOT (typeof(ts) IN "
+                    "('integer', 'real') AND ts < ?)", window).fetchone()[0]
                 cur = conn.execute(
                     f"SELECT {key}, status, prompt_tokens, completion_tokens, latency_ms, cost FROM requests "
-                    "WHERE ts >= ? ORDER BY 1", (since if since is not None else float("-inf"),))
+                    f"WHERE {WELL_TYPED} AND ts >= ? ORDER BY 1", window)
                 for group, status, pt, ct, lat, cost in cur:
                     for acc in (groups[str(group)], total):
                         acc["n"] += 1
@@ -138,4 +152,5 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
                         acc["cost"], ref)
 
     rows = tuple(row(k, v) for k, v in sorted(groups.items())) if by else ()
-    return UsageReport(path, since, by, rows, row("total", total), reference_in_per_1k, reference_out_per_1k)
+    return UsageReport(path, since, by, rows, row("total", total), reference_in_per_1k, reference_out_per_1k,
+                       skipped)

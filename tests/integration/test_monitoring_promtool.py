@@ -110,6 +110,13 @@ def test_hostile_values_reach_prometheus_unchanged(value, tmp_path: Path, write_
     data = yaml.safe_load(TEST_CONFIG.read_text())
     data["monitoring"].update(job=job, alert_labels={"team": value})
     path = write_config(yaml.safe_dump(data, allow_unicode=True))
+    from llmctl.errors import ConfigError
+    from llmctl.text import control_char
+
+    if control_char(value) is not None:  # refused by config validation, before any escaper sees it
+        with pytest.raises(ConfigError, match="monitoring.job|monitoring.alert_labels"):
+            load_config(path)
+        return
     loaded = load_config(path)
     config_path = "/etc/llm ctl/" + value.replace("\0", "")
     from llmctl.monitoring.render import runbook_llmctl

@@ -229,6 +229,13 @@ def test_hostile_dashboard_title_and_job(write_config, title):
     data = yaml.safe_load(TEST_CONFIG.read_text())
     job = title if title.strip() and "$" not in title and "[[" not in title else "j"
     data["monitoring"].update(dashboard_title=title or "t", job=job)
+    from llmctl.errors import ConfigError
+    from llmctl.text import control_char
+
+    if control_char(title) is not None:  # config validation refuses it before any escaper sees it
+        with pytest.raises(ConfigError, match="monitoring.dashboard_title"):
+            rendered(write_config(yaml.safe_dump(data)))
+        return
     board = json.loads(rendered(write_config(yaml.safe_dump(data))).get(DASHBOARD_FILE).content)
     assert board["title"] == (title or "t")
     promql = pytest.importorskip("promql_parser", reason="needs llmctl[test]")

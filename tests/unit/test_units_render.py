@@ -174,15 +174,24 @@ def test_paths_that_cannot_go_into_a_unit_are_refused(home: Path):
         render(config, RenderOptions(llmctl="llmctl", config_path=CONFIG))
 
 
-def test_templates_are_strict(home: Path):
+def test_templates_are_strict_and_escape_every_value(home: Path):
     import jinja2
 
-    from llmctl.units.render import _environment
+    from llmctl.units.escape import Rendered
+    from llmctl.units.render import _Templates
 
-    env = _environment()
-    assert env.undefined is jinja2.StrictUndefined
+    env = _Templates()
+    for fmt in ("systemd", "polkit", "sysusers"):
+        assert env._envs[fmt].undefined is jinja2.StrictUndefined
     with pytest.raises(jinja2.UndefinedError):
-        env.get_template("health.timer.j2").render(header="#")
+        env.render("systemd", "health.timer.j2", {"header": Rendered("#")})
+    # A value a template prints goes through its format's escaper, unless it is Rendered already.
+    timer = env.render("systemd", "health.timer.j2", {"header": Rendered("# h"), "interval": "1%",
+                                                      "health_unit": "x.service"})
+    assert "OnBootSec=1%%" in timer
+    with pytest.raises(UsageError, match="control character"):
+        env.render("systemd", "health.timer.j2", {"header": Rendered("# h"), "interval": "1min\nExecStart=/x",
+                                                  "health_unit": "x.service"})
 
 
 def test_exec_arguments_are_quoted_and_escaped():
@@ -240,37 +249,21 @@ def test_server_units_write_only_serves_state_directory(home: Path):
     assert result.directories == ()
 
 
-@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node to run the polkit rule")
 def test_polkit_rule_allows_only_restarts_of_the_listed_units_by_the_health_user(home: Path):
     """polkitd cannot run here; node runs the same JavaScript against the same polkit API shape."""
-    import subprocess
+    from tests._node import polkit_decisions
 
     rules = _render(FLEET, home).get("50-llmctl-health.rules").content
-    harness = r'''
-var rules = [];
-var polkit = { Result: { YES: "yes" }, addRule: function (f) { rules.push(f); } };
-''' + rules + r'''
-function decide(user, verb, unit, id) {
-    var action = { id: id || "org.freedesktop.systemd1.manage-units",
-                   lookup: function (k) { return { verb: verb, unit: unit }[k]; } };
-    var out = undefined;
-    rules.forEach(function (r) { var v = r(action, { user: user }); if (v !== undefined) out = v; });
-    return out === undefined ? "no" : out;
-}
-console.log(JSON.stringify([
-    decide("llmctl-health", "restart", "llmctl-chat.service"),
-    decide("llmctl-health", "try-restart", "llm-public.service"),
-    decide("llmctl-health", "stop", "llmctl-chat.service"),
-    decide("llmctl-health", "start", "llmctl-chat.service"),
-    decide("llmctl-health", "restart", "sshd.service"),
-    decide("llmctl-health", "restart", "llmctl-health.service"),
-    decide("nobody", "restart", "llmctl-chat.service"),
-    decide("llmctl-health", "restart", "llmctl-chat.service", "org.freedesktop.systemd1.manage-unit-files"),
-]));
-'''
-    proc = subprocess.run(["node", "-e", harness], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
+    assert polkit_decisions(rules, [
+        ["llmctl-health", "restart", "llmctl-chat.service", None],
+        ["llmctl-health", "try-restart", "llm-public.service", None],
+        ["llmctl-health", "stop", "llmctl-chat.service", None],
+        ["llmctl-health", "start", "llmctl-chat.service", None],
+        ["llmctl-health", "restart", "sshd.service", None],
+        ["llmctl-health", "restart", "llmctl-health.service", None],
+        ["nobody", "restart", "llmctl-chat.service", None],
+        ["llmctl-health", "restart", "llmctl-chat.service", "org.freedesktop.systemd1.manage-unit-files"],
+    ]) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
 
 
 @pytest.mark.parametrize("services, message", [
