@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from llmctl.errors import IntegrityError, LlmctlError, NotFound, UsageError
+from llmctl.errors import IntegrityError, LlmctlError, NotFound, OperationFailed, UsageError
 from llmctl.models.gguf import GgufInfo, read_gguf_info
 from llmctl.models.ops import SHA256_RE, default_name
 
@@ -194,13 +194,10 @@ def _normalize_ollama(source: str) -> str:
 def _ollama_entries(root: Path) -> Iterator[Entry]:
     """Every manifest under root/manifests/<host>/<namespace>/<model>/<tag> that names a model layer."""
     manifests = root / "manifests"
-    try:
-        root_real = root.resolve(strict=True)
+    try:  # manifests/ and blobs/ may be symlinks an admin made to another disk: what is in them may not
         manifests_real = manifests.resolve(strict=True)
+        blobs_real = (root / "blobs").resolve()
     except (OSError, RuntimeError):
-        return
-    if not _inside(manifests_real, root_real):
-        yield CorruptEntry(None, manifests, "the manifests directory points outside the store")
         return
     for path in sorted(manifests.glob("*/*/*/*")):
         try:
@@ -214,7 +211,7 @@ def _ollama_entries(root: Path) -> Iterator[Entry]:
             continue
         source = ollama_source(*parts)
         try:
-            found = _ollama_entry(root, root_real, manifests_real, source, parts, path)
+            found = _ollama_entry(root, blobs_real, manifests_real, source, parts, path)
         except CorruptEntry as exc:
             yield exc
             continue
@@ -222,7 +219,7 @@ def _ollama_entries(root: Path) -> Iterator[Entry]:
             yield found
 
 
-def _ollama_entry(root: Path, root_real: Path, manifests_real: Path, source: str,
+def _ollama_entry(root: Path, blobs_real: Path, manifests_real: Path, source: str,
                   parts: tuple[str, ...], path: Path) -> Found | None:
     def bad(problem: str) -> CorruptEntry:
         return CorruptEntry(source, path, problem)
@@ -254,7 +251,7 @@ def _ollama_entry(root: Path, root_real: Path, manifests_real: Path, source: str
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise bad("the model layer's size is not a number of bytes")
     blob = root / "blobs" / f"sha256-{m.group(1)}"
-    blob_real = _resolve(blob, root_real / "blobs", source, "the model blob")
+    blob_real = _resolve(blob, blobs_real, source, "the model blob")
     actual = blob_real.stat().st_size
     if actual != size:
         raise bad(f"the model blob has {actual} bytes, the manifest says {size}")
@@ -383,8 +380,11 @@ def _plain_entries(directory: Path) -> Iterator[Entry]:
 def _with_header(found: Found) -> Found:
     try:
         return replace(found, gguf=read_gguf_info(found.real_path))
-    except (LlmctlError, OSError) as exc:  # the reader's messages name the file
+    except LlmctlError as exc:  # not GGUF, or a hostile header; the reader's messages name the file
         raise CorruptEntry(None if found.kind == PLAIN else found.source, None, _show(exc)) from None
+    except OSError as exc:  # a file we may not read is not a corrupt one
+        raise OperationFailed(f"{found.source}: cannot read {_show(found.real_path)}: {exc.strerror or exc}",
+                              hint="run as a user who may read that store, or copy the file") from None
 
 
 def _stores(paths: list[Path], env: Mapping[str, str] | None) -> list[tuple[str, Path]]:
@@ -419,7 +419,7 @@ def discover(paths: list[Path] | tuple = (), env: Mapping[str, str] | None = Non
                 continue
             try:
                 models[key] = _with_header(entry)
-            except CorruptEntry as exc:
+            except LlmctlError as exc:
                 warnings.append(exc.message)
     kinds = [OLLAMA, HF_CACHE, PLAIN]
     ordered = sorted(models.values(), key=lambda f: (kinds.index(f.kind), f.source.casefold()))

@@ -227,7 +227,12 @@ def _hash_into(src_fd: int, out, total: int, progress: Progress | None) -> tuple
 
 def _open_regular(path: Path, nofollow: bool) -> int:
     """An fd of `path`; with nofollow, a symlink put in its place since it was resolved is refused."""
-    fd = os.open(path, os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"{path}: became a symlink while it was imported; nothing imported") from None
+        raise OperationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise IntegrityError(f"{path}: not a regular file; nothing imported")
@@ -258,13 +263,17 @@ def _stage_copy(src: Path, partial_dir: Path, progress: Progress | None, *, nofo
 
 
 def _stage_link(src: Path, partial_dir: Path, progress: Progress | None) -> _Staged | None:
-    """Hard-link `src` into .partial/ and hash the linked file; None when a link cannot be made.
+    """Hard-link `src` into .partial/ and hash the linked file; None when it should or cannot be linked.
 
-    Only a file that others may already read is linked: the store's files must be readable by the
-    servers' user, and a link shares the mode, so making it so would change the other store's file.
+    Linked only when the link gives no one new powers over what llmctl serves: the file is ours (a
+    file of the `ollama` service user stays writable by that user through the link, so it is copied),
+    nobody else may write it, and others may already read it (the servers' user must read it, and a
+    link shares the mode: making it so would change the other store's file).
     """
     try:
-        if not os.stat(src).st_mode & stat.S_IROTH:
+        st = os.stat(src)
+        if (st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                or not st.st_mode & stat.S_IROTH):
             return None
         tmp = partial_dir / f"import.{os.getpid()}.{time.monotonic_ns()}.link"
         os.link(src, tmp, follow_symlinks=False)
@@ -302,7 +311,10 @@ def import_file(
     src = Path(path).expanduser()
     if not src.is_file():
         raise NotFound(f"no such file: {src}")
-    read_gguf_info(src)  # a clear error for a file that is not GGUF
+    try:
+        read_gguf_info(src)  # a clear error for a file that is not GGUF
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {src}: {exc.strerror or exc}") from None
     name = check_name(name) if name else default_name(src.name)
     pinned = normalize_sha256(sha256, "sha256")
     staged = _stage_copy(src, store.partial_dir(), progress, nofollow=False)

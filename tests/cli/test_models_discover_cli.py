@@ -250,3 +250,27 @@ def test_other_file_system_is_copied(home, llmctl, monkeypatch, tmp_path):
         (res,) = json.loads(r.stdout)["models"]
         assert res["linked"] is False and res["sha256"] == sha256_of(tiny)
         assert (root / "blobs" / f"sha256-{sha256_of(tiny)}").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("change", ["other_owner", "group_writable", "private"])
+def test_a_link_that_would_widen_powers_is_a_copy(home, llmctl, stores, tmp_path, change):
+    """Linked only when it changes nothing: a blob of another user (Ollama's service user) would stay
+    writable by that user through the link, a group-writable one by the group, and a private one
+    would have to be made readable. Those are copied, and the other store's file is left as it was."""
+    tiny = make_gguf(tmp_path / "src" / "tiny.gguf", payload_bytes=8192)
+    add_ollama_model(stores["ollama"], tiny, "tiny", link=False)
+    blob = stores["ollama"] / "blobs" / f"sha256-{sha256_of(tiny)}"
+    if change == "other_owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the blob to another user")
+        os.chown(blob, 65534, 65534)
+    else:
+        blob.chmod({"group_writable": 0o664, "private": 0o600}[change])
+    before = blob.stat()
+    r = llmctl("models", "import", "ollama:tiny", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models"][0]["linked"] is False
+    after = blob.stat()
+    assert after.st_nlink == 1 and (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+    stored = home / "models" / lock(home)["tiny"]["path"]
+    assert stored.stat().st_uid == os.geteuid() and stored.stat().st_mode & 0o777 == 0o644
