@@ -306,8 +306,9 @@ def import_(
     """Adopt a model this host already has: verify it, put it in the store, record it in the lock.
 
     A source id's bytes must match the digest its store names them by (exit 3 otherwise: nothing
-    installed). They are hard-linked when the store is on the same file system, else copied. A path
-    is copied, hashed while copying.
+    installed). They are hard-linked when that is safe (a file of yours, on the same file system,
+    nobody else may write), else copied. A path is always copied. Either way the bytes are hashed
+    before they are renamed into the store.
     """
     from llmctl.models import ops
 

@@ -5,7 +5,7 @@ source id:
 
     ollama:<name>:<tag>            Ollama's store. The namespace is prefixed when it is not `library`,
                                    and the registry too when it is not registry.ollama.ai, the way
-                                   Ollama itself shows names (`ollama:hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M`).
+                                   Ollama itself shows names (`ollama:hf.co/<org>/<repo>:Q4_K_M`).
     hf-cache:<org>/<repo>/<file>   The Hugging Face cache, the file as the snapshot refs/main names
                                    (else the newest snapshot); `@<commit>` is added for other bytes
                                    under the same name in another snapshot.
@@ -292,7 +292,8 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
             continue
         org_repo = repo.repo_id.split("/")
         if len(org_repo) != 2 or not all(_HF_PART.fullmatch(p) and ".." not in p for p in org_repo):
-            yield CorruptEntry(None, repo.repo_path, "not a models--<org>--<repo> directory")
+            yield CorruptEntry(None, repo.repo_path, "not a models--<org>--<repo> directory (a repository "
+                               "without an owner, or a name Hugging Face would refuse): not listed")
             continue
         # The snapshot refs/main names comes first, then the newest: its files get the plain source id.
         order = sorted(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified), reverse=True)
@@ -396,13 +397,14 @@ def _entries(kind: str, root: Path) -> Iterator[Entry]:
     return {OLLAMA: _ollama_entries, HF_CACHE: _hf_entries, PLAIN: _plain_entries}[kind](root)
 
 
-def discover(paths: list[Path] | tuple = (), env: Mapping[str, str] | None = None) -> Discovery:
-    """Every GGUF model in Ollama's store, the HF cache and `paths`, with its GGUF header. Never raises
-    for what it finds: a corrupt entry is a warning."""
+def discover(paths: list[Path] | tuple = (), env: Mapping[str, str] | None = None, *,
+             stores: list[tuple[str, Path]] | None = None) -> Discovery:
+    """Every GGUF model in Ollama's store, the HF cache and `paths` (or in `stores`: (kind, root)
+    pairs), with its GGUF header. Never raises for what it finds: a corrupt entry is a warning."""
     models: dict[str, Found] = {}
     warnings: list[str] = []
     searched: list[Searched] = []
-    for kind, root in _stores(list(paths), env):
+    for kind, root in _stores(list(paths), env) if stores is None else stores:
         searched.append(Searched(kind, root, root.is_dir()))
         if not root.is_dir():
             continue

@@ -319,7 +319,7 @@ def import_file(
     chat_format: str | None = None,
     progress: Progress | None = None,
 ) -> PullResult:
-    """Copy a local GGUF into the store, hashing while copying; install it once verified.
+    """Copy a local GGUF into the store, hash the copy, install it once verified.
 
     A plain file is always copied: its owner may rewrite it in place, and a link would follow.
     """
@@ -358,7 +358,7 @@ def import_source(
 ) -> PullResult:
     """Import a path, or a source id from `discover` verified against the digest its store names it by.
 
-    A source id's file is hard-linked when it can be (same file system, readable by others, not
+    A source id's file is hard-linked when that is safe and possible (see _stage_link; not with
     `copy`), else copied; either way it is hashed, and installed only when the hash is the digest.
     """
     from llmctl.models import discover
@@ -389,7 +389,8 @@ def import_source(
     staged = staged or _stage_copy(found.real_path, partial_dir, progress, nofollow=True)
     try:
         if want is not None and staged.sha256 != want:
-            what = "the pinned sha256" if found.sha256 is None else f"the digest its store names it by ({found.digest_note})"
+            what = ("the pinned sha256" if found.sha256 is None
+                    else f"the digest its store names it by ({found.digest_note})")
             raise IntegrityError(f"{found.source}: {found.path} has sha256 {staged.sha256}, not {want}, "
                                  f"{what}; nothing imported")
         entry = LockEntry(name=name, file=found.file, path=f"{name}/{Path(found.file).name}", size=staged.size,

@@ -125,14 +125,19 @@ def test_plain_directories_recursive_no_digest(tmp_path, stores, gguf):
     assert [(s.kind, s.exists) for s in result.searched][-2:] == [("path", True), ("path", False)]
 
 
-def test_a_second_ollama_store_with_other_bytes_is_named(tmp_path, gguf, other, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    add_ollama_model(tmp_path / ".ollama" / "models", gguf, "tiny")
-    env = {"HF_HUB_CACHE": str(tmp_path / "hf")}
-    roots = d.ollama_roots(env)
-    assert roots[0] == tmp_path / ".ollama" / "models"
-    result = run(env)
-    assert [f.source for f in result.models] == ["ollama:tiny:latest"]
+def test_a_second_ollama_store_with_other_bytes_is_named(tmp_path, gguf, other):
+    """Two Ollama stores (a user's and the service's) may both hold tiny:latest: the first wins."""
+    first, second = tmp_path / "user-ollama", tmp_path / "service-ollama"
+    add_ollama_model(first, gguf, "tiny")
+    add_ollama_model(second, other, "tiny")
+    add_ollama_model(second, gguf, "same")
+    add_ollama_model(first, gguf, "same")
+    result = d.discover(stores=[("ollama", first), ("ollama", second)])
+    found = by_source(result)
+    assert set(found) == {"ollama:tiny:latest", "ollama:same:latest"}
+    assert found["ollama:tiny:latest"].store == first and found["ollama:tiny:latest"].sha256 == sha256_of(gguf)
+    (w,) = result.warnings  # the same bytes twice are not worth a line
+    assert "ollama:tiny:latest" in w and str(second) in w and "import takes the first" in w
 
 
 # -- hostile and corrupt entries --------------------------------------------------------------------
@@ -191,8 +196,8 @@ def test_hostile_ollama_manifests_are_one_line_warnings(tmp_path, stores, gguf):
         ("blobout", "points outside its store"), ("linkout", "points outside its store"),
         ("loop", "cannot be resolved"), ("notgguf", "not a GGUF file"),
     ]:
-        line = next((w for w in result.warnings if w.startswith((f"ollama:{model}:latest ", f"ollama:{model}:latest: "))),
-                    None)
+        prefixes = (f"ollama:{model}:latest ", f"ollama:{model}:latest: ")
+        line = next((w for w in result.warnings if w.startswith(prefixes)), None)
         assert line is not None and words in line, (model, text)
     assert any("bad name" in w and "not an Ollama model name" in w for w in result.warnings)
     assert len(result.warnings) == 16
