@@ -283,3 +283,22 @@ def test_lookup_never_follows_names_out_of_the_store(tmp_path, stores, gguf):
     os.makedirs(Path(stores["OLLAMA_MODELS"]) / "manifests")
     with pytest.raises(UsageError):
         d.lookup("ollama:registry.ollama.ai/../../x", env=stores)
+
+
+def test_hf_shared_blob_store_layout(stores, gguf):
+    """huggingface_hub 2.x may keep a repository's blob as a link into the cache-wide store
+    (<cache>/blobs/<2 hex>/<xet hash>): the digest is still the repository blob's name (the LFS
+    sha256), and the bytes stay inside the cache."""
+    cache = Path(stores["HF_HUB_CACHE"])
+    add_hf_file(cache, gguf, "org/shared", "s.gguf", C1)
+    xet = "7" * 64
+    shared = cache / "blobs" / xet[:2] / xet
+    shared.parent.mkdir(parents=True)
+    repo_blob = cache / "models--org--shared" / "blobs" / sha256_of(gguf)
+    repo_blob.rename(shared)
+    repo_blob.symlink_to(os.path.relpath(shared, repo_blob.parent))
+    (cache / "blobs" / ".huggingface-shared-blobs").write_text("1\n")
+    result = run(stores)
+    assert result.warnings == ()
+    (f,) = result.models
+    assert (f.source, f.sha256, f.real_path) == ("hf-cache:org/shared/s.gguf", sha256_of(gguf), shared.resolve())
