@@ -213,6 +213,22 @@ class SystemdSettings(Strict):
         return v
 
 
+class DiscoverSettings(Strict):
+    """Where `llmctl models discover` looks besides Ollama's store and the Hugging Face cache."""
+
+    paths: list[str] = []  # directories searched (recursively) for plain .gguf files: no digest known
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not (p.startswith("/") or p.startswith("~")):
+                raise ValueError(f"{p!r} must be an absolute path (or start with ~)")
+            if any(not c.isprintable() for c in p):
+                raise ValueError(f"{p!r} contains control characters")
+        return v
+
+
 # -- monitoring (llmctl monitoring render) ------------------------------------------------------------
 
 # A Prometheus duration (model.ParseDuration): units largest first, each at most once; or 0.
@@ -560,6 +576,7 @@ class Config(Strict):
     upstreams: dict[str, UpstreamSpec] = {}
     routing: RoutingPolicy = RoutingPolicy()
     monitoring: MonitoringSettings = MonitoringSettings()
+    discover: DiscoverSettings = DiscoverSettings()
     airgap: bool = False  # no request ever leaves the host (LLMCTL_AIRGAP=1)
     k8s: K8sSettings = K8sSettings()
 

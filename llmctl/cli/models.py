@@ -1,4 +1,4 @@
-"""`llmctl models`: pull, list, show, verify, import, rm."""
+"""`llmctl models`: pull, discover, import, list, show, verify, rm."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from llmctl.cli._common import command, emit_json, human_bytes, info, print_table, resolve_paths
 
-app = typer.Typer(help="Pull GGUF models from the Hugging Face Hub verified by SHA256; list, show, verify, import and remove them.", no_args_is_help=True)
+app = typer.Typer(help="Pull GGUF models from the Hugging Face Hub verified by SHA256; discover and import the ones the host already has; list, show, verify and remove them.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no messages on success.")]
@@ -78,6 +78,10 @@ _VERBS = {"present": "already installed", "installed": "installed", "would_insta
 def _describe(r) -> str:
     where = f"{r.repo}/{r.file}@{(r.revision or '')[:12]}" if r.repo else r.source
     verb = _VERBS.get(r.status, r.status)
+    from llmctl.models.discover import is_source_id
+
+    if r.status == "installed" and is_source_id(r.source):
+        verb += ", hard-linked" if r.linked else ", copied"
     extra = f", resumed at {human_bytes(r.resumed_from)}" if r.resumed_from else ""
     return f"{r.name}: {verb} ({where}, {human_bytes(r.size)}, sha256 {r.sha256[:16]}…{extra})"
 
@@ -314,16 +318,60 @@ def rm(
 
 @command(app, "import")
 def import_(
-    path: Annotated[Path, typer.Argument(help="A local GGUF file.")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name in the store (default: from the file).",
+    source: Annotated[str, typer.Argument(
+        help="A local GGUF file, or a source id from `llmctl models discover`: ollama:NAME[:TAG], "
+             "hf-cache:ORG/REPO/FILE.gguf[@COMMIT]. (A file whose name starts so: ./NAME.)",
+        show_default=False)],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Name in the store (default: from the source).",
                                              show_default=False)] = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Pin the file's SHA256.", show_default=False)] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy a source id's file; never hard-link it.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Copy a local GGUF into the store, hashed while copying, and record it in the lock."""
+    """Adopt a model this host already has: verify it, put it in the store, record it in the lock.
+
+    A source id's bytes must match the digest its store names them by (exit 3 otherwise: nothing
+    installed). They are hard-linked when that is safe (a file of yours, on the same file system,
+    nobody else may write), else copied. A path is always copied. Either way the bytes are hashed
+    before they are renamed into the store.
+    """
     from llmctl.models import ops
 
-    with _progress(str(path), quiet) as update:
-        result = ops.import_file(_store(), path, name=name, sha256=sha256, progress=update)
+    with _progress(source, quiet) as update:
+        result = ops.import_source(_store(), source, name=name, sha256=sha256, copy=copy, progress=update,
+                                   notice=_note(quiet))
     _report([result], json_out, quiet)
+
+
+@command(app, "discover")
+def discover(json_out: JsonOpt = False) -> None:
+    """GGUF models already on this host: Ollama's store, the Hugging Face cache, the config's discover.paths.
+
+    For each: the source id `llmctl models import` takes, size, architecture, quantization (from the
+    GGUF header) and the SHA256 its store names it by. A corrupt or hostile entry is a warning line.
+    """
+    from llmctl.cli._common import load_config
+    from llmctl.models import ops
+
+    paths = [Path(p).expanduser() for p in load_config().config.discover.paths]
+    found = ops.discover_models(_store(), paths)
+    for warning in found.warnings:
+        info(f"Warning: {warning}")
+    if json_out:
+        emit_json("models.discover", {
+            "models": [m.to_json() for m in found.models],
+            "searched": [s.to_json() for s in found.searched],
+            "warnings": list(found.warnings),
+        })
+        return
+    if not found.models:
+        where = ", ".join(f"{s.path}" + ("" if s.exists else " (absent)") for s in found.searched)
+        info(f"no GGUF models found; searched {where}")
+        return
+    rows = []
+    for m in found.models:
+        g = m.gguf
+        rows.append((m.source, human_bytes(m.size), g.quantization if g else "?", g.architecture if g else "?",
+                     f"{m.sha256[:12]}…" if m.sha256 else "none", ", ".join(m.installed_as), str(m.path)))
+    print_table(["source", "size", "quant", "arch", "sha256", "installed as", "path"], rows)

@@ -210,15 +210,17 @@ class Store:
 
     # -- installing -----------------------------------------------------------------------------
 
-    def install(self, tmp: Path, entry: LockEntry) -> LockEntry:
+    def install(self, tmp: Path, entry: LockEntry, *, keep_mode: bool = False) -> LockEntry:
         """Move a verified temp file into the store and record it, atomically, under the lock.
 
-        The caller has already hashed `tmp` and compared it with entry.sha256.
+        The caller has already hashed `tmp` and compared it with entry.sha256. keep_mode: `tmp` is a
+        hard link to another store's file (already readable by others), whose mode is not ours to change.
         """
         from llmctl.fsutil import commit_file
 
         dest = self.model_path(entry)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
+        if not keep_mode:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service running as another user must read it
         with self.locked():
             lock = self.read_lock()
             old = lock.get(entry.name)
