@@ -278,10 +278,11 @@ def _ingress_from(config: Config) -> list[dict]:
 
 
 def pod_config(config: Config) -> dict:
-    """The config as the pods read it: the host's, validated, less the k8s: section and defaults, with
+    """The config as the pods read it: the host's, validated, less defaults and the sections that only
+    mean something on the host that renders (k8s:, monitoring:, discover: — host paths), with
     every key file replaced by the Secret's mounted file (api-keys; upstream-<name>, looked up in
     $CREDENTIALS_DIRECTORY), so no host path and no environment variable carries a key."""
-    data = config.model_dump(mode="json", exclude={"k8s"}, exclude_defaults=True)
+    data = config.model_dump(mode="json", exclude={"k8s", "monitoring", "discover"}, exclude_defaults=True)
     data = {"version": config.version, **data}
     for name, spec in config.services.items():
         if spec.api_keys_file:
