@@ -14,8 +14,6 @@ from typing import Any
 from llmctl.bench import llamabench as LB
 from llmctl.bench.results import BenchReport, EndpointResult, EngineResult
 
-FORMATS = ("table", "json", "jsonl", "csv", "sql", "md", "json-full")
-COMPARE_FORMATS = ("table", "md", "csv", "json")
 JSON_FULL_VERSION = 1
 
 ENDPOINT_FIELDS = (
