@@ -16,6 +16,8 @@ HELP = ("Benchmark prompt processing and generation tokens/s of a model (llama-b
 
 _FORMATS = ("table", "json", "jsonl", "csv", "sql", "md", "json-full")
 _COMPARE_FORMATS = ("table", "md", "csv", "json")
+_ENGINE_ONLY = ("-p", "-pg", "-d", "-r", "-t", "-ngl", "-b", "-ub", "--ctx", "-fa", "--repack")
+_ENDPOINT_ONLY = ("--concurrency", "--requests", "--api", "--prompt", "--timeout")
 
 
 @guard
@@ -160,13 +162,10 @@ def main(
 
     if url is not None:
         report = _run_endpoint(url, model, cfg, n_gen, concurrency or "1", requests, api or "chat", api_key, prompt,
-                               300.0 if timeout is None else timeout, no_warmup, min_pp, progress, engine_flags={
-                                   "-p": n_prompt, "-pg": n_pg or None, "-d": n_depth, "-r": repetitions, "-t": threads,
-                                   "-ngl": n_gpu_layers, "-b": batch_size, "-ub": ubatch_size, "--ctx": ctx,
-                                   "-fa": flash_attn, "--repack": repack})
+                               300.0 if timeout is None else timeout, no_warmup, min_pp, progress,
+                               engine_flags={k: run_flags[k] for k in _ENGINE_ONLY})
     else:
-        used = [flag for flag, value in (("--concurrency", concurrency), ("--requests", requests), ("--api", api),
-                                         ("--prompt", prompt), ("--timeout", timeout)) if value is not None]
+        used = [flag for flag in _ENDPOINT_ONLY if run_flags[flag] is not None]
         if used:
             raise UsageError(f"{', '.join(used)}: only with --url (the endpoint benchmark)")
         report = _run_engine(model or cfg.model, loaded, cfg, n_prompt, n_gen, n_pg, n_depth, repetitions, threads,
