@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import subprocess
 import time
@@ -33,3 +34,19 @@ def summary(samples: list[float]) -> str:
 
 def ratio_line(label: str, value: float, target: str) -> str:
     return f"RATIO {label}: {value:.3f}  (target {target})"
+
+
+def steal_ticks() -> int:
+    """The machine's steal time so far (/proc/stat, clock ticks): what the hypervisor took from this VM."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def bootstrap_median(values: list[float], n: int = 5000, seed: int = 1) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n)]

@@ -10,16 +10,19 @@ on CPUs with AMX, see llmctl/bench/engine.py), and run the same way: each round 
 process for each (`llmctl bench -p 0 -n N -r R`; this script with --plain-child), each loads the model,
 warms up, then times R repetitions. Medians of the per-repetition t/s are compared.
 
-With --llama-bench PATH (llama.cpp's tools/llama-bench, built from the same llama.cpp as the installed
-llama-cpp-python), it instead checks agreement: pp and tg of `llmctl bench` against llama-bench's own
-figures, same model, threads, repack, flash attention off, interleaved rounds; target ratio 0.95-1.05.
-The closest comparison links llama-bench against the installed package's own libraries
-(llama_cpp/lib/libllama.so, libggml*.so), compiled from the sdist's vendor/llama.cpp headers and sources
-(tools/llama-bench/*.cpp, common/{common,log,fit}.cpp, the generated build-info.cpp), so that both
-programs run the very same llama.cpp binary code.
+With --llama-bench [PATH] it instead checks agreement with llama.cpp's own llama-bench, built from the
+same llama.cpp as the installed llama-cpp-python and linked against its very libraries (PATH, or
+built and cached by benchmarks/llamacpp_build.py when no PATH is given): every row of llama-bench's
+test matrix, pp, tg, pp+tg (-pg) and each of them at a depth (-d), same model, threads, repack,
+flash attention off. Each round runs both programs once (fresh processes, ABBA order: A B, B A, ...);
+the figure of a run is the median of its repetitions' t/s; a round's ratio is llmctl's / llama-bench's;
+the result is the median of the paired ratios with a 95% bootstrap interval, per test: RATIO lines,
+target 0.95-1.05. --aa runs llama-bench against itself the same way: the machine's own noise. The
+1-minute load average and the steal time of each arm are printed with the figures.
 
 Usage: python benchmarks/bench_engine.py [--n-gen 64] [--reps 3] [--rounds 3] [--threads 1]
-       python benchmarks/bench_engine.py --llama-bench PATH [--n-prompt 64] [--n-gen 32] ...
+       python benchmarks/bench_engine.py --llama-bench [PATH] [--n-prompt 64] [--n-gen 64] [--pg 32,8]
+                                         [--depth 128] [--reps 3] [--rounds 3] [--threads 1] [--aa]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ratio_line  # noqa: E402
+from _util import bootstrap_median, ratio_line, steal_ticks  # noqa: E402
 
 
 def smoke_path(env: dict) -> Path:
@@ -53,8 +56,7 @@ def llmctl_tg(n_gen: int, reps: int, threads: int, n_ctx: int, env: dict) -> lis
          "-t", str(threads), "--ctx", str(n_ctx), "-o", "json", "-q"],
         capture_output=True, text=True, env=env, check=True,
     ).stdout
-    doc = json.loads(out)
-    return list(doc["results"][0]["samples_ts"])
+    return list(json.loads(out)[0]["samples_ts"])  # -o json: llama-bench's array of rows
 
 
 def plain_loop(path: Path, threads: int, n_ctx: int, repack: bool):
@@ -98,35 +100,59 @@ def plain_tg(path: Path, n_gen: int, reps: int, threads: int, n_ctx: int, env: d
     return json.loads(out.splitlines()[-1])
 
 
-def engine_figures(argv: list[str], env: dict) -> dict[str, list[float]]:
-    """Per-test samples_ts from a llama-bench style JSON list (ours inside {"results": [...]})."""
+def engine_figures(argv: list[str], env: dict) -> dict[str, float]:
+    """Per test (llama-bench's name), the median t/s of the run's repetitions, from a llama-bench style
+    JSON array (llmctl bench -o json and llama-bench -o json write the same)."""
+    from llmctl.bench.llamabench import test_name
+
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
-    doc = json.loads(out)
-    rows = doc["results"] if isinstance(doc, dict) else doc
-    return {("pp" if r["n_gen"] == 0 else "tg"): list(r["samples_ts"]) for r in rows}
+    return {test_name(r["n_prompt"], r["n_gen"], r["n_depth"]): statistics.median(r["samples_ts"])
+            for r in json.loads(out)}
 
 
 def versus_llama_bench(args, path: Path, env: dict, repack: bool) -> None:
-    common = ["-p", str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.reps), "-t", str(args.threads)]
-    ours_argv = [sys.executable, "-m", "llmctl", "bench", "smoke", *common, "-o", "json", "-q",
-                 "--repack" if repack else "--no-repack"]
+    if args.llama_bench == "build":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from llamacpp_build import build_llama_bench
+
+        args.llama_bench = str(build_llama_bench())
+    common = ["-p", str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.reps), "-t", str(args.threads),
+              "-d", f"0,{args.depth}" if args.depth else "0"]
+    if args.pg:
+        common += ["-pg", args.pg]
     theirs_argv = [args.llama_bench, "-m", str(path), *common, "-ngl", "0", "-fa", "0",
                    "--repack", "1" if repack else "0", "-o", "json"]
-    ours: dict[str, list[float]] = {"pp": [], "tg": []}
-    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    ours_argv = [sys.executable, "-m", "llmctl", "bench", str(path), *common, "-ngl", "0", "-fa", "0",
+                 "--repack" if repack else "--no-repack", "-o", "json", "-q"]
+    arms = {"llama-bench (A/A)" if args.aa else "llmctl bench": theirs_argv if args.aa else ours_argv,
+            "llama-bench": theirs_argv}
+    a_name, b_name = list(arms)
+    runs: dict[str, list[dict[str, float]]] = {a_name: [], b_name: []}
+    loads: list[float] = []
+    steal = {a_name: 0, b_name: 0}
     for rnd in range(args.rounds):
-        for acc, argv in ((ours, ours_argv), (theirs, theirs_argv)) if rnd % 2 == 0 else \
-                ((theirs, theirs_argv), (ours, ours_argv)):
-            for k, v in engine_figures(argv, env).items():
-                acc[k] += v
-        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
-    print(f"model: {path.name}, threads {args.threads}, repack {'on' if repack else 'off'}, "
-          f"{args.rounds} rounds x {args.reps} repetitions")
-    for k, n in (("pp", args.n_prompt), ("tg", args.n_gen)):
-        a, b = statistics.median(ours[k]), statistics.median(theirs[k])
-        print(f"{k}{n}: llmctl bench median {a:8.2f} t/s (min {min(ours[k]):.2f}, max {max(ours[k]):.2f})  "
-              f"llama-bench median {b:8.2f} t/s (min {min(theirs[k]):.2f}, max {max(theirs[k]):.2f})")
-        print(ratio_line(f"llmctl bench {k}{n} t/s / llama-bench {k}{n} t/s", a / b, "0.95-1.05"))
+        order = [a_name, b_name] if rnd % 2 == 0 else [b_name, a_name]  # ABBA
+        for name in order:
+            loads.append(os.getloadavg()[0])
+            s0 = steal_ticks()
+            runs[name].append(engine_figures(arms[name], env))
+            steal[name] += steal_ticks() - s0
+        print(f"round {rnd + 1}/{args.rounds} done (load {loads[-1]:.1f})", file=sys.stderr)
+    tick = os.sysconf("SC_CLK_TCK")
+    print(f"model: {path.name}, threads {args.threads}, repack {'on' if repack else 'off'}, flash attention off, "
+          f"{args.rounds} rounds (ABBA) x {args.reps} repetitions")
+    print(f"machine: {os.cpu_count()} CPUs, 1-min load at each run: median {statistics.median(loads):.1f} "
+          f"(min {min(loads):.1f}, max {max(loads):.1f}); steal {steal[a_name] / tick:.1f} s during {a_name}, "
+          f"{steal[b_name] / tick:.1f} s during {b_name}")
+    for test in runs[b_name][0]:
+        a = [r[test] for r in runs[a_name]]
+        b = [r[test] for r in runs[b_name]]
+        ratios = [x / y for x, y in zip(a, b)]
+        low, high = bootstrap_median(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
+        print(f"{test:>16}: {a_name} median {statistics.median(a):8.2f} t/s, {b_name} median "
+              f"{statistics.median(b):8.2f} t/s, paired ratios {' '.join(f'{x:.2f}' for x in ratios)}")
+        print(ratio_line(f"{a_name} {test} t/s / llama-bench {test} t/s (95% CI {low:.3f}-{high:.3f})",
+                         statistics.median(ratios), "0.95-1.05"))
 
 
 def main() -> None:
@@ -136,7 +162,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-prompt", type=int, default=64, help="with --llama-bench: the pp test")
-    ap.add_argument("--llama-bench", metavar="PATH", help="compare with llama.cpp's llama-bench instead")
+    ap.add_argument("--pg", default="32,8", help="with --llama-bench: the pp+tg test (-pg), '' for none")
+    ap.add_argument("--depth", type=int, default=128, help="with --llama-bench: every test again at this depth (-d)")
+    ap.add_argument("--aa", action="store_true", help="with --llama-bench: llama-bench against itself (noise)")
+    ap.add_argument("--llama-bench", metavar="PATH", nargs="?", const="build",
+                    help="compare with llama.cpp's llama-bench instead (no PATH: build it, see llamacpp_build.py)")
     ap.add_argument("--plain-child", metavar="GGUF", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n_ctx = 256 if args.n_gen < 256 else args.n_gen + 1

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _util import ratio_line  # noqa: E402
+from _util import bootstrap_median, ratio_line, steal_ticks  # noqa: E402
 
 
 class InstantModel:
@@ -202,20 +201,6 @@ def one_round(connections: list[Connection], n: int, end: Callable[[], object] =
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, first with HTTP {errors[0]}")
     return per * len(connections) / elapsed
-
-
-def steal_ticks() -> int:
-    try:
-        with open("/proc/stat") as f:
-            return int(f.readline().split()[8])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def bootstrap_median(values: list[float], n: int = 5000, seed: int = 1) -> tuple[float, float]:
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n)]
 
 
 def recording_cost(n: int = 20000) -> float:

@@ -173,12 +173,15 @@ class BenchDefaults(Strict):
     model: str = "smoke"
     n_prompt: list[Annotated[int, Field(ge=0)]] = [512]
     n_gen: list[Annotated[int, Field(ge=0)]] = [128]
+    pg: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] = []  # [[PP, TG]]
+    n_depth: list[Annotated[int, Field(ge=0)]] = [0]
     repetitions: int = Field(5, ge=1)
     threads: list[Annotated[int, Field(ge=1)]] | None = None
     n_gpu_layers: list[Annotated[int, Field(ge=-1)]] = [0]
     batch_size: list[Annotated[int, Field(ge=1)]] = [2048]
+    ubatch_size: list[Annotated[int, Field(ge=1)]] = [512]
     n_ctx: int | None = Field(None, ge=64)
-    flash_attn: bool = False
+    flash_attn: bool | Literal["auto"] = False
     repack: bool | None = None  # llama.cpp's repacked/AMX weight buffers; null: on, except on AMX CPUs
 
 

@@ -1,13 +1,17 @@
 """The engine benchmark: llama.cpp through llama-cpp-python's low-level (ctypes) API, measured the
 way llama.cpp's tools/llama-bench does it, so the figures can be compared with llama-bench's:
 
-- one context per test, n_ctx = n_prompt + n_gen (unless --ctx), swa_full off, n_ubatch 512, with its
+- one context per test, n_ctx = n_prompt + n_gen + n_depth (unless --ctx), swa_full off, with its
   own CPU threadpool (poll 50) attached; the model is reloaded only when n_gpu_layers changes;
 - a warm-up run (the whole prompt for pp, one token for tg) before the repetitions;
 - each repetition clears the KV cache (llama_memory_clear), then times, with a monotonic ns clock:
   pp: the prompt of random tokens decoded in n_batch chunks (BOS first when the vocab adds one),
       then llama_synchronize;
   tg: one random token decoded at a time, llama_synchronize after each, no sampling;
+  pp+tg (-pg): the prompt, then the generation, timed together;
+- at a depth (-d N), each repetition first fills the context with N random tokens, untimed; the
+  sequence's state after them is kept (llama_state_seq_get_data) and restored in the next
+  repetitions and tests at the same depth, as llama-bench does;
 - t/s of a repetition = tokens / seconds; reported: mean and sample stddev of the per-repetition t/s.
 
 The random tokens are drawn before the clock starts (llama-bench draws them inside its loop, where
@@ -30,8 +34,11 @@ from llmctl.errors import OperationFailed, UsageError
 
 Progress = Callable[[str], None]
 
-# ggml_backend_dev_type: CPU = 0, GPU = 1, IGPU = 2 (ACCEL and META follow; not listed as GPUs)
-_DEV_CPU, _DEV_GPU, _DEV_IGPU = 0, 1, 2
+# ggml_backend_dev_type: CPU = 0, GPU = 1, IGPU = 2, ACCEL = 3 (META follows). llama-bench's cpu_info
+# lists the CPU and ACCEL devices, its gpu_info the GPU and IGPU devices.
+_DEV_CPU, _DEV_GPU, _DEV_IGPU, _DEV_ACCEL = 0, 1, 2, 3
+_SPLIT_MODES = {0: "none", 1: "layer", 2: "row", 3: "tensor"}
+_LAZY_MODES = {0: "off", 1: "auto", 2: "on"}
 
 
 def _import_llama() -> Any:
@@ -47,12 +54,13 @@ def _import_llama() -> Any:
 
 @dataclass(frozen=True)
 class BuildInfo:
-    build_commit: str
+    build_commit: str  # the short commit, as llama-bench's build-info records it (ggml's, less "-dirty")
     build_number: int  # 0: unknown (llama-cpp-python does not expose it; llama.cpp's own fallback is 0)
     backends: str
     cpu_info: str
     gpu_info: str
     system_info: str
+    ggml_commit: str = "unknown"  # what libggml says, "-dirty" included
 
 
 def build_info() -> BuildInfo:
@@ -92,13 +100,14 @@ def build_info() -> BuildInfo:
             dev = lib.ggml_backend_dev_get(i)
             kind = lib.ggml_backend_dev_type(dev)
             desc = (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
-            if kind == _DEV_CPU:
+            if kind in (_DEV_CPU, _DEV_ACCEL):
                 cpus.append(desc)
             elif kind in (_DEV_GPU, _DEV_IGPU):
                 gpus.append(desc)
     except (ImportError, AttributeError, OSError):  # an older build without these symbols
         pass
-    return BuildInfo(commit, 0, ",".join(backends) or "CPU", ", ".join(cpus), ", ".join(gpus), system_info)
+    short = commit.removesuffix("-dirty")
+    return BuildInfo(short, 0, ",".join(backends) or "CPU", ", ".join(cpus), ", ".join(gpus), system_info, commit)
 
 
 def resolve_repack(repack: bool | None) -> bool:
@@ -148,6 +157,12 @@ class _Model:
         mparams.n_gpu_layers = n_gpu_layers
         if hasattr(mparams, "use_extra_bufts"):
             mparams.use_extra_bufts = repack
+        # what llama-bench records about how the model was loaded (llama.cpp's defaults, as there)
+        self.split_mode = _SPLIT_MODES.get(int(getattr(mparams, "split_mode", 1)), "layer")
+        self.load_mode = "auto"
+        if hasattr(mparams, "load_mode") and hasattr(L, "llama_load_mode_name"):
+            self.load_mode = (L.llama_load_mode_name(int(mparams.load_mode)) or b"auto").decode()
+        self.lazy_mode = _LAZY_MODES.get(int(getattr(mparams, "lazy_mode", 1)), "auto")
         self.ptr = L.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.ptr:
             raise OperationFailed(f"llama.cpp could not load the model {path}")
@@ -225,16 +240,16 @@ class _Context:
         cp.n_threads = inst.n_threads
         cp.n_threads_batch = inst.n_threads
         if hasattr(cp, "flash_attn_type"):
-            cp.flash_attn_type = 1 if inst.flash_attn else 0
+            cp.flash_attn_type = inst.flash_attn  # -1 auto, 0 off, 1 on
         else:  # older llama.cpp: a bool
-            cp.flash_attn = inst.flash_attn
+            cp.flash_attn = inst.flash_attn == 1
         for name, value in (("swa_full", False), ("embeddings", False), ("offload_kqv", True), ("op_offload", True)):
             if hasattr(cp, name):
                 setattr(cp, name, value)
         self.ptr = L.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise OperationFailed(f"llama.cpp could not create a context for {inst.name} "
-                                  f"(n_ctx={inst.n_ctx}, n_batch={inst.n_batch})")
+                                  f"(n_ctx={inst.n_ctx}, n_batch={inst.n_batch}, n_ubatch={inst.n_ubatch})")
         L.llama_set_n_threads(self.ptr, inst.n_threads, inst.n_threads)
         self.threadpool = _Threadpool(L, self.ptr, inst.n_threads)
 
@@ -294,6 +309,27 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class _DepthState:
+    """llama-bench's ctx_state: the sequence's state after the last depth that was filled, so that the
+    next repetitions (and tests) at the same depth restore it instead of decoding it again."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.buf: Any = None
+
+    def restore(self, L: Any, ctx: Any, depth: int) -> bool:
+        if depth != self.depth or self.buf is None:
+            return False
+        # 0: the state does not fit this context (another n_ctx): fill it again, as llama-bench does
+        return bool(L.llama_state_seq_set_data(ctx, self.buf, len(self.buf), 0))
+
+    def save(self, L: Any, ctx: Any, depth: int) -> None:
+        size = int(L.llama_state_seq_get_size(ctx, 0))
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data(ctx, buf, size, 0)
+        self.depth, self.buf = depth, buf
+
+
 def run_engine(
     model_path: Path,
     params: EngineParams,
@@ -314,6 +350,7 @@ def run_engine(
     say = progress or (lambda _msg: None)
     rng = random.Random(params.seed)
     repack = resolve_repack(params.repack)
+    depth = _DepthState()
     results: list[EngineResult] = []
     model: _Model | None = None
     model_ngl: int | None = None
@@ -324,12 +361,14 @@ def run_engine(
                 if model is not None:
                     model.free()
                     model = None
+                    depth = _DepthState()  # a state of another model is no use
                 say(f"{tag}: loading model (n_gpu_layers={inst.n_gpu_layers})")
                 model = _Model(L, model_path, inst.n_gpu_layers, repack)
                 model_ngl = inst.n_gpu_layers
             ctx = _Context(L, model, inst)
             try:
-                results.append(_measure(L, ctx.ptr, model, inst, params, rng, build, model_path, say, tag, repack))
+                results.append(_measure(L, ctx.ptr, model, inst, params, rng, build, model_path, say, tag, repack,
+                                        depth))
             finally:
                 ctx.free()
     finally:
@@ -339,7 +378,8 @@ def run_engine(
 
 
 def _measure(L: Any, ctx: Any, model: _Model, inst: TestInstance, params: EngineParams, rng: random.Random,
-             build: BuildInfo, model_path: Path, say: Progress, tag: str, repack: bool) -> EngineResult:
+             build: BuildInfo, model_path: Path, say: Progress, tag: str, repack: bool,
+             depth: _DepthState) -> EngineResult:
     test_time = _utc_now()
     _clear_kv(L, ctx)
 
@@ -369,6 +409,15 @@ def _measure(L: Any, ctx: Any, model: _Model, inst: TestInstance, params: Engine
     samples: list[int] = []
     for rep in range(params.repetitions):
         _clear_kv(L, ctx)
+        if inst.n_depth:
+            if depth.restore(L, ctx, inst.n_depth):
+                say(f"{tag}: depth {inst.n_depth} restored, repetition {rep + 1}/{params.repetitions}")
+            else:
+                say(f"{tag}: filling depth {inst.n_depth}, repetition {rep + 1}/{params.repetitions}")
+                arr = _tokens(rng, inst.n_depth, model.n_vocab, model.bos)
+                _run_prompt(L, ctx, _prompt_batches(L, arr, inst.n_depth, inst.n_batch))
+                del arr
+                depth.save(L, ctx, inst.n_depth)
         keep, pb, gb = draw()
         say(f"{tag}: repetition {rep + 1}/{params.repetitions}")
         t0 = time.perf_counter_ns()
@@ -398,8 +447,11 @@ def _measure(L: Any, ctx: Any, model: _Model, inst: TestInstance, params: Engine
         n_ctx=inst.n_ctx,
         n_prompt=inst.n_prompt,
         n_gen=inst.n_gen,
-        n_depth=0,
+        n_depth=inst.n_depth,
         repack=repack,
         test_time=test_time,
         samples_ns=tuple(samples),
+        split_mode=model.split_mode,
+        load_mode=model.load_mode,
+        lazy_mode=model.lazy_mode,
     )

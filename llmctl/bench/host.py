@@ -76,7 +76,7 @@ def llama_cpp_python_version() -> str | None:
         return None
 
 
-def host_info(system_info: str | None = None) -> HostInfo:
+def host_info(system_info: str | None = None, ggml_commit: str | None = None) -> HostInfo:
     import psutil
 
     try:
@@ -96,6 +96,8 @@ def host_info(system_info: str | None = None) -> HostInfo:
         llama_cpp_python_version=llama_cpp_python_version(),
         simd=simd_features(system_info),
         system_info=system_info.strip() if system_info else None,
+        hostname=platform.node(),
+        ggml_commit=ggml_commit,
     )
 
 

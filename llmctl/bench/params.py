@@ -67,19 +67,61 @@ def parse_bool_list(text: str | bool | Sequence[bool], flag: str) -> list[bool]:
     return list(dict.fromkeys(out))
 
 
+def parse_flash_attn_list(text: str | bool | Sequence[bool | str], flag: str) -> list[int]:
+    """`-fa on,off,auto` -> [1, 0, -1]: llama.cpp's flash_attn_type, as llama-bench records it
+    (auto: llama.cpp decides when it creates the context)."""
+    if isinstance(text, bool):
+        return [int(text)]
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            out.append(int(item))
+            continue
+        word = str(item).strip().lower()
+        if word in ("auto", "-1"):
+            out.append(-1)
+        elif word in _ON:
+            out.append(1)
+        elif word in _OFF:
+            out.append(0)
+        else:
+            raise UsageError(f"{flag}: expected on, off or auto (or 1, 0, -1), got {word!r}")
+    return list(dict.fromkeys(out))
+
+
+def parse_pairs(items: Sequence[str] | Sequence[Sequence[int]], flag: str) -> list[tuple[int, int]]:
+    """llama-bench's `-pg PP,TG`, one pair per flag: ["512,128", "64,16"] -> [(512, 128), (64, 16)]."""
+    out: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            parts = [p.strip() for p in item.split(",")]
+            if len(parts) != 2 or not all(re.fullmatch(r"[0-9]+", p) for p in parts):
+                raise UsageError(f"{flag}: expected PP,TG (two integers >= 0, such as 512,128), got {item!r}")
+            out.append((int(parts[0]), int(parts[1])))
+        else:
+            values = list(item)
+            if len(values) != 2 or not all(isinstance(v, int) and v >= 0 for v in values):
+                raise UsageError(f"{flag}: expected [PP, TG] (two integers >= 0), got {values!r}")
+            out.append((values[0], values[1]))
+    return list(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class EngineParams:
     """What to measure: every list is swept, as llama-bench does."""
 
     n_prompt: tuple[int, ...] = (512,)
     n_gen: tuple[int, ...] = (128,)
+    n_pg: tuple[tuple[int, int], ...] = ()  # -pg: prompt then generation, timed together
+    n_depth: tuple[int, ...] = (0,)  # -d: tokens already in the context before the test
     repetitions: int = 5
     threads: tuple[int, ...] = (1,)
     n_gpu_layers: tuple[int, ...] = (0,)
     batch_size: tuple[int, ...] = (2048,)
-    n_ubatch: int = 512
-    flash_attn: tuple[bool, ...] = (False,)
-    n_ctx: int | None = None  # None: n_prompt + n_gen of each test, as llama-bench sizes it
+    ubatch_size: tuple[int, ...] = (512,)
+    flash_attn: tuple[int, ...] = (0,)  # llama.cpp's flash_attn_type: -1 auto, 0 off, 1 on
+    n_ctx: int | None = None  # None: n_prompt + n_gen + n_depth of each test, as llama-bench sizes it
     warmup: bool = True
     repack: bool | None = None  # llama.cpp's extra (repacked/AMX) weight buffers; None: auto
     seed: int = 1  # the random tokens; llama-bench's std::rand() is unseeded (seed 1)
@@ -87,8 +129,8 @@ class EngineParams:
     def __post_init__(self) -> None:
         if self.repetitions < 1:
             raise UsageError("-r/--repetitions: must be at least 1")
-        if not any(self.n_prompt) and not any(self.n_gen):
-            raise UsageError("nothing to measure: -p and -n are both 0")
+        if not any(self.n_prompt) and not any(self.n_gen) and not any(p + g for p, g in self.n_pg):
+            raise UsageError("nothing to measure: -p and -n are both 0 and there is no -pg")
 
 
 @dataclass(frozen=True)
@@ -97,40 +139,47 @@ class TestInstance:
 
     n_prompt: int
     n_gen: int
+    n_depth: int
     n_threads: int
     n_gpu_layers: int
     n_batch: int
     n_ubatch: int
-    flash_attn: bool
+    flash_attn: int
     n_ctx: int
 
     @property
     def name(self) -> str:
-        return name_of_test(self.n_prompt, self.n_gen)
+        return name_of_test(self.n_prompt, self.n_gen, self.n_depth)
 
 
-def name_of_test(n_prompt: int, n_gen: int) -> str:
+def name_of_test(n_prompt: int, n_gen: int, n_depth: int = 0) -> str:
+    """llama-bench's test names: pp512, tg128, pp512+tg128, and ` @ d4096` at a depth."""
     if n_prompt > 0 and n_gen == 0:
-        return f"pp{n_prompt}"
-    if n_gen > 0 and n_prompt == 0:
-        return f"tg{n_gen}"
-    return f"pp{n_prompt}+tg{n_gen}"
+        name = f"pp{n_prompt}"
+    elif n_gen > 0 and n_prompt == 0:
+        name = f"tg{n_gen}"
+    else:
+        name = f"pp{n_prompt}+tg{n_gen}"
+    return f"{name} @ d{n_depth}" if n_depth > 0 else name
 
 
 def expand(p: EngineParams) -> list[TestInstance]:
-    """The sweep in llama-bench's order (model reloads only when n_gpu_layers changes)."""
+    """The sweep in llama-bench's order: n_gpu_layers (the model reloads only when it changes),
+    n_batch, n_ubatch, flash_attn, threads, depth; then the pp tests, the tg tests, the pg pairs."""
     out: list[TestInstance] = []
     for ngl in p.n_gpu_layers:
         for nb in p.batch_size:
-            for fa in p.flash_attn:
-                for nt in p.threads:
-                    tests = [(n, 0) for n in p.n_prompt if n > 0] + [(0, n) for n in p.n_gen if n > 0]
-                    for n_prompt, n_gen in tests:
-                        n_ctx = p.n_ctx if p.n_ctx is not None else n_prompt + n_gen
-                        if n_prompt + n_gen > n_ctx:
-                            raise UsageError(
-                                f"--ctx {n_ctx} is too small for {name_of_test(n_prompt, n_gen)} "
-                                f"(needs {n_prompt + n_gen})"
-                            )
-                        out.append(TestInstance(n_prompt, n_gen, nt, ngl, nb, p.n_ubatch, fa, n_ctx))
+            for nub in p.ubatch_size:
+                for fa in p.flash_attn:
+                    for nt in p.threads:
+                        for nd in p.n_depth:
+                            tests = ([(n, 0) for n in p.n_prompt if n > 0] + [(0, n) for n in p.n_gen if n > 0]
+                                     + [pg for pg in p.n_pg if pg != (0, 0)])
+                            for n_prompt, n_gen in tests:
+                                need = n_prompt + n_gen + nd
+                                n_ctx = p.n_ctx if p.n_ctx is not None else need
+                                if need > n_ctx:
+                                    raise UsageError(f"--ctx {n_ctx} is too small for "
+                                                     f"{name_of_test(n_prompt, n_gen, nd)} (needs {need})")
+                                out.append(TestInstance(n_prompt, n_gen, nd, nt, ngl, nb, nub, fa, n_ctx))
     return out

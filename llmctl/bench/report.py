@@ -1,4 +1,5 @@
-"""Rendering: the people's table, and -o json|jsonl|csv|md with llama-bench's field names.
+"""Rendering: the people's table; -o json|jsonl|csv|sql|md exactly as llama-bench writes them (see
+llamabench); -o json-full, llmctl's document (rows, host record, gates); and comparisons.
 
 Pure functions returning text; the CLI decides where it goes.
 """
@@ -10,18 +11,11 @@ import io
 import json
 from typing import Any
 
+from llmctl.bench import llamabench as LB
 from llmctl.bench.results import BenchReport, EndpointResult, EngineResult
 
-FORMATS = ("table", "json", "jsonl", "csv", "md")
+JSON_FULL_VERSION = 1
 
-# llama-bench's CSV/JSON fields, in its order (plus ours at the end: n_ctx, repack, test)
-ENGINE_FIELDS = (
-    "build_commit", "build_number", "cpu_info", "gpu_info", "backends", "model_filename", "model_type",
-    "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads", "cpu_mask", "cpu_strict", "poll",
-    "type_k", "type_v", "n_gpu_layers", "n_cpu_moe", "split_mode", "main_gpu", "no_kv_offload", "flash_attn",
-    "embeddings", "no_op_offload", "no_host", "repack", "n_prompt", "n_gen", "n_depth", "test_time",
-    "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "n_ctx", "test",
-)
 ENDPOINT_FIELDS = (
     "url", "api", "model", "test", "concurrency", "n_requests", "n_ok", "n_failed", "n_gen", "prompt_tokens",
     "output_tokens", "duration_s", "test_time", "output_tokens_per_s", "requests_per_s",
@@ -31,70 +25,33 @@ ENDPOINT_FIELDS = (
 )
 
 
-def size_str(n: int) -> str:
-    if n < 1024**3:
-        return f"{n / 1024 / 1024:.2f} MiB"
-    return f"{n / 1024**3:.2f} GiB"
-
-
-def params_str(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n < 1e9 else f"{n / 1e9:.2f} B"
-
-
-def ts_str(r: EngineResult) -> str:
-    return f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}"
-
-
 # -- engine -----------------------------------------------------------------------------------------
 
 
-def _varying(results: list[EngineResult], attr: str) -> bool:
-    return len({getattr(r, attr) for r in results}) > 1
-
-
-def engine_columns(results: list[EngineResult]) -> list[tuple[str, Any]]:
-    """llama-bench's markdown columns: model, size, params, backend, [ngl], threads, [...], test, t/s."""
-    cols: list[tuple[str, Any]] = [
-        ("model", lambda r: r.model_type),
-        ("size", lambda r: size_str(r.model_size)),
-        ("params", lambda r: params_str(r.model_n_params)),
-        ("backend", lambda r: r.backends),
-    ]
-    cpu_only = all(r.backends in ("CPU", "BLAS") for r in results)
-    if not cpu_only or _varying(results, "n_gpu_layers"):
-        cols.append(("ngl", lambda r: str(r.n_gpu_layers)))
-    cols.append(("threads", lambda r: str(r.n_threads)))
-    if _varying(results, "n_batch") or any(r.n_batch != 2048 for r in results):
-        cols.append(("n_batch", lambda r: str(r.n_batch)))
-    if _varying(results, "flash_attn") or any(r.flash_attn for r in results):
-        cols.append(("fa", lambda r: str(int(r.flash_attn))))
-    cols.append(("test", lambda r: r.test))
-    cols.append(("t/s", ts_str))
-    return cols
-
-
 def engine_table(results: list[EngineResult]) -> tuple[list[str], list[list[str]]]:
-    cols = engine_columns(results)
-    return [c for c, _ in cols], [[f(r) for _, f in cols] for r in results]
+    """llama-bench's markdown columns, for the terminal table."""
+    rows = [r.row() for r in results]
+    fields = LB.md_fields(rows)
+    return [LB.md_header(f) for f in fields], [[LB.md_cell(f, row) for f in fields] for row in rows]
 
 
 def engine_markdown(results: list[EngineResult]) -> str:
     """llama-bench's `-o md` table, with its `build: <commit> (<number>)` footer."""
-    cols = engine_columns(results)
-    widths = {"model": -30, "size": 10, "params": 10, "backend": -10, "ngl": 3, "threads": 7, "n_batch": 7,
-              "fa": 3, "test": 15, "t/s": 20}
-    head = "|" + "".join(f" {name:{'<' if widths[name] < 0 else '>'}{abs(widths[name])}} |" for name, _ in cols)
-    rule = "|" + "".join(f" {'-' * (abs(widths[n]) - 1)}{':' if widths[n] > 0 else '-'} |" for n, _ in cols)
-    lines = [head, rule]
-    for r in results:
-        cells = []
-        for name, f in cols:
-            w = widths[name]
-            cells.append(f" {f(r):{'<' if w < 0 else '>'}{abs(w)}} |")
-        lines.append("|" + "".join(cells))
-    commit = results[0].build_commit if results else "unknown"
-    number = results[0].build_number if results else 0
-    return "\n".join(lines) + f"\n\nbuild: {commit} ({number})\n"
+    return LB.to_markdown([r.row() for r in results])
+
+
+def pipe_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """A GitHub pipe table (compare-llama-bench's default output); columns in `right` align right."""
+    right = right or set()
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else (":" + "-" * (w + 1))
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), rule] + [line(r) for r in rows]) + "\n"
 
 
 # -- endpoint ---------------------------------------------------------------------------------------
@@ -133,27 +90,37 @@ def endpoint_markdown(results: list[EndpointResult]) -> str:
 # -- formats ----------------------------------------------------------------------------------------
 
 
+def json_full(report: BenchReport, gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """llmctl's document: the rows (llama-bench's, plus `test` and `n_ctx`), the host record, the gates."""
+    doc: dict[str, Any] = {"schema_version": JSON_FULL_VERSION, "kind": "bench"}
+    if report.mode == "engine":
+        doc["llama_bench_schema"] = LB.SCHEMA_VERSION
+    return {**doc, **report.to_dict(), "gates": gates or []}
+
+
 def render(report: BenchReport, fmt: str, gates: list[dict[str, Any]] | None = None) -> str:
     """Everything but `table` (which the CLI draws with rich on a terminal)."""
     results = list(report.results)
     engine = report.mode == "engine"
+    if fmt == "json-full":
+        return json.dumps(json_full(report, gates), indent=2, default=str) + "\n"
+    if engine:
+        rows = [r.row() for r in results]
+        writers = {"json": LB.to_json, "jsonl": LB.to_jsonl, "csv": LB.to_csv, "sql": LB.to_sql, "md": LB.to_markdown}
+        return writers[fmt](rows)
     if fmt == "json":
-        doc = {"schema_version": 1, "kind": "bench", **report.to_dict(), "gates": gates or []}
-        return json.dumps(doc, indent=2, default=str) + "\n"
+        return json.dumps([r.to_record() for r in results], indent=2, default=str) + "\n"
     if fmt == "jsonl":
-        # one line per result (llama-bench's jsonl), each with the host record beside it
-        host = report.host.to_dict()
-        return "".join(json.dumps({**r.to_record(), "host": host}, default=str) + "\n" for r in results)
+        return "".join(json.dumps(r.to_record(), default=str) + "\n" for r in results)
     if fmt == "csv":
         buf = io.StringIO()
-        fields = ENGINE_FIELDS if engine else ENDPOINT_FIELDS
-        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=ENDPOINT_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in results:
-            w.writerow(r.to_record() if engine else _flat_endpoint(r))
+            w.writerow(_flat_endpoint(r))
         return buf.getvalue()
     if fmt == "md":
-        return engine_markdown(results) if engine else endpoint_markdown(results)
+        return endpoint_markdown(results)
     raise ValueError(fmt)
 
 
@@ -168,4 +135,98 @@ def host_lines(report: BenchReport) -> list[str]:
     ]
     if h.simd:
         lines.append(f"      build features: {' '.join(h.simd)}")
+    return lines
+
+
+# -- comparisons ------------------------------------------------------------------------------------
+
+
+def _ts(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def compare_by_test(c) -> tuple[list[str], list[list[str]], set[int]]:
+    """compare-llama-bench's table: the swept settings, Model, Test, t/s of each run, then the speedup of
+    each run against the baseline."""
+    from llmctl.bench.compare import PRETTY, show_value, short_model
+
+    others = [i for i in range(len(c.runs)) if i != c.baseline]
+    order = [c.baseline, *others]
+    head = [PRETTY.get(p, p) for p in c.shown] + ["Model", "Test"]
+    head += [f"t/s {c.runs[i].label}" for i in order]
+    head += ["Speedup"] if len(others) == 1 else [f"Speedup {c.runs[i].label}" for i in others]
+    rows = []
+    for row in c.rows:
+        cells = [show_value(p, v) for p, v in row.params] + [short_model(row.model), row.test]
+        cells += [_ts(row.ts[i]) for i in order]
+        cells += [_ts(row.speedup(i, c.baseline)) for i in others]
+        rows.append(cells)
+    right = set(range(len(c.shown) + 2, len(head)))
+    return head, rows, right
+
+
+def compare_by_run(c) -> tuple[list[str], list[list[str]], set[int]]:
+    """One row per run (a fleet: one file per host): the run, its host and the settings in which the runs
+    differ, then each test's t/s with its speedup against the baseline run in parentheses."""
+    from llmctl.bench.compare import PRETTY, show_value, short_model
+
+    diffs = [(p, values) for p, values in c.differences if p != "cpu_info"]
+    hosts = any((run.host or {}).get("hostname") for run in c.runs)
+    head = ["Run"] + (["Host"] if hosts else []) + ["CPU"] + [PRETTY.get(p, p) for p, _ in diffs]
+    models = {row.model for row in c.rows}
+    for row in c.rows:
+        name = row.label() if len(models) == 1 else f"{short_model(row.model)} {row.label()}"
+        head.append(f"{name} t/s")
+    order = [c.baseline, *(i for i in range(len(c.runs)) if i != c.baseline)]
+    rows = []
+    for i in order:
+        run = c.runs[i]
+        cells = [run.label] + ([str((run.host or {}).get("hostname") or "")] if hosts else [])
+        cells.append(str(run.value("cpu_info") or ""))
+        cells += [show_value(p, values[i]) if values[i] is not None else "" for p, values in diffs]
+        for row in c.rows:
+            x = row.speedup(i, c.baseline) if i != c.baseline else None
+            cells.append(_ts(row.ts[i]) + (f" ({x:.2f}x)" if x is not None else ""))
+        rows.append(cells)
+    right = set(range(len(head) - len(c.rows), len(head)))
+    return head, rows, right
+
+
+def compare_csv(c) -> str:
+    """One line per row and run: the run, the test and its settings, t/s, the baseline's t/s, the speedup."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "baseline", "model_type", "test", *c.shown, "avg_ts", "baseline_avg_ts", "speedup"])
+    base = c.runs[c.baseline].label
+    for row in c.rows:
+        for i, run in enumerate(c.runs):
+            if row.ts[i] is None:
+                continue
+            x = row.speedup(i, c.baseline)
+            w.writerow([run.label, base, row.model, row.test, *(v for _, v in row.params), row.ts[i],
+                        "" if row.ts[c.baseline] is None else row.ts[c.baseline], "" if x is None else x])
+    return buf.getvalue()
+
+
+def render_compare(c, fmt: str, layout: str, gates: list[dict[str, Any]] | None = None) -> str:
+    """md, csv or json (the table is the CLI's)."""
+    if fmt == "json":
+        doc = {"schema_version": JSON_FULL_VERSION, "kind": "bench-compare", **c.to_dict(), "gates": gates or []}
+        return json.dumps(doc, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        return compare_csv(c)
+    if fmt == "md":
+        head, rows, right = compare_by_test(c) if layout == "test" else compare_by_run(c)
+        return pipe_table(head, rows, right)
+    raise ValueError(fmt)
+
+
+def difference_lines(c) -> list[str]:
+    """What differs between the runs besides the swept settings: one line each, for stderr."""
+    from llmctl.bench.compare import PRETTY, show_value
+
+    lines = []
+    for prop, values in c.differences:
+        shown = ", ".join(f"{run.label}: {'(varies)' if v is None else show_value(prop, v)}" for run, v in zip(c.runs, values))
+        lines.append(f"runs differ in {PRETTY.get(prop, prop)}: {shown}")
     return lines

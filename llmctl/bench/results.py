@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from llmctl.bench import llamabench as LB
 from llmctl.bench.params import name_of_test
 
 
@@ -47,6 +48,8 @@ class HostInfo:
     llama_cpp_python_version: str | None
     simd: tuple[str, ...]  # CPU features the llama.cpp build uses (llama_print_system_info)
     system_info: str | None
+    hostname: str = ""  # what `llmctl bench compare` calls a run of this host
+    ggml_commit: str | None = None  # the build as ggml reports it (with -dirty when it was)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,7 +60,7 @@ class HostInfo:
 
 @dataclass(frozen=True)
 class EngineResult:
-    """One llama-bench row: a test (ppN, tgN) under one set of parameters."""
+    """One llama-bench row: a test (ppN, tgN, ppN+tgM, at a depth) under one set of parameters."""
 
     build_commit: str
     build_number: int
@@ -74,18 +77,21 @@ class EngineResult:
     type_k: str
     type_v: str
     n_gpu_layers: int
-    flash_attn: bool
+    flash_attn: int  # llama.cpp's flash_attn_type: -1 auto, 0 off, 1 on
     n_ctx: int
     n_prompt: int
     n_gen: int
     n_depth: int
-    repack: bool  # llama.cpp's extra weight buffers (use_extra_bufts); llama-bench always has them on
+    repack: bool  # llama.cpp's extra weight buffers (use_extra_bufts)
     test_time: str
     samples_ns: tuple[int, ...]
+    split_mode: str = "layer"
+    load_mode: str = "auto"
+    lazy_mode: str = "auto"
 
     @property
     def test(self) -> str:
-        return name_of_test(self.n_prompt, self.n_gen)
+        return name_of_test(self.n_prompt, self.n_gen, self.n_depth)
 
     @property
     def kind(self) -> str:
@@ -93,78 +99,50 @@ class EngineResult:
 
     @property
     def samples_ts(self) -> list[float]:
-        n = self.n_prompt + self.n_gen
-        return [1e9 * n / t for t in self.samples_ns]
+        return LB.samples_ts(self.samples_ns, self.n_prompt + self.n_gen)
 
     @property
     def avg_ns(self) -> int:
-        return int(mean([float(v) for v in self.samples_ns]))
+        return LB.avg_ns(list(self.samples_ns))
 
     @property
     def stddev_ns(self) -> int:
-        return int(sample_stddev([float(v) for v in self.samples_ns]))
+        return LB.stdev_ns(list(self.samples_ns))
 
     @property
     def avg_ts(self) -> float:
-        return mean(self.samples_ts)
+        return LB.avg(self.samples_ts)
 
     @property
     def stddev_ts(self) -> float:
-        return sample_stddev(self.samples_ts)
+        return LB.stdev(self.samples_ts)
 
     def key(self) -> tuple:
         """What a baseline row must share with this one to be compared."""
-        return ("engine", self.model_type, self.test, self.n_threads, self.n_gpu_layers, self.n_batch,
-                int(self.flash_attn))
+        return engine_key(self.row())
 
     def label(self) -> str:
         return (f"{self.test} (threads={self.n_threads}, ngl={self.n_gpu_layers}, "
-                f"batch={self.n_batch}, fa={int(self.flash_attn)})")
+                f"batch={self.n_batch}, fa={self.flash_attn})")
+
+    def row(self) -> dict[str, Any]:
+        """llama-bench's row: every field of its schema, in its order, then samples_ns and samples_ts.
+        The settings llmctl bench does not vary are llama-bench's defaults (llamabench.DEFAULTS)."""
+        values = {**LB.DEFAULTS, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        values.update(avg_ns=self.avg_ns, stddev_ns=self.stddev_ns, avg_ts=self.avg_ts, stddev_ts=self.stddev_ts)
+        out = {name: values[name] for name in LB.FIELDS}
+        out["samples_ns"] = list(self.samples_ns)
+        out["samples_ts"] = self.samples_ts
+        return out
 
     def to_record(self) -> dict[str, Any]:
-        """llama-bench's JSON fields, in its order, plus `test`, `n_ctx` and the samples."""
-        return {
-            "build_commit": self.build_commit,
-            "build_number": self.build_number,
-            "cpu_info": self.cpu_info,
-            "gpu_info": self.gpu_info,
-            "backends": self.backends,
-            "model_filename": self.model_filename,
-            "model_type": self.model_type,
-            "model_size": self.model_size,
-            "model_n_params": self.model_n_params,
-            "n_batch": self.n_batch,
-            "n_ubatch": self.n_ubatch,
-            "n_threads": self.n_threads,
-            # the settings llama-bench records and llmctl bench keeps at llama-bench's defaults
-            "cpu_mask": "0x0",
-            "cpu_strict": False,
-            "poll": 50,
-            "type_k": self.type_k,
-            "type_v": self.type_v,
-            "n_gpu_layers": self.n_gpu_layers,
-            "n_cpu_moe": 0,
-            "split_mode": "layer",
-            "main_gpu": 0,
-            "no_kv_offload": False,
-            "flash_attn": int(self.flash_attn),
-            "embeddings": False,
-            "no_op_offload": 0,
-            "no_host": False,
-            "n_prompt": self.n_prompt,
-            "n_gen": self.n_gen,
-            "n_depth": self.n_depth,
-            "n_ctx": self.n_ctx,
-            "repack": self.repack,
-            "test": self.test,
-            "test_time": self.test_time,
-            "avg_ns": self.avg_ns,
-            "stddev_ns": self.stddev_ns,
-            "avg_ts": self.avg_ts,
-            "stddev_ts": self.stddev_ts,
-            "samples_ns": list(self.samples_ns),
-            "samples_ts": self.samples_ts,
-        }
+        """The row of `-o json-full`: llama-bench's row plus `test` and `n_ctx`."""
+        return {**self.row(), "test": self.test, "n_ctx": self.n_ctx}
+
+
+def engine_key(row: dict[str, Any]) -> tuple:
+    """The key of a llama-bench row (typed, see llamabench.normalize): its parameters and its test."""
+    return ("engine", *(row[p] for p in LB.PARAMETERS), *(row[t] for t in LB.TEST_FIELDS))
 
 
 @dataclass(frozen=True)

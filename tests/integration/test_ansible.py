@@ -252,14 +252,19 @@ def test_a_tampered_model_fails_verify_on_that_host_only(fleet):
 @pytest.mark.model
 def test_bench_gathers_one_json_file_per_host_on_the_controller(fleet):
     assert fleet.first_run.returncode == 0, show(fleet.first_run)
-    extra = {"llmctl_bench_model": "smoke", "llmctl_bench_args": ["-p", "8", "-n", "4", "-r", "1", "-t", "1"]}
+    extra = {"llmctl_bench_model": "smoke", "llmctl_bench_args": ["-p", "8", "-n", "4", "-r", "1", "-t", "1"],
+             "llmctl_compare_executable": str(BIN / "llmctl")}
     proc = fleet.playbook("bench", "-e", json.dumps(extra), "--forks", "1")
     assert proc.returncode == 0, show(proc)
+    # The report step: llmctl bench compare on the controller, one row per host.
+    report = proc.stdout[proc.stdout.index("Show the table"):]
+    assert all(host in report for host in fleet.hosts) and "pp8" in report and "tg4" in report, show(proc)
     results = fleet.root / "results"
     assert sorted(p.name for p in results.iterdir()) == ["host1.json", "host2.json", "host3.json"]
     for host in fleet.hosts:
         doc = json.loads((results / f"{host}.json").read_text())
-        rows = doc if isinstance(doc, list) else doc["results"]  # issue 20 makes -o json a bare array
+        assert doc["kind"] == "bench" and doc["host"]  # llmctl's document (json-full), with the host record
+        rows = doc["results"]
         assert sorted(r["test"] for r in rows) == ["pp8", "tg4"]
         assert all(r["avg_ts"] > 0 and r["n_threads"] == 1 for r in rows)
         assert all(str(fleet.home(host)) in r["model_filename"] for r in rows)  # each host's own store

@@ -33,7 +33,7 @@ def serve_smoke(smoke_model, tmp_path):
 
 def test_bench_measures_llmctl_serve(llmctl, serve_smoke):
     r = llmctl("bench", "--url", serve_smoke, "--concurrency", "1,2", "--requests", "2", "-n", "8",
-               "--prompt", "Count from one to twenty.", "-o", "json", timeout=300)
+               "--prompt", "Count from one to twenty.", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [x["test"] for x in doc["results"]] == ["c1", "c2"]

@@ -10,7 +10,8 @@ import statistics
 import pytest
 
 from llmctl.bench import gates as G
-from llmctl.bench.report import ENGINE_FIELDS, engine_markdown, render
+from llmctl.bench import llamabench as LB
+from llmctl.bench.report import engine_markdown, render
 from llmctl.bench.results import (
     BenchReport, EndpointResult, EngineResult, HostInfo, Latency, mean, percentile, sample_stddev,
 )
@@ -28,7 +29,7 @@ def engine_result(n_prompt=64, n_gen=0, samples=(1_000_000_000, 500_000_000), th
         build_commit="abc1234", build_number=0, cpu_info="Test CPU", gpu_info="", backends="CPU",
         model_filename="/m.gguf", model_type="gemma3 270M Q4_K - Medium", model_size=246587904,
         model_n_params=268098176, n_batch=2048, n_ubatch=512, n_threads=threads, type_k="f16", type_v="f16",
-        n_gpu_layers=0, flash_attn=False, n_ctx=n_prompt + n_gen, n_prompt=n_prompt, n_gen=n_gen, n_depth=0,
+        n_gpu_layers=0, flash_attn=0, n_ctx=n_prompt + n_gen, n_prompt=n_prompt, n_gen=n_gen, n_depth=0,
         repack=True, test_time="2026-01-01T00:00:00Z", samples_ns=tuple(samples),
     )
     base.update(kw)
@@ -59,36 +60,29 @@ def test_ts_is_the_mean_of_per_repetition_rates():
     assert r.test == "pp64" and r.kind == "pp"
 
 
-def test_json_has_llama_bench_fields_and_host():
+def test_json_is_llama_benchs_array_and_json_full_has_the_host():
     rep = BenchReport("engine", host(), (engine_result(), engine_result(n_prompt=0, n_gen=16)), model="smoke")
-    doc = json.loads(render(rep, "json"))
-    assert doc["kind"] == "bench" and doc["schema_version"] == 1
+    rows = json.loads(render(rep, "json"))
+    assert isinstance(rows, list) and len(rows) == 2
+    assert list(rows[0]) == [*LB.FIELDS, "samples_ns", "samples_ts"]  # every key, in llama-bench's order
+    lines = render(rep, "jsonl").splitlines()
+    assert [list(json.loads(line)) for line in lines] == [[*LB.FIELDS, "samples_ns", "samples_ts"]] * 2
+    doc = json.loads(render(rep, "json-full", [{"gate": "--min-pp"}]))
+    assert doc["kind"] == "bench" and doc["schema_version"] == 1 and doc["gates"] == [{"gate": "--min-pp"}]
+    assert doc["llama_bench_schema"] == LB.SCHEMA_VERSION
+    assert doc["results"][1]["test"] == "tg16" and doc["results"][1]["n_ctx"] == 16
     for rec in doc["results"]:
         assert set(LLAMA_BENCH_FIELDS) <= set(rec)
-    assert doc["results"][1]["test"] == "tg16"
     assert doc["host"]["gpus"][0]["name"] == "GPU X"
     assert doc["host"]["simd"] == ["AVX2"]
-    lines = render(rep, "jsonl").splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["host"]["cpu_model"] == "Test CPU"
 
 
 def test_csv_header_is_llama_bench_order():
     rep = BenchReport("engine", host(), (engine_result(),))
     rows = list(csv.reader(io.StringIO(render(rep, "csv"))))
-    assert tuple(rows[0]) == ENGINE_FIELDS
+    assert tuple(rows[0]) == LB.FIELDS
     assert rows[0][:5] == ["build_commit", "build_number", "cpu_info", "gpu_info", "backends"]
     assert len(rows) == 2
-
-
-def test_markdown_shape():
-    md = engine_markdown([engine_result(), engine_result(n_prompt=0, n_gen=16)])
-    lines = md.splitlines()
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
-        "model", "size", "params", "backend", "threads", "test", "t/s"]
-    assert "235.16 MiB" in lines[2] and "268.10 M" in lines[2] and "pp64" in lines[2]
-    assert "96.00 ± 45.25" in lines[2]
-    assert "tg16" in lines[3]
-    assert lines[-1] == "build: abc1234 (0)"
 
 
 def test_min_gates_name_the_figure_and_shortfall():

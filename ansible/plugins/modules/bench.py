@@ -29,9 +29,11 @@ options:
     elements: str
     default: []
   output:
-    description: The output format (C(-o)), e.g. C(json), C(jsonl), C(csv), C(md).
+    description:
+      - The output format (C(-o)). C(json-full) is llmctl's document (the rows and the host record);
+        C(json), C(jsonl), C(csv), C(sql), C(md) are exactly llama-bench's.
     type: str
-    default: json
+    default: json-full
   url:
     description: Benchmark this running OpenAI-compatible endpoint instead (C(--url)).
     type: str
@@ -102,7 +104,7 @@ def main():
         argument_spec=common_spec(
             model=dict(type="str"),
             args=dict(type="list", elements="str", default=[]),
-            output=dict(type="str", default="json"),
+            output=dict(type="str", default="json-full"),
             url=dict(type="str"),
             api_key=dict(type="str", no_log=True),
         ),
