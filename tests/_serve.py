@@ -37,7 +37,9 @@ class Server:
         return self.log_path.read_text(errors="replace").splitlines()
 
 
-def start_server(home: Path, config: str, *args: str, env: dict | None = None) -> Server:
+def start_server(home: Path, config: str, *args: str, env: dict | None = None,
+                 open_files: int | None = None) -> Server:
+    """`open_files`: the server's RLIMIT_NOFILE (soft and hard), as a unit's LimitNOFILE= would set it."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(config)
     log_path = home / "server.log"
@@ -48,8 +50,14 @@ def start_server(home: Path, config: str, *args: str, env: dict | None = None) -
     argv = [sys.executable, "-m", "llmctl", "serve", *args]
     if "port:" not in config:
         argv += ["--port", str(port)]
+    limit = None
+    if open_files is not None:
+        import resource
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ, preexec_fn=limit)
     return Server(proc, port, home, log_path)
 
 
