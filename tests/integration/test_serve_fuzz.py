@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._serve import free_port, start_server, stop_server, wait_healthy
-from tests._store import link_smoke_store
+from tests._serve import start_smoke, stop_server
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 httpx = pytest.importorskip("httpx")
@@ -106,22 +105,9 @@ def requests(draw) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("fuzz")
-    link_smoke_store(smoke_store, home)
-    server = start_server(home, f"""version: 1
-services:
-  smoke:
-    model: smoke
-    port: {free_port()}
-    n_ctx: 256
-    limits:
-      max_tokens: 3
-      queue_length: 64
-      queue_timeout_s: 300
-      rate_limit_rpm: 0
-""", "smoke")
+    server = start_smoke(tmp_path_factory.mktemp("fuzz"), smoke_store, n_ctx=256,
+                         limits="max_tokens: 3\nqueue_length: 64\nqueue_timeout_s: 300\nrate_limit_rpm: 0")
     try:
-        wait_healthy(server)
         yield server
     finally:
         assert stop_server(server) == 0, "\n".join(server.log_lines()[-20:])

@@ -16,17 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._serve import (
-    Server,
-    assert_openai_error,
-    free_port,
-    metric,
-    poll,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
-from tests._store import link_smoke_store
+from tests._serve import Server, assert_openai_error, metric, poll, start_smoke, stop_server
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 httpx = pytest.importorskip("httpx")
@@ -38,21 +28,8 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def serve(home: Path, smoke_store: Path, limits: str = "", service: str = "", **kw) -> Server:
-    link_smoke_store(smoke_store, home)
-    config = f"""version: 1
-services:
-  smoke:
-    model: smoke
-    port: {free_port()}
-    n_ctx: 512
-    shutdown_timeout_s: 5
-{service}    limits:
-      max_body_bytes: 65536
-      max_tokens: 16
-{limits}"""
-    server = start_server(home, config, "smoke", **kw)
-    wait_healthy(server)
-    return server
+    return start_smoke(home, smoke_store, limits="max_body_bytes: 65536\nmax_tokens: 16\n" + limits,
+                       service="shutdown_timeout_s: 5\n" + service, **kw)
 
 
 def still_serving(server: Server) -> None:
@@ -69,7 +46,7 @@ def access_records(server: Server) -> list[dict]:
 @pytest.fixture(scope="module")
 def hard(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
     server = serve(tmp_path_factory.mktemp("hard"), smoke_store,
-                   "      rate_limit_rpm: 0\n      header_timeout_s: 1\n      body_timeout_s: 2\n")
+                   "rate_limit_rpm: 0\nheader_timeout_s: 1\nbody_timeout_s: 2\n")
     try:
         yield server
     finally:
@@ -235,8 +212,8 @@ class FromAddress(httpx.HTTPTransport):
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies(smoke_store, tmp_path):
-    server = serve(tmp_path / "xff", smoke_store, "      rate_limit_rpm: 60\n      rate_limit_burst: 5\n",
-                   service="    trusted_proxies: [127.0.0.2]\n")
+    server = serve(tmp_path / "xff", smoke_store, "rate_limit_rpm: 60\nrate_limit_burst: 5\n",
+                   service="trusted_proxies: [127.0.0.2]\n")
     try:
         # A local client cannot pick its address: every X-Forwarded-For lands in its own bucket.
         codes = [httpx.get(server.url + "/v1/models", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
@@ -265,7 +242,7 @@ def test_connections_are_capped_within_the_open_file_limit(smoke_store, tmp_path
     served, 48 open at most), answers 503 past the first number, closes connections past the second
     at once, logs accept errors at the limit at most once a second, and serves again after a flood."""
     t_start = time.monotonic()
-    server = serve(tmp_path / "fd", smoke_store, "      header_timeout_s: 120\n", open_files=96)
+    server = serve(tmp_path / "fd", smoke_store, "header_timeout_s: 120\n", open_files=96)
     socks: list[socket.socket] = []
     try:
         assert any("allows 39 connections, not max_connections=256" in ln for ln in server.log_lines())
@@ -319,7 +296,7 @@ def _open_connections(server: Server) -> int:
 
 def test_health_is_503_while_draining_then_the_server_exits_0(smoke_store, tmp_path):
     home = tmp_path / "drain"
-    server = serve(home, smoke_store, "      max_tokens: 400\n", service="    shutdown_timeout_s: 30\n")
+    server = serve(home, smoke_store, "max_tokens: 400\n", service="shutdown_timeout_s: 30\n")
     outcome: dict = {}
     started = threading.Event()
 

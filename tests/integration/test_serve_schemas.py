@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._serve import assert_openai_error, free_port, start_server, stop_server, wait_healthy
-from tests._store import link_smoke_store
+from tests._serve import assert_openai_error, start_smoke, stop_server
 from tests.conftest import REPO
 
 pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
@@ -76,20 +75,9 @@ def test_the_schema_crashes_llama_cpp_on_the_old_path(smoke_store, schema, signa
 
 @pytest.fixture(scope="module")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("schemas")
-    link_smoke_store(smoke_store, home)
-    server = start_server(home, f"""version: 1
-services:
-  smoke:
-    model: smoke
-    port: {free_port()}
-    n_ctx: 1024
-    limits:
-      max_tokens: 160
-      rate_limit_rpm: 0
-""", "smoke")
+    server = start_smoke(tmp_path_factory.mktemp("schemas"), smoke_store, n_ctx=1024,
+                         limits="max_tokens: 160\nrate_limit_rpm: 0")
     try:
-        wait_healthy(server)
         yield server
     finally:
         assert stop_server(server) == 0, "\n".join(server.log_lines()[-20:])
