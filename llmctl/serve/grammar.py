@@ -555,6 +555,8 @@ class _Normalizer:
             self.literal(v, f"{w}[{i}]")
         kind = schema.get("type")
         if isinstance(kind, str):  # keep the values of that type (JSON Schema applies both)
+            if kind not in TYPES:
+                raise self.fail(f"unknown type {kind!r} (one of {', '.join(TYPES)})", f"{where}.type")
             values = [v for v in values if _is_type(v, kind)]
             if not values:
                 raise self.fail(f"no value is of type {kind!r}", w)

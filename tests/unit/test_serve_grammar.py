@@ -41,6 +41,7 @@ def rules(gbnf: str) -> dict[str, str]:
     ({"type": []}, "schema.type", "at least one type"),
     ({"type": ["string", "string"]}, "schema.type", "at most once"),
     ({"type": "foo"}, "schema.type", "unknown type"),
+    ({"type": "foo", "enum": [None]}, "schema.type", "unknown type"),  # found by the property test below
     ({"type": "object", "properties": {"a": {"enum": []}}}, "schema.properties.a.enum", "at least one value"),
     ({"const": "\u0000"}, "schema.const", "U+0000"),
     ({"const": {"k": ["ok", "a\u001fb"]}}, "schema.const.k[1]", "U+001F"),
