@@ -80,7 +80,6 @@ class ServerContext:
     access_log: Callable[[dict], None]
     shutting_down: bool = False
     active: int = 0  # /v1/ requests in progress: what the SIGTERM drain waits for
-    gpu_offload: bool | None = None  # layers offloaded to a GPU (set once the model is loaded)
     streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
 
@@ -119,7 +118,6 @@ def client_address(scope: dict) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return "invalid"
-
 
 
 class Gate:
@@ -419,10 +417,7 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             if engine.state == "failed":
                 return error_response(503, "The model failed to load.", "server_error", "model_failed")
             return error_response(503, "Loading model.", "server_error", "model_loading", retry_after=1)
-        doc: dict[str, Any] = {"status": "ok", "model": settings.model_name}
-        if ctx.gpu_offload is not None:
-            doc["gpu_offload"] = ctx.gpu_offload
-        return JSONResponse(doc)
+        return JSONResponse({"status": "ok", "model": settings.model_name})
 
     probe_lock = asyncio.Lock()
 

@@ -325,24 +325,6 @@ def load_llama(settings: ServeSettings, **overrides: Any):
         undo()
 
 
-def llama_grammar(llm: Any, gbnf: str) -> Any:
-    """GBNF text (from llmctl.serve.grammar) -> a LlamaGrammar for create_*(grammar=...).
-
-    llama-cpp-python adds the grammar sampler without checking it: a grammar llama.cpp's parser
-    rejects is a NULL sampler and a SIGSEGV at the first token. So parse it here first and refuse
-    it (400) when llama.cpp does."""
-    import llama_cpp.llama_cpp as C
-    from llama_cpp import LlamaGrammar
-
-    if "\x00" in gbnf:
-        raise BadRequest("the grammar holds a NUL character")
-    sampler = C.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
-    if not sampler:
-        raise BadRequest("the grammar for this response_format was refused by llama.cpp's parser")
-    C.llama_sampler_free(sampler)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
-
-
 class Engine:
     """One model, one worker thread, one job at a time; a bounded wait queue in front."""
 
@@ -469,9 +451,9 @@ class Engine:
             self.loaded.set()
             return
         self.load_seconds = time.monotonic() - t0
-        self.n_vocab = self._llm.n_vocab()
         self._original_generate = self._llm.generate
         self._original_eval = self._llm.eval
+        self.n_vocab = self._llm.n_vocab()
         self.heartbeat = time.monotonic()
         self._set_state("ready")
         self.loaded.set()
@@ -621,3 +603,21 @@ class Engine:
                 yield token
         finally:
             inner.close()
+
+
+def llama_grammar(llm: Any, gbnf: str) -> Any:
+    """GBNF text (from llmctl.serve.grammar) -> a LlamaGrammar for create_*(grammar=...).
+
+    llama-cpp-python adds the grammar sampler without checking it: a grammar llama.cpp's parser
+    rejects is a NULL sampler and a SIGSEGV at the first token. So parse it here first and refuse
+    it (400) when llama.cpp does."""
+    import llama_cpp.llama_cpp as C
+    from llama_cpp import LlamaGrammar
+
+    if "\x00" in gbnf:
+        raise BadRequest("the grammar holds a NUL character")
+    sampler = C.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        raise BadRequest("the grammar for this response_format was refused by llama.cpp's parser")
+    C.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(gbnf, verbose=False)

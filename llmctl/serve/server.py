@@ -172,15 +172,6 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: i
     return GuardedH11Protocol
 
 
-def gpu_offload(settings: ServeSettings) -> bool:
-    """Whether the loaded model has layers on a GPU: asked for, and a GPU backend is there."""
-    if settings.n_gpu_layers == 0:
-        return False
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 class JsonFormatter(logging.Formatter):
     """uvicorn's and llmctl's log lines as JSON on stderr, like the access log."""
 
@@ -355,7 +346,6 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             server.should_exit = True
             return
         ctx.metrics.load_seconds.set(engine.load_seconds or 0.0)
-        ctx.gpu_offload = gpu_offload(settings)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
         notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")

@@ -106,10 +106,6 @@ def test_content_parts_are_the_same_prompt_as_a_string(hard):
     assert split.status_code == 200 and split.json()["usage"]["prompt_tokens"] > 7
 
 
-def test_health_reports_gpu_offload(hard):
-    assert httpx.get(hard.url + "/health").json() == {"status": "ok", "model": "smoke", "gpu_offload": False}
-
-
 # -- item 3: connections --------------------------------------------------------------------------------
 
 
