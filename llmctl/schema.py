@@ -93,6 +93,14 @@ class ModelSpec(Strict):
         return self
 
 
+# Open files `llmctl serve` needs besides its client connections: the model, the ledger, upstream
+# connections (up to 64), a GPU runtime's device files, logs (14 in all on a CPU host, seen).
+# LimitNOFILE= and the RLIMIT_NOFILE serve asks for: max_connections + CONNECTION_OVERFLOW + FD_HEADROOM.
+FD_HEADROOM = 128
+# Connections past max_connections that are still accepted, to be answered 503; beyond, closed at once.
+CONNECTION_OVERFLOW = 64
+
+
 class Limits(Strict):
     """Bounds on what one client can ask of `llmctl serve`."""
 
@@ -104,6 +112,14 @@ class Limits(Strict):
     max_concurrent_streams: int = Field(16, ge=1)
     rate_limit_rpm: NonNegFloat = 600.0  # per API key, or per client IP without keys; 0 = off
     rate_limit_burst: int = Field(20, ge=1)
+    max_connections: int = Field(256, ge=1, le=65536)  # open client connections; then 503, then refused
+    header_timeout_s: PositiveFloat = 10.0  # a connection's request line and headers must arrive within this
+    body_timeout_s: PositiveFloat = 30.0  # a request's body must arrive within this after its headers
+
+    @property
+    def open_files(self) -> int:
+        """The open-file limit the server needs: LimitNOFILE= in its unit, RLIMIT_NOFILE at start."""
+        return self.max_connections + CONNECTION_OVERFLOW + FD_HEADROOM
 
 
 class ServiceSpec(Strict):
@@ -125,9 +141,23 @@ class ServiceSpec(Strict):
     public_metrics: bool = False  # /metrics without an API key
     allow_unverified_path: bool = False  # serve a GGUF that is not in the store
     shutdown_timeout_s: PositiveFloat = 10.0
+    trusted_proxies: list[str] = []  # addresses/networks whose X-Forwarded-For is believed; [] = none
     memory_max: str | None = "8G"  # systemd MemoryMax=
     unit: str | None = None  # systemd unit name; default llmctl-<service>.service
     limits: Limits = Limits()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (such as 10.0.0.5 or "
+                                 "10.0.0.0/24)") from None
+        return v
 
     @field_validator("memory_max")
     @classmethod

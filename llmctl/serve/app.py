@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import ipaddress
 import json
 import sys
 import time
@@ -19,21 +20,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from llmctl.serve import protocol
 from llmctl.serve.engine import (
-    BadRequest,
     EngineError,
     GenerationRequest,
     Job,
     NotReady,
     PromptTooLong,
     Scheduler,
+    ShuttingDown,
     Unavailable,
 )
 from llmctl.serve.metrics import Metrics
@@ -42,14 +43,17 @@ from llmctl.serve.settings import ServeSettings
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics")
-DRAIN_LIMIT = 16 * 1024 * 1024
-READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes  # an oversized body is read and dropped up to this, then cut
+READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes
+TIMEOUT_KEY = "llmctl.timeout"  # set in the scope by the server's protocol when it cut a slow request
 
 
 # -- errors in OpenAI's shape -----------------------------------------------------------------------
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    # Text from a request may end up in a message or param: never let it make the error unwritable.
+    message = protocol.safe_text(message)
+    param = protocol.safe_text(param) if param is not None else None
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -60,65 +64,8 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 
 def engine_error_response(exc: EngineError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.type, exc.code, retry_after=exc.retry_after)
-
-
-# -- request bodies ---------------------------------------------------------------------------------
-
-
-SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
-            "frequency_penalty", "seed", "stop", "logit_bias")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields (user, ...) are accepted, ignored
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    typical_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, ge=0)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    n: int = Field(1, ge=1, le=1)
-    logit_bias: dict[str, float] | None = None
-
-    def sampling(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in SAMPLING if getattr(self, k) is not None}
-
-
-class ChatBody(_Body):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
-    response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-
-
-class CompletionBody(_Body):
-    prompt: str | list[str] | list[int]
-    echo: bool = False
-    suffix: str | None = None
-    logprobs: int | None = None
-
-
-class EmbeddingBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    input: str | list[str] = Field(...)
-    model: str | None = None
-
-
-def validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    return (f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))), (loc or None)
+    return error_response(exc.status, exc.message, exc.type, exc.code, param=getattr(exc, "param", None),
+                          retry_after=exc.retry_after)
 
 
 # -- shared state -----------------------------------------------------------------------------------
@@ -132,6 +79,7 @@ class ServerContext:
     limiter: RateLimiter
     access_log: Callable[[dict], None]
     shutting_down: bool = False
+    active: int = 0  # /v1/ requests in progress: what the SIGTERM drain waits for
     streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
 
@@ -158,6 +106,20 @@ def utc_iso() -> str:
 # -- the gate -----------------------------------------------------------------------------------------
 
 
+def client_address(scope: dict) -> str:
+    """The client's IP address: the peer's, or the one a trusted proxy put in X-Forwarded-For
+    (uvicorn's ProxyHeadersMiddleware, on only with `trusted_proxies`). Anything that is not an
+    address (a proxy passing a client's header through) is "invalid", never logged raw."""
+    client = scope.get("client")
+    if not client or not client[0]:
+        return "-"
+    host = client[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "invalid"
+
+
 class Gate:
     """Pure ASGI (no buffering of responses, so streams flow): log, auth, rate limit, body size."""
 
@@ -172,7 +134,7 @@ class Gate:
         ctx = self.ctx
         path = scope.get("path", "")
         endpoint = path if path in ENDPOINTS else "other"
-        client = scope.get("client") or ("-", 0)
+        client_ip = client_address(scope)
         info: dict[str, Any] = {"request_id": uuid.uuid4().hex[:16]}
         scope["llmctl"] = info
         status = [0]
@@ -187,9 +149,12 @@ class Gate:
 
         t0 = time.perf_counter()
         ctx.metrics.in_flight.inc()
+        generating = path.startswith("/v1/")
+        ctx.active += generating
         try:
-            await self._handle(scope, receive, send_, path, client[0], info)
+            await self._handle(scope, receive, send_, path, client_ip, info)
         finally:
+            ctx.active -= generating
             ctx.metrics.in_flight.dec()
             elapsed = time.perf_counter() - t0
             code = status[0] or 499  # 499: the client left before a response started
@@ -199,7 +164,7 @@ class Gate:
                 "ts": utc_iso(),
                 "event": "access",
                 "request_id": info["request_id"],
-                "client": client[0],
+                "client": client_ip,
                 "method": scope.get("method"),
                 "path": path,
                 "status": code,
@@ -262,42 +227,36 @@ class Gate:
 
     async def _read_body(self, scope: dict, receive: Callable, send: Callable, headers: dict,
                          info: dict) -> bytes | None:
+        """The whole body, or None after answering: 413 as soon as the limit is known to be passed
+        (a declared Content-Length at once, without waiting for the body). The rest of an oversized
+        body is read and dropped by the server's protocol (so the client, still sending, gets the
+        413 rather than a reset), bounded by its body timeout."""
         limit = self.ctx.settings.limits.max_body_bytes
-        too_big = False
         declared = headers.get("content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
-                await error_response(400, "invalid Content-Length header")(scope, receive, send)
-                return None
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, info, limit)
+            return None
         chunks: list[bytes] = []
         total = 0
-        more = True
-        while more:
+        while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                info["error"] = "client_disconnected"
+                info["error"] = scope.get(TIMEOUT_KEY) or "client_disconnected"
                 return None
             data = message.get("body", b"")
             total += len(data)
-            more = message.get("more_body", False)
             if total > limit:
-                too_big = True
-            if too_big:
-                if total > max(DRAIN_LIMIT, limit):
-                    break  # stop reading; the server closes the connection after the 413
-                continue
+                await self._too_large(scope, receive, send, info, limit)
+                return None
             chunks.append(data)
-        if too_big:
-            info["error"] = "request_too_large"
-            resp = error_response(413, f"Request body too large: the limit is {limit} bytes.",
-                                  "invalid_request_error", "request_too_large")
-            if more:
-                resp.headers["Connection"] = "close"
-            await resp(scope, receive, send)
-            return None
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _too_large(scope: dict, receive: Callable, send: Callable, info: dict, limit: int) -> None:
+        info["error"] = "request_too_large"
+        await error_response(413, f"Request body too large: the limit is {limit} bytes.", "invalid_request_error",
+                             "request_too_large")(scope, receive, send)
 
 
 # -- streaming ----------------------------------------------------------------------------------------
@@ -409,26 +368,7 @@ class EventStream:
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
-                         "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return data
-
-
-def _message_text(messages: list[dict[str, Any]]) -> str:
-    parts: list[str] = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(parts)
+    return protocol.parse_body(await request.body())
 
 
 def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics | None = None,
@@ -450,6 +390,7 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             finally:
                 router.observe(record)
     limits = settings.limits
+    bounds = protocol.Limits.of(settings)
     ctx = ServerContext(settings=settings, engine=engine, metrics=metrics,
                         limiter=RateLimiter(limits.rate_limit_rpm, limits.rate_limit_burst),
                         access_log=access_log)
@@ -523,60 +464,28 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
 
     async def generate(request: Request, endpoint: Literal["chat", "completion"]) -> Response:
         info = request.scope.get("llmctl", {})
+        if ctx.shutting_down:
+            raise ShuttingDown("The server is shutting down.")
         data = await _json_body(request)
-        try:
-            body: _Body = (ChatBody if endpoint == "chat" else CompletionBody).model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            return error_response(400, message, "invalid_request_error", "invalid_value", param=param)
-        if getattr(body, "logprobs", None):
-            raise BadRequest("logprobs are not supported by this server")
-        cap = limits.max_tokens
-        requested = body.max_tokens
-        if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
-            requested = body.max_completion_tokens
-        max_tokens = cap if not requested else min(requested, cap)
-        room = settings.n_ctx - max_tokens
-        limit = room if limits.max_prompt_tokens is None else min(room, limits.max_prompt_tokens)
-        if limit < 1:
-            raise BadRequest(f"max_tokens={max_tokens} leaves no room for a prompt in the context of "
-                             f"{settings.n_ctx} tokens")
-        params: dict[str, Any] = {"max_tokens": max_tokens, "model": settings.model_name, **body.sampling()}
-        if isinstance(body, ChatBody):
-            params["messages"] = body.messages
-            if body.response_format is not None:
-                params["response_format"] = body.response_format
-            text = _message_text(body.messages)
-        else:
-            prompt = body.prompt
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-                if len(prompt) != 1:
-                    raise BadRequest("this server takes one prompt per request")
-                prompt = prompt[0]
-            params["prompt"] = prompt
-            if body.echo:
-                params["echo"] = True
-            if body.suffix is not None:
-                params["suffix"] = body.suffix
-            text = prompt if isinstance(prompt, str) else ""
-            if isinstance(prompt, list) and len(prompt) > limit:
-                raise PromptTooLong(f"the prompt has {len(prompt)} tokens; this server accepts at most {limit}")
+        body = protocol.validate_chat(data) if endpoint == "chat" else protocol.validate_completion(data)
+        greq = protocol.to_generation_request(body, bounds, engine.n_vocab)
+        limit = greq.max_prompt_tokens
         # A cheap early bound before queueing (exact for completions, a lower bound for chat);
         # the engine checks the formatted prompt exactly before it decodes anything.
+        text = protocol.prompt_text(greq)
         if text:
             if not engine.ready:
                 raise NotReady("Loading model.")
             n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
             if n > limit:
                 raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
-                                    f"(context {settings.n_ctx} minus max_tokens {max_tokens})")
-        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+                                    f"(context {settings.n_ctx} minus max_tokens {greq.params['max_tokens']})")
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         info["stream"] = body.stream
         if body.stream:
             ctx.admit_stream()  # released by the EventStream, or below when it never starts
         try:
-            job = await engine.submit(GenerationRequest(endpoint, params, stream=body.stream,
-                                                        max_prompt_tokens=limit))
+            job = await engine.submit(greq)
         except BaseException:
             if body.stream:
                 ctx.release_stream()
@@ -661,13 +570,10 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
                                   "embeddings_disabled")
         info = request.scope.get("llmctl", {})
         info["route"], info["model"] = "local", settings.model_name
-        data = await _json_body(request)
-        try:
-            body = EmbeddingBody.model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            return error_response(400, message, "invalid_request_error", "invalid_value", param=param)
-        job = await engine.submit(GenerationRequest("embedding", {"input": body.input,
+        if ctx.shutting_down:
+            raise ShuttingDown("The server is shutting down.")
+        body = protocol.validate_embedding(await _json_body(request))
+        job = await engine.submit(GenerationRequest("embedding", {"input": protocol.embedding_input(body),
                                                                   "model": settings.model_name}))
         try:
             await job.wait_started(limits.queue_timeout_s)

@@ -209,6 +209,7 @@ class Scheduler(Protocol):
 
     model_id: str
     n_ctx: int
+    n_vocab: int  # 0 until the model is loaded; the HTTP layer checks token ids against it
     state: str  # loading | ready | failed | stopped
     on_done: Callable[[Job], None] | None
     last_token_at: float | None  # time.monotonic() of the last token any job produced
@@ -351,6 +352,7 @@ class Engine:
         self.settings = settings
         self.model_id = settings.model_name
         self.n_ctx = settings.n_ctx
+        self.n_vocab = 0
         self.state = "loading"  # loading | ready | failed | stopped
         self.error: BaseException | None = None
         self.load_seconds: float | None = None
@@ -464,6 +466,7 @@ class Engine:
         self.gpu_offload = gpu_offload_active(self.settings)
         self._original_generate = self._llm.generate
         self._original_eval = self._llm.eval
+        self.n_vocab = self._llm.n_vocab()
         self.heartbeat = time.monotonic()
         self._set_state("ready")
         self.loaded.set()
@@ -526,11 +529,14 @@ class Engine:
                 job._post(result)
                 job._post(_END)
                 return
+            params = req.params
+            if isinstance(params.get("grammar"), str):
+                params = {**params, "grammar": llama_grammar(llm, params["grammar"])}
             llm.generate = functools.partial(self._generate, job)
             llm.eval = functools.partial(self._eval, job)
             create = llm.create_chat_completion if req.endpoint == "chat" else llm.create_completion
             if req.stream:
-                chunks: Iterator[dict] = create(**req.params, stream=True)
+                chunks: Iterator[dict] = create(**params, stream=True)
                 try:
                     for chunk in chunks:
                         if chunk["choices"] and chunk["choices"][0].get("finish_reason") is not None:
@@ -543,7 +549,7 @@ class Engine:
                     if close is not None:
                         close()
             else:
-                result = create(**req.params, stream=False)
+                result = create(**params, stream=False)
                 result["usage"] = self._usage(stats)
                 job._post(result)
             stats.finished = time.monotonic()
@@ -610,3 +616,21 @@ class Engine:
                 yield token
         finally:
             inner.close()
+
+
+def llama_grammar(llm: Any, gbnf: str) -> Any:
+    """GBNF text (from llmctl.serve.grammar) -> a LlamaGrammar for create_*(grammar=...).
+
+    llama-cpp-python adds the grammar sampler without checking it: a grammar llama.cpp's parser
+    rejects is a NULL sampler and a SIGSEGV at the first token. So parse it here first and refuse
+    it (400) when llama.cpp does."""
+    import llama_cpp.llama_cpp as C
+    from llama_cpp import LlamaGrammar
+
+    if "\x00" in gbnf:
+        raise BadRequest("the grammar holds a NUL character")
+    sampler = C.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        raise BadRequest("the grammar for this response_format was refused by llama.cpp's parser")
+    C.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(gbnf, verbose=False)

@@ -54,6 +54,7 @@ class ServeSettings:
     public_metrics: bool
     shutdown_timeout_s: float
     limits: Limits
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For uvicorn believes; () = nobody's
 
     @property
     def auth_enabled(self) -> bool:
@@ -200,4 +201,5 @@ def resolve_settings(
         public_metrics=spec.public_metrics,
         shutdown_timeout_s=spec.shutdown_timeout_s,
         limits=spec.limits,
+        trusted_proxies=tuple(spec.trusted_proxies),
     )

@@ -242,6 +242,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "timeout_stop": _seconds(spec.shutdown_timeout_s + 10),
             "watchdog": WATCHDOG,
             "memory_max": spec.memory_max,
+            "limit_nofile": spec.limits.open_files,
             "system": system,
             "server_user": systemd_cfg.server_user,
             "gpu": spec.uses_gpu,

@@ -25,7 +25,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmctl.upstreams.circuit import CLOSED, STATE_VALUE, CircuitBreaker
@@ -54,20 +54,30 @@ def error_json(status: int, message: str, code: str, retry_after: float | None =
                         status_code=status, headers=headers)
 
 
-def prompt_text(body: dict) -> str:
-    parts: list[str] = []
-    for m in body.get("messages") or []:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        parts.append(prompt)
-    elif isinstance(prompt, list):
-        parts.extend(p for p in prompt if isinstance(p, str))
-    return "\n".join(parts)
+def request_texts(body: Any) -> Iterator[str]:
+    """Every text a request carries, wherever it is: message content (a string or parts), names,
+    tool calls and their arguments, the prompt (a string or a list), the suffix, tool definitions,
+    stop sequences, unknown fields, and the keys of every object. The privacy check reads these
+    all, so a field it was not told about cannot carry a secret past it."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield str(k)
+                stack.append(v)
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def has_token_ids(body: Any) -> bool:
+    """A completion prompt given as token ids: text the patterns cannot read."""
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    if not isinstance(prompt, list):
+        return False
+    return any(isinstance(p, int) or isinstance(p, list) for p in prompt)
 
 
 class _ReadCounter:
@@ -183,9 +193,11 @@ class Router:
             value = headers.get(h)
             if value is not None and value.strip().lower() not in ("", "0", "false", "no", "off"):
                 return True
-        if self.routing.privacy_patterns:
-            text = prompt_text(body)
-            return any(p.search(text) for p in self.routing.privacy_patterns)
+        patterns = self.routing.privacy_patterns
+        if patterns:
+            if has_token_ids(body):
+                return True  # cannot be read, so it cannot be shown to be free of a pattern
+            return any(p.search(text) for text in request_texts(body) for p in patterns)
         return False
 
     def backoff(self, n: int) -> float:

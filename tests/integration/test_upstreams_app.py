@@ -46,6 +46,9 @@ class BrokenModel:
     def tokenize(self, data: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
         return list(range(len(data.split()) + 1))
 
+    def n_vocab(self) -> int:
+        return 1000
+
     def _answer(self, stream: bool, chat: bool):
         if self.fail:
             raise RuntimeError("the model crashed")
@@ -338,3 +341,62 @@ def test_a_client_that_leaves_a_relayed_stream_stops_the_upstream(tmp_path):
     finally:
         slow.stop()
 
+
+
+# -- issue 13: a bad request is the client's fault, never a reason to go to a (paid) upstream ---------------
+
+HOSTILE = [
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+    b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
+    b'{"messages": [{"content": "no role"}], "max_tokens": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {}}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object", '
+    b'"schema": {"enum": []}}}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"-5": 1}}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}',
+]
+
+
+def test_bad_requests_are_answered_locally_and_never_fall_back(tmp_path, fakes):
+    with App(tmp_path, upstreams_yaml(fakes), "routing:\n  strategy: cloud\n") as app:
+        headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+        for body in HOSTILE:
+            r = httpx.post(app.url + "/v1/chat/completions", content=body, headers=headers, timeout=30)
+            assert r.status_code == 400, (body[:80], r.text)
+            assert r.headers["x-llmctl-route"] == "local"
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = httpx.post(app.url + "/v1/completions", json={"prompt": [10**9], "max_tokens": 2}, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt[0]"
+        assert sum(f.hits for f in fakes.values()) == 0
+        # The same server still falls back for what is the server's fault (its model failing).
+        assert app.chat().headers["x-llmctl-route"] == "upstream:cloud"
+        assert fakes["ok"].hits == 1
+
+
+SECRET = "the Payroll numbers"
+
+
+@pytest.mark.parametrize("where, body", [
+    ("suffix", {"prompt": "def pay():", "suffix": SECRET, "max_tokens": 4}),
+    ("tool call arguments", {"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": SECRET}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}], "max_tokens": 4}),
+    ("name", {"messages": [{"role": "user", "name": "Payroll", "content": "hi"}], "max_tokens": 4}),
+    ("content parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}],
+                       "max_tokens": 4}),
+    ("prompt list", {"prompt": [SECRET], "max_tokens": 4}),
+    ("token ids", {"prompt": [5, 6, 7], "max_tokens": 4}),
+])
+def test_private_text_anywhere_in_a_request_keeps_it_off_the_cloud(tmp_path, fakes, where, body):
+    routing = "routing:\n  strategy: cloud\n  privacy_patterns: ['(?i)payroll']\n"
+    with App(tmp_path, upstreams_yaml(fakes), routing) as app:
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        r = httpx.post(app.url + path, json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=30)
+        assert r.status_code == 503 and "private" in r.json()["error"]["message"], (where, r.text)
+        assert fakes["ok"].hits == 0

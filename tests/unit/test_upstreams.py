@@ -9,7 +9,7 @@ from llmctl.config import load_config
 from llmctl.errors import ConfigError
 from llmctl.upstreams.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from llmctl.upstreams.config import routing_for
-from llmctl.upstreams.router import Router, prompt_text
+from llmctl.upstreams.router import Router, request_texts
 
 
 class Clock:
@@ -158,7 +158,46 @@ def test_privacy_header_and_patterns(write_config, monkeypatch):
     assert not router.private({}, {"prompt": "hello"})
     assert router.private({"x-llmctl-private": "1"}, {"prompt": "hello"})
     assert not router.private({"x-llmctl-private": "0"}, {"prompt": "hello"})
-    assert prompt_text({"messages": [{"content": "a"}, {"content": None}], "prompt": ["b"]}) == "a\nb"
+    assert set(request_texts({"messages": [{"content": "a"}, {"content": None}], "prompt": ["b"]})) == {
+        "messages", "content", "a", "prompt", "b"}
+
+
+SECRET = "the Secret Project plan"
+
+
+@pytest.mark.parametrize("where, body", [
+    ("message content", {"messages": [{"role": "user", "content": SECRET}]}),
+    ("content as parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}]}),
+    ("a message's name", {"messages": [{"role": "user", "name": SECRET, "content": "hi"}]}),
+    ("tool call arguments", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": SECRET}}]}]}),
+    ("a tool result", {"messages": [{"role": "tool", "tool_call_id": "1", "content": SECRET}]}),
+    ("tool definitions", {"messages": [{"role": "user", "content": "hi"}],
+                          "tools": [{"type": "function", "function": {"name": "f", "description": SECRET}}]}),
+    ("the prompt", {"prompt": SECRET}),
+    ("the prompt as a list", {"prompt": ["x", SECRET]}),
+    ("the suffix", {"prompt": "def f():", "suffix": SECRET}),
+    ("a stop sequence", {"prompt": "x", "stop": [SECRET]}),
+    ("a field the server does not know", {"prompt": "x", "metadata": {"note": SECRET}}),
+    ("an object's key", {"prompt": "x", "metadata": {SECRET: 1}}),
+])
+def test_privacy_patterns_see_every_text_a_request_carries(write_config, monkeypatch, where, body):
+    monkeypatch.setenv("TEST_CLOUD_KEY", "k")
+    cfg = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n"
+                                   "  privacy_patterns: ['(?i)secret project']\n")).config
+    router = Router(routing_for(cfg, None), served_model="smoke")
+    assert router.private({}, body), where
+    assert not router.private({}, {"prompt": "nothing to hide"})
+
+
+def test_token_id_prompts_count_as_private_when_patterns_are_set(write_config, monkeypatch):
+    monkeypatch.setenv("TEST_CLOUD_KEY", "k")
+    with_patterns = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n"
+                                             "  privacy_patterns: ['(?i)secret']\n")).config
+    assert Router(routing_for(with_patterns, None), served_model="smoke").private({}, {"prompt": [2, 100]})
+    assert Router(routing_for(with_patterns, None), served_model="smoke").private({}, {"prompt": [[2, 100]]})
+    without = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n")).config
+    assert not Router(routing_for(without, None), served_model="smoke").private({}, {"prompt": [2, 100]})
 
 
 def test_backoff_is_exponential_with_full_jitter(write_config):
