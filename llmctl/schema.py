@@ -136,6 +136,16 @@ class ServiceSpec(Strict):
             raise ValueError("must be a size such as 512M or 8G")
         return v
 
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str | None) -> str | None:
+        from llmctl.unitname import unit_problem
+
+        problem = None if v is None else unit_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
     @property
     def uses_gpu(self) -> bool:
         return self.gpu or self.n_gpu_layers != 0

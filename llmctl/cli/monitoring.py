@@ -23,11 +23,12 @@ def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.
     """What is deployed, as the monitoring names it: units, the health check's units, cloud routes,
     and how a runbook runs llmctl on that host (`config_path`: default the config in use)."""
     from llmctl.monitoring.render import Deployment, runbook_llmctl
-    from llmctl.units.render import HEALTH_TIMER, HEALTH_UNIT, SYSTEM_CONFIG_FILE, unit_name
+    from llmctl.unitname import HEALTH_TIMER, HEALTH_UNIT, unit_name
+    from llmctl.units.render import SYSTEM_CONFIG_FILE
     from llmctl.upstreams.config import upstream_route
 
     cfg = loaded.config
-    units = {name: unit_name(name, spec) for name, spec in cfg.services.items()}
+    units = {name: unit_name(name, spec.unit) for name, spec in cfg.services.items()}
     cloud = () if cfg.airgap else tuple(upstream_route(n) for n, u in cfg.upstreams.items() if u.cloud)
     if config_path is None and loaded.path is not None:
         config_path = str(Path(loaded.path).absolute())

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from llmctl import __version__
 from llmctl.errors import ConfigError, NotFound, UsageError
+from llmctl.keys import CREDENTIAL_NAME, CREDENTIALS_ENV, first_key_shell
 from llmctl.netutil import is_loopback
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class SecretNeed:
         parts = ["kubectl", "-n", namespace, "create", "secret", "generic", self.name]
         for key, source in self.keys:
             if key == "metrics-key":  # the first key of the service's key file
-                value = f"<(grep -v '^#' {shlex.quote(source)} | grep -m1 .)"
+                value = f"<({first_key_shell(shlex.quote(source))})"
             elif source.startswith("$") and _ENV_NAME.fullmatch(source[1:]):
                 value = f'<(printf %s "{source}")'
             else:
@@ -285,7 +286,7 @@ def pod_config(config: Config) -> dict:
     data = {"version": config.version, **data}
     for name, spec in config.services.items():
         if spec.api_keys_file:
-            data["services"][name]["api_keys_file"] = f"{CREDENTIALS_DIR}/api-keys"
+            data["services"][name]["api_keys_file"] = f"{CREDENTIALS_DIR}/{CREDENTIAL_NAME}"
     for name, spec in config.upstreams.items():
         if spec.api_key_env or spec.api_key_file:
             entry = data["upstreams"][name]
@@ -393,7 +394,7 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     secret_name = f"{name}-credentials"
     keys: list[tuple[str, str]] = []
     if spec.api_keys_file:
-        keys.append(("api-keys", spec.api_keys_file))
+        keys.append((CREDENTIAL_NAME, spec.api_keys_file))
     else:
         notes.append(f"service '{service}' has no API keys: every client the NetworkPolicy admits can use it")
     if not config.airgap:
@@ -426,7 +427,7 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
         pull_env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/token"})
     serve_env = list(common_env)
     if secret is not None:
-        serve_env.append({"name": "CREDENTIALS_DIRECTORY", "value": CREDENTIALS_DIR})
+        serve_env.append({"name": CREDENTIALS_ENV, "value": CREDENTIALS_DIR})
 
     config_mount = {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
     tmp_mount = {"name": "tmp", "mountPath": TMP}
