@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -27,6 +28,35 @@ class GlobalOptions:
 
 
 OPTIONS = GlobalOptions()
+
+
+# -- the options every command group shares: declared once, one meaning each --------------------------
+#
+# --json        the command's result as JSON on stdout (a stable shape with schema_version). Printed
+#               whatever else is asked, --quiet included.
+# --quiet, -q   nothing on success but what --json asks for: no progress, no notes (errors and
+#               warnings still go to stderr). `llmctl health`: nothing when every service is OK.
+# --output-dir  a directory to write files into, instead of printing them.
+# -o, --output  an output *format* (`llmctl bench -o json`, llama-bench's meaning). No command takes
+#               -o for a directory: the render commands refuse it with the new spelling (below).
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success but what --json asks for "
+                                        "(no progress, no notes).")]
+OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", metavar="DIR", show_default=False,
+                                                   help="Write the files into DIR (created if missing) instead of "
+                                                   "printing them.")]
+
+
+def _refuse_short_output(value: str | None) -> None:
+    if value is not None:
+        raise typer.BadParameter("a directory is --output-dir DIR (-o is an output format, as in "
+                                 "`llmctl bench -o json`)", param_hint="-o")
+
+
+# Until 0.1 the render commands took `-o DIR`: a hidden -o that says what to write instead (exit 2).
+OutputDirShortOpt = Annotated[str | None, typer.Option("-o", hidden=True, expose_value=False,
+                                                       callback=_refuse_short_output, show_default=False)]
 
 
 # -- the one error table ---------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Exit codes: 0 OK, 1 WARNING (slow, degraded, or recovered after a restart), 2 CR
 restart failed, restart budget spent), 3 UNKNOWN (bad config or usage, lock held, nothing to check).
 
 stdout: one Nagios line per service (or --json). stderr: one JSON object per line for every action
-(probe failed, restart issued, recovered ...), which journald keeps. --quiet: nothing at all when
-every service is OK (cron mails any output); otherwise everything, as without it.
+(probe failed, restart issued, recovered ...), which journald keeps. --quiet: nothing when every
+service is OK (cron mails any output) but the JSON that --json asks for; otherwise everything, as
+without it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import emit_json, guard, load_config
+from llmctl.cli._common import JsonOpt, QuietOpt, emit_json, guard, load_config
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
 UNKNOWN = 3
 
-# `llmctl health` exits 3 (UNKNOWN) for bad usage. Typer's own parser errors (an unknown flag, a
-# flag without its value) exit 2 before this module runs; app.py can register the command with
-# these settings to turn them into 3 as well: unknown options then reach SERVICE and are refused
-# here. Numbers are parsed here for the same reason (`--timeout abc` exits 3).
+# `llmctl health` exits 3 (UNKNOWN) for bad usage. app.py registers the command with these settings:
+# an unknown option then reaches SERVICE and is refused here (3), not by Typer's parser (2). Numbers
+# are parsed here for the same reason (`--timeout abc` exits 3). Left to Typer, and exit 2: an
+# option without its value (`--timeout` at the end of the line).
 CONTEXT_SETTINGS = {"ignore_unknown_options": True}
 
 
@@ -108,13 +109,13 @@ def main(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be restarted; restart nothing, save no state.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    json_out: JsonOpt = False,
     textfile: Annotated[
         str | None,
         typer.Option("--textfile", metavar="PATH", help="Write Prometheus metrics for node_exporter's textfile collector (atomically).",
                      show_default=False),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing when every service is OK (for cron).")] = False,
+    quiet: QuietOpt = False,
     wait: Annotated[
         str | None,
         typer.Option("--wait", metavar="SECONDS", help="If another health run holds the lock, wait this long for it (default 0: exit 3 at once)."),
@@ -250,7 +251,7 @@ def _run(
             events("textfile_failed", "error", path=textfile, error=exc.strerror or str(exc))
             report = _with_note(report, f"cannot write --textfile {textfile}: {exc.strerror or exc}")
 
-    if quiet and report.status is Status.OK:
+    if quiet and report.status is Status.OK and not json_out:
         return report.exit_code
     events.flush()
     if json_out:

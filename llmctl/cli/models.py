@@ -9,12 +9,9 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import command, emit_json, human_bytes, info, print_table, resolve_paths
+from llmctl.cli._common import JsonOpt, QuietOpt, command, emit_json, human_bytes, info, print_table, resolve_paths
 
 app = typer.Typer(help="Pull GGUF models from the Hugging Face Hub verified by SHA256; discover and import the ones the host already has; list, show, verify and remove them.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no messages on success.")]
 
 
 def _store():

@@ -31,7 +31,7 @@ def service_target(name: str, spec: Any, *, environ: Mapping[str, str] | None = 
             else:
                 api_key = first_key(Path(spec.api_keys_file).expanduser(), f"services.{name}.api_keys_file")
         except ConfigError as exc:
-            setup_error = str(exc)
+            setup_error = f"cannot read an API key: {exc}"
     return Target(
         name=name,
         host=host,

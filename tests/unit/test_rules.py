@@ -106,7 +106,7 @@ def test_every_reader_uses_the_format(tmp_path: Path):
     keys.write_text("# none\n")
     (target,) = config_targets(cfg, [], environ={})
     assert target.api_key is None and target.setup_error == (
-        f"services.chat.api_keys_file: {keys} holds no API keys (one per line)")
+        f"cannot read an API key: services.chat.api_keys_file: {keys} holds no API keys (one per line)")
     with pytest.raises(ConfigError, match=r"^upstreams\.up\.api_key_file: .* holds no API keys"):
         routing_for(cfg, "chat", {})
 
