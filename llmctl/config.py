@@ -84,7 +84,7 @@ def _bounded_loader():
     class BoundedLoader(yaml.SafeLoader):
         _depth = 0
 
-        def compose_node(self, parent, index):  # type: ignore[override]
+        def compose_node(self, parent, index):
             self._depth += 1
             try:
                 if self._depth > MAX_DEPTH:
@@ -100,8 +100,6 @@ def _bounded_loader():
 def safe_load(text: str) -> Any:
     """yaml.safe_load with the bounds above. Raises yaml.YAMLError, or ValueError for a value that
     cannot be built (an integer of more than 4300 digits) or that is too large once aliases expand."""
-    import yaml
-
     loader = _bounded_loader()(text)
     try:
         data = loader.get_single_data()
@@ -205,8 +203,6 @@ def _leaf_paths(data: Any, prefix: str = "") -> list[str]:
 
 def format_validation_error(exc: Any, env_paths: dict[str, str] | None = None) -> str:
     """pydantic ValidationError -> 'a.b.c: message' lines, most useful first."""
-    from llmctl.schema import known_keys
-
     from llmctl.text import printable
 
     lines = []
@@ -225,7 +221,6 @@ def format_validation_error(exc: Any, env_paths: dict[str, str] | None = None) -
             msg = msg.removeprefix("value error, ").removeprefix("assertion failed, ")
         origin = (env_paths or {}).get(key)
         lines.append(f"{key}: {msg}" + (f" (from {origin})" if origin else ""))
-    _ = known_keys  # imported for _suggest's benefit
     return "; ".join(lines)
 
 

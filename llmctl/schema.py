@@ -232,7 +232,7 @@ class DiscoverSettings(Strict):
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         for p in v:
-            if not (p.startswith("/") or p.startswith("~")):
+            if not p.startswith(("/", "~")):
                 raise ValueError(f"{p!r} must be an absolute path (or start with ~)")
             if any(not c.isprintable() for c in p):
                 raise ValueError(f"{p!r} contains control characters")
@@ -539,7 +539,7 @@ class K8sSettings(Strict):
 
     @field_validator("namespace")
     @classmethod
-    def _namespace(cls, v: str) -> str:
+    def _namespace(cls, v: str) -> str | None:
         return _k8s_name(v)
 
     @field_validator("image")
@@ -644,7 +644,9 @@ def known_keys(loc: list[str]) -> list[str]:
             return []
         ann = fld.annotation
         if part in ("models", "services", "upstreams") and model is Config:
-            model = {"models": ModelSpec, "services": ServiceSpec, "upstreams": UpstreamSpec}[part]
+            entries: dict[str, type[BaseModel]] = {"models": ModelSpec, "services": ServiceSpec,
+                                                    "upstreams": UpstreamSpec}
+            model = entries[part]
             i += 2  # skip the entry's name
             continue
         if get_origin(ann) is list and get_args(ann) and isinstance(get_args(ann)[0], type):

@@ -149,7 +149,7 @@ def guard(fn: F | None = None, *, exit_for: Callable[[Exception], int] | None = 
                 render_error(message, hint)
                 raise typer.Exit(exit_for(exc) if exit_for else ExitCode.FAILED) from None
 
-        wrapper.__llmctl_guarded__ = True  # type: ignore[attr-defined]
+        wrapper.__llmctl_guarded__ = True  # type: ignore[attr-defined]  # tests: every command has the guard
         return wrapper  # type: ignore[return-value]
 
     return deco(fn) if fn is not None else deco

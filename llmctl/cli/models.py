@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +23,7 @@ def _store():
 class _Live:
     """The progress bar of the command that runs now, so that notices print above it, not through it."""
 
-    console = None
+    console: Any = None  # a rich Console while a bar is shown
 
 
 def _note(quiet: bool):

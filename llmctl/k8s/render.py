@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from llmctl import __version__
-from llmctl.errors import ConfigError, NotFound, UsageError
+from llmctl.errors import ConfigError, LlmctlError, NotFound, UsageError
 from llmctl.keys import CREDENTIAL_NAME, CREDENTIALS_ENV, first_key_shell
 from llmctl.netutil import is_loopback
 
@@ -199,7 +199,7 @@ def _model_bytes(config: Config, model: str, paths: Paths | None) -> int | None:
 
         try:
             entry = Store(paths).read_lock().get(model)
-        except Exception:  # an unreadable lock: as if the model were not installed here
+        except (LlmctlError, OSError):  # an unreadable lock: as if the model were not installed here
             entry = None
         if entry is not None:
             return entry.size
@@ -287,8 +287,8 @@ def pod_config(config: Config) -> dict:
     for name, spec in config.services.items():
         if spec.api_keys_file:
             data["services"][name]["api_keys_file"] = f"{CREDENTIALS_DIR}/{CREDENTIAL_NAME}"
-    for name, spec in config.upstreams.items():
-        if spec.api_key_env or spec.api_key_file:
+    for name, upstream in config.upstreams.items():
+        if upstream.api_key_env or upstream.api_key_file:
             entry = data["upstreams"][name]
             entry.pop("api_key_env", None)
             entry["api_key_file"] = f"upstream-{name}"
@@ -400,8 +400,10 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     if not config.airgap:
         for upstream in config.upstreams_for(service):
             u = config.upstreams[upstream]
-            if u.api_key_env or u.api_key_file:
-                keys.append((f"upstream-{upstream}", f"${u.api_key_env}" if u.api_key_env else u.api_key_file))
+            if u.api_key_env:
+                keys.append((f"upstream-{upstream}", f"${u.api_key_env}"))
+            elif u.api_key_file:
+                keys.append((f"upstream-{upstream}", u.api_key_file))
     metrics_secret = None
     if k8s.service_monitor and spec.api_keys_file and not spec.public_metrics:
         keys.append(("metrics-key", spec.api_keys_file))

@@ -276,7 +276,7 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
         text = str(warning)
         if "datasets--" not in text and "spaces--" not in text:
             yield CorruptEntry(None, None, f"Hugging Face cache: {printable(text)}")
-    root_real = Path(info.cache_dir)
+    root_real = Path(info.cache_dir or cache)
     for repo in sorted(info.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
@@ -296,7 +296,7 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
             by_file.setdefault(f.file_path.relative_to(rev.snapshot_path).as_posix(), []).append((rev, f))
         for rel, found_in in sorted(by_file.items()):
             seen: set = set()
-            for i, (rev, f) in enumerate(found_in):
+            for rev, f in found_in:
                 base = f"{HF_PREFIX}{repo.repo_id}/{rel}"
                 try:
                     entry = _hf_entry(root_real, repo, rev, f, rel, base)
