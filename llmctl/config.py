@@ -130,11 +130,12 @@ def _check_size(data: Any) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, content: bytes | None = None) -> dict[str, Any]:
+    """The file's YAML (or `content`, its bytes as the caller already read them)."""
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if content is None else content.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}", hint="pass --config PATH or set LLMCTL_CONFIG") from None
     except IsADirectoryError:
@@ -253,12 +254,14 @@ def load_config(
     system: bool | None = None,
     environ: dict[str, str] | None = None,
     use_env: bool = True,
+    content: bytes | None = None,
 ) -> LoadedConfig:
-    """Find, read, merge the LLMCTL_* overrides into, and validate the config."""
+    """Find, read, merge the LLMCTL_* overrides into, and validate the config. `content`: the
+    bytes of the file it finds, when the caller has read them already (health's plan key)."""
     paths = resolve_paths(system)
     environ = dict(os.environ if environ is None else environ)
     path, _named = find_config_file(explicit, paths)
-    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    data: dict[str, Any] = _read_yaml(path, content) if path is not None else {}
     sources = {p: "file" for p in _leaf_paths(data)}
     env_paths: dict[str, str] = {}
     if use_env:

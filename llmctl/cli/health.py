@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import JsonOpt, QuietOpt, emit_json, guard, load_config
+from llmctl.cli._common import JsonOpt, QuietOpt, emit_json, guard
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
@@ -191,24 +191,26 @@ def _run(
     if (model or api_key) and not urls:
         raise UsageError("--model and --api-key go with --url (configured services use their own settings)")
 
-    loaded = load_config()
-    cfg = loaded.config
-    health = cfg.health
+    from dataclasses import replace
 
-    from llmctl.health import policy as pol
-    from llmctl.health.probes import ProbeSettings
+    from llmctl.cli._common import OPTIONS
+    from llmctl.health.plan import load_plan
+
+    # What the config says, validated; cached in the state dir for the runs that follow (plan.py).
+    plan = load_plan(OPTIONS.config, system=OPTIONS.system, write=not dry_run)
+
     from llmctl.health.restart import command_restarter
     from llmctl.health.run import run_health
-    from llmctl.health.targets import config_targets, url_target
+    from llmctl.health.targets import plan_targets, url_target
 
     targets = []
     if names or not urls:
-        if not names and not cfg.services:
+        if not names and not plan.services:
             raise UsageError(
                 "no services configured and no --url given: nothing to check",
                 hint="add services: to the config file, or pass --url http://HOST:PORT",
             )
-        targets += config_targets(cfg, names)
+        targets += plan_targets(plan.services, names)
     for i, u in enumerate(urls):
         targets.append(url_target(u, model=model, api_key=api_key, name="url" if len(urls) == 1 else f"url{i + 1}"))
     seen: set[str] = set()
@@ -217,21 +219,22 @@ def _run(
             raise UsageError(f"{t.name!r} named twice")
         seen.add(t.name)
 
-    settings = ProbeSettings(
-        timeout_s=timeout_s if timeout_s is not None else health.timeout_s,
-        retries=retries_n if retries_n is not None else health.retries,
-        retry_delay_s=retry_delay_s if retry_delay_s is not None else health.retry_delay_s,
-        slow_ms=slow if slow is not None else health.slow_ms,
-        check_gpu=health.check_gpu,
+    configured = plan.probe
+    settings = replace(
+        configured,
+        timeout_s=timeout_s if timeout_s is not None else configured.timeout_s,
+        retries=retries_n if retries_n is not None else configured.retries,
+        retry_delay_s=retry_delay_s if retry_delay_s is not None else configured.retry_delay_s,
+        slow_ms=slow if slow is not None else configured.slow_ms,
     )
-    policy = pol.PolicySettings.from_config(health, restart=False if no_restart else None)
-    recovery_timeout_s = recovery_s if recovery_s is not None else health.recovery_timeout_s
-    restarter = None if no_restart else command_restarter(health.restart_command, recovery_timeout_s)
-    paths = loaded.paths
+    policy = replace(plan.policy, restart=False) if no_restart else plan.policy
+    recovery_timeout_s = recovery_s if recovery_s is not None else plan.recovery_timeout_s
+    restart_command = list(plan.restart_command) if plan.restart_command is not None else None
+    restarter = None if no_restart else command_restarter(restart_command, recovery_timeout_s)
 
     report = run_health(
         targets,
-        state_dir=paths.state_dir,
+        state_dir=plan.state_dir,
         settings=settings,
         policy=policy,
         restarter=restarter,

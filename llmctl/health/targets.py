@@ -9,56 +9,63 @@ from urllib.parse import urlsplit
 
 from llmctl.errors import ConfigError, NotFound, UsageError
 from llmctl.health.probes import Target
+from llmctl.health.plan import ServiceCheck, service_checks
 from llmctl.keys import credential_file, credential_name, first_key
-from llmctl.netutil import connect_host, host_port
-from llmctl.unitname import unit_name
+from llmctl.netutil import host_port
 
 
-def service_target(name: str, spec: Any, *, environ: Mapping[str, str] | None = None) -> Target:
-    """A Target for services.<name> (an llmctl.schema.ServiceSpec).
+def service_target(check: ServiceCheck, *, environ: Mapping[str, str] | None = None) -> Target:
+    """A Target for a configured service.
 
     Its key: the credential the health unit loads for this service (`api-keys-<service>`), else
     `api-keys`, else the service's api_keys_file. A key that cannot be read is this target's
     setup error (UNKNOWN), not the whole run's."""
-    host = connect_host(spec.host)
+    name = check.name
     api_key = None
     setup_error = None
-    if spec.api_keys_file:
+    if check.api_keys_file:
         credential = credential_file([credential_name(name), credential_name()], environ)
         try:
             if credential is not None:
                 api_key = first_key(credential, f"credential {credential.name}")
             else:
-                api_key = first_key(Path(spec.api_keys_file).expanduser(), f"services.{name}.api_keys_file")
+                api_key = first_key(Path(check.api_keys_file).expanduser(), f"services.{name}.api_keys_file")
         except ConfigError as exc:
             setup_error = f"cannot read an API key: {exc}"
     return Target(
         name=name,
-        host=host,
-        port=spec.port,
-        base_url=f"http://{host_port(host, spec.port)}",
-        model=spec.model,
+        host=check.host,
+        port=check.port,
+        base_url=f"http://{host_port(check.host, check.port)}",
+        model=check.model,
         api_key=api_key,
-        unit=unit_name(name, spec.unit),
-        gpu=bool(spec.uses_gpu),
+        unit=check.unit,
+        gpu=check.gpu,
         setup_error=setup_error,
     )
 
 
-def config_targets(config: Any, names: Sequence[str], *, environ: Mapping[str, str] | None = None) -> list[Target]:
-    services = config.services
+def plan_targets(services: Sequence[ServiceCheck], names: Sequence[str], *,
+                 environ: Mapping[str, str] | None = None) -> list[Target]:
+    """The targets of the services named (all of them when none is), in the order named."""
+    by_name = {s.name: s for s in services}
     if names:
-        unknown = [n for n in names if n not in services]
+        unknown = [n for n in names if n not in by_name]
         if unknown:
-            known = ", ".join(sorted(services)) or "none"
+            known = ", ".join(sorted(by_name)) or "none"
             raise NotFound(
                 f"unknown service {unknown[0]!r} (configured: {known})",
                 hint="services are configured under services: in the config file",
             )
         chosen = list(dict.fromkeys(names))
     else:
-        chosen = sorted(services)
-    return [service_target(n, services[n], environ=environ) for n in chosen]
+        chosen = sorted(by_name)
+    return [service_target(by_name[n], environ=environ) for n in chosen]
+
+
+def config_targets(config: Any, names: Sequence[str], *, environ: Mapping[str, str] | None = None) -> list[Target]:
+    """plan_targets for a validated config (llmctl.schema.Config)."""
+    return plan_targets(service_checks(config), names, environ=environ)
 
 
 def url_target(url: str, *, model: str | None = None, api_key: str | None = None, name: str | None = None) -> Target:

@@ -152,3 +152,24 @@ def test_help_imports_no_heavy_module():
 @pytest.mark.parametrize("group", GROUPS)
 def test_group_help_imports_no_heavy_module(group):
     assert heavy_in(loaded_modules([group, "--help"]), HEAVY) == []
+
+
+# What cron runs every minute: `llmctl health` against a closed port. After the first run has cached
+# its plan (llmctl/health/plan.py), a run imports none of these (benchmarks/bench_cold_start.py times it).
+HEALTH_AVOIDS = ["httpx", "httpcore", "h11", "anyio", "pydantic", "pydantic_core", "yaml", "rich", "click",
+                 "jinja2", "huggingface_hub", "prometheus_client", "psutil", "llama_cpp", "email"]
+
+
+def test_a_health_run_imports_only_what_it_needs(write_config):
+    import socket
+
+    write_config("services:\n  chat: {model: smoke, port: 8001}\n")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    argv = ["health", "--url", f"http://127.0.0.1:{closed}", "--retries", "0"]
+    first = loaded_modules(argv)
+    assert "pydantic" in first  # the first run validates the config
+    again = loaded_modules(argv)
+    assert heavy_in(again, HEALTH_AVOIDS) == []
+    assert "llmctl.health.probes" in again  # it did run the probes
