@@ -274,6 +274,21 @@ def load_config(
     return LoadedConfig(config=config, path=path, sources=sources, paths=paths)
 
 
+def section_names(section: str, explicit: str | os.PathLike | None = None, *, system: bool | None = None) -> list[str]:
+    """The names under a top-level mapping of the config file (`services`, `models`, `upstreams`),
+    read without validating anything: for shell completion, which must be quick (no pydantic) and
+    must never fail (any problem: no names)."""
+    from llmctl.errors import LlmctlError
+    from llmctl.text import is_name
+
+    try:
+        path, _named = find_config_file(explicit, resolve_paths(system))
+        value = _read_yaml(path).get(section) if path is not None else None
+    except (LlmctlError, OSError, ValueError, RecursionError):
+        return []
+    return sorted(k for k in value if is_name(k)) if isinstance(value, dict) else []
+
+
 def check_file(path: str | os.PathLike) -> Config:
     """Validate one file on its own (no environment overrides): `llmctl config check FILE`."""
     p = Path(path)

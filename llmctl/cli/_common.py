@@ -59,6 +59,54 @@ OutputDirShortOpt = Annotated[str | None, typer.Option("-o", hidden=True, expose
                                                        callback=_refuse_short_output, show_default=False)]
 
 
+# -- shell completion: names from the config and the store, cheaply (no pydantic, no validation) -----
+
+
+def _root_options(ctx: typer.Context) -> tuple[str | None, bool | None]:
+    """--config and --system/--user as typed before the command (the root callback does not run
+    while the shell completes)."""
+    params = ctx.find_root().params
+    return params.get("config_file"), params.get("system")
+
+
+def _starting(ctx: typer.Context, names: Sequence[str], incomplete: str) -> list[str]:
+    """The names that start so, less those the command line has already given."""
+    given: set[str] = set()
+    for value in ctx.params.values():
+        given.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str))
+    return [n for n in names if n.startswith(incomplete) and n not in given]
+
+
+def complete_services(ctx: typer.Context, incomplete: str) -> list[str]:
+    """services: in the config file."""
+    from llmctl.config import section_names
+
+    config, system = _root_options(ctx)
+    return _starting(ctx, section_names("services", config, system=system), incomplete)
+
+
+def complete_installed_models(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The models in the store's lock."""
+    from llmctl.errors import LlmctlError
+    from llmctl.models.store import Store
+    from llmctl.paths import resolve_paths as _resolve
+
+    try:
+        names = sorted(Store(_resolve(_root_options(ctx)[1])).read_lock().entries)
+    except (LlmctlError, OSError, ValueError):
+        names = []
+    return _starting(ctx, names, incomplete)
+
+
+def complete_model_refs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """What `models pull` takes by name: the config's models: and the smoke model."""
+    from llmctl.config import section_names
+    from llmctl.models.smoke import SMOKE_NAME
+
+    config, system = _root_options(ctx)
+    return _starting(ctx, sorted({SMOKE_NAME, *section_names("models", config, system=system)}), incomplete)
+
+
 # -- the one error table ---------------------------------------------------------------------------
 
 BUG_HINT = ("this is a bug in llmctl; please report it with the output of the same command run "

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import JsonOpt, QuietOpt, emit_json, guard
+from llmctl.cli._common import JsonOpt, QuietOpt, complete_services, emit_json, guard
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
@@ -78,7 +78,8 @@ def _exit_for(_exc: Exception) -> int:
 def main(
     services: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).", show_default=False),
+        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).", show_default=False,
+                       autocompletion=complete_services),
     ] = None,
     url: Annotated[
         list[str] | None,

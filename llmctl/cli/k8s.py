@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import JsonOpt, OutputDirOpt, OutputDirShortOpt, command, emit_json, info, load_config
+from llmctl.cli._common import (JsonOpt, OutputDirOpt, OutputDirShortOpt, command, complete_services, emit_json, info,
+                                load_config)
 
 app = typer.Typer(help="Render hardened Kubernetes manifests (Deployment, Service, NetworkPolicy, ...) for the "
                   "services.", no_args_is_help=True)
@@ -16,7 +17,7 @@ app = typer.Typer(help="Render hardened Kubernetes manifests (Deployment, Servic
 @command(app, "render")
 def render_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services to render (default: all).",
-                                                         show_default=False)] = None,
+                                                         show_default=False, autocompletion=complete_services)] = None,
     output_dir: OutputDirOpt = None,
     json_out: JsonOpt = False,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of every object "

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import (OPTIONS, JsonOpt, OutputDirOpt, OutputDirShortOpt, command, emit_json, info,
-                                print_table)
+from llmctl.cli._common import (OPTIONS, JsonOpt, OutputDirOpt, OutputDirShortOpt, command, complete_services,
+                                emit_json, info, print_table)
 
 app = typer.Typer(help="Render, install, verify and uninstall hardened systemd units for the services and the health timer.", no_args_is_help=True)
 
@@ -65,7 +65,7 @@ def _load():
 @command(app, "render")
 def render_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services to render (default: all).",
-                                                         show_default=False)] = None,
+                                                         show_default=False, autocompletion=complete_services)] = None,
     output_dir: OutputDirOpt = None,
     llmctl: LlmctlOpt = None,
     config_path: ConfigPathOpt = None,
