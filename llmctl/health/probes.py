@@ -309,14 +309,19 @@ async def check_once(client: HttpClient, target: Target, settings: ProbeSettings
         results.append(ProbeResult(name, True, _ms(t0)))
         return True
 
+    async def ok_reply(method: str, path: str, json_body: Any = None) -> Reply:
+        """The service's 200 reply, or ProbeFailed naming what it answered instead."""
+        resp = await fetch(client, method, f"{target.base_url}{path}", headers=headers, json_body=json_body)
+        if resp.status_code != 200:
+            raise ProbeFailed(_http_error(resp))
+        return resp
+
     async def tcp() -> None:
         await _tcp(target, timeout)
 
     async def health() -> None:
         nonlocal health_doc
-        resp = await fetch(client, "GET", f"{target.base_url}/health", headers=headers)
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("GET", "/health")
         try:
             health_doc = resp.json()
         except ValueError:
@@ -324,9 +329,7 @@ async def check_once(client: HttpClient, target: Target, settings: ProbeSettings
 
     async def models() -> None:
         nonlocal model
-        resp = await fetch(client, "GET", f"{target.base_url}/v1/models", headers=headers)
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("GET", "/v1/models")
         try:
             ids = [str(m["id"]) for m in resp.json()["data"]]
         except (ValueError, KeyError, TypeError):
@@ -342,13 +345,8 @@ async def check_once(client: HttpClient, target: Target, settings: ProbeSettings
     async def completion() -> None:
         nonlocal latency
         t0 = time.perf_counter()
-        resp = await fetch(
-            client, "POST", f"{target.base_url}/v1/completions",
-            json_body={"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0},
-            headers=headers,
-        )
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("POST", "/v1/completions",
+                              {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0})
         try:
             choices = resp.json()["choices"]
             if not isinstance(choices, list) or not choices:
