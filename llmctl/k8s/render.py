@@ -27,6 +27,7 @@ from llmctl import __version__
 from llmctl.errors import ConfigError, LlmctlError, NotFound, UsageError
 from llmctl.keys import CREDENTIAL_NAME, CREDENTIALS_ENV, first_key_shell
 from llmctl.netutil import is_loopback
+from llmctl.text import PATTERNS
 
 if TYPE_CHECKING:
     from llmctl.paths import Paths
@@ -54,7 +55,6 @@ INIT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cp
 PUBLIC_V4 = ("0.0.0.0/0", ["10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
                            "192.168.0.0/16"])
 PUBLIC_V6 = ("::/0", ["::1/128", "fc00::/7", "fe80::/10"])
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -179,7 +179,7 @@ def object_name(service: str) -> str:
 
 def memory_quantity(value: str, where: str) -> str:
     """systemd's MemoryMax= size (K, M, G, T are powers of 1024) as a Kubernetes quantity."""
-    m = _SIZE.fullmatch(value)
+    m = PATTERNS["size"].fullmatch(value)
     if m is None:
         raise ConfigError(f"{where}: {value!r} is not a size such as 512M or 8G")
     number, unit = m.groups()
