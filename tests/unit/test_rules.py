@@ -102,6 +102,14 @@ def test_every_reader_uses_the_format(tmp_path: Path):
 
     assert [k.secret for k in serve_settings.parse_api_keys(KEY_FILE)] == [k.secret for k in server_keys]
     assert serve_settings.CREDENTIAL_NAME == CREDENTIAL_NAME
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / CREDENTIAL_NAME).write_text("k-cred\n")
+    for args in [(str(keys), None), (None, str(keys)), (None, None)]:
+        for env in ({}, {"CREDENTIALS_DIRECTORY": str(creds)}):
+            ours = load_api_keys(*args, "services.chat.api_keys_file", env)
+            theirs = serve_settings.load_api_keys(*args, "services.chat.api_keys_file", env)
+            assert ([k.secret for k in ours[0]], ours[1]) == ([k.secret for k in theirs[0]], theirs[1])
     # a key file health cannot use is that service's setup error (UNKNOWN), naming the setting
     keys.write_text("# none\n")
     (target,) = config_targets(cfg, [], environ={})
