@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-
-
-def steal_seconds() -> float:
-    """CPU time the hypervisor took from this machine's guests so far (/proc/stat), 0 elsewhere."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = fh.readline().split()
-    except OSError:
-        return 0.0
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def time_command(argv: Sequence[str], runs: int, env: dict | None = None) -> list[float]:
