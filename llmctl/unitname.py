@@ -11,7 +11,7 @@ from llmctl.text import check_pattern, printable
 
 HEALTH_UNIT = "llmctl-health.service"
 HEALTH_TIMER = "llmctl-health.timer"
-UNIT_RULE = "letters, digits, '_', '.', '-', '\\\\', ending in .service"
+UNIT_RULE = "letters, digits, '_', '.', '-', '\\', ending in .service"
 
 
 def default_unit(service: str) -> str:
