@@ -84,7 +84,7 @@ def _bounded_loader():
     class BoundedLoader(yaml.SafeLoader):
         _depth = 0
 
-        def compose_node(self, parent, index):  # type: ignore[override]
+        def compose_node(self, parent, index):
             self._depth += 1
             try:
                 if self._depth > MAX_DEPTH:
@@ -100,8 +100,6 @@ def _bounded_loader():
 def safe_load(text: str) -> Any:
     """yaml.safe_load with the bounds above. Raises yaml.YAMLError, or ValueError for a value that
     cannot be built (an integer of more than 4300 digits) or that is too large once aliases expand."""
-    import yaml
-
     loader = _bounded_loader()(text)
     try:
         data = loader.get_single_data()
@@ -132,11 +130,12 @@ def _check_size(data: Any) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, content: bytes | None = None) -> dict[str, Any]:
+    """The file's YAML (or `content`, its bytes as the caller already read them)."""
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if content is None else content.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}", hint="pass --config PATH or set LLMCTL_CONFIG") from None
     except IsADirectoryError:
@@ -205,8 +204,6 @@ def _leaf_paths(data: Any, prefix: str = "") -> list[str]:
 
 def format_validation_error(exc: Any, env_paths: dict[str, str] | None = None) -> str:
     """pydantic ValidationError -> 'a.b.c: message' lines, most useful first."""
-    from llmctl.schema import known_keys
-
     from llmctl.text import printable
 
     lines = []
@@ -225,7 +222,6 @@ def format_validation_error(exc: Any, env_paths: dict[str, str] | None = None) -
             msg = msg.removeprefix("value error, ").removeprefix("assertion failed, ")
         origin = (env_paths or {}).get(key)
         lines.append(f"{key}: {msg}" + (f" (from {origin})" if origin else ""))
-    _ = known_keys  # imported for _suggest's benefit
     return "; ".join(lines)
 
 
@@ -258,12 +254,14 @@ def load_config(
     system: bool | None = None,
     environ: dict[str, str] | None = None,
     use_env: bool = True,
+    content: bytes | None = None,
 ) -> LoadedConfig:
-    """Find, read, merge the LLMCTL_* overrides into, and validate the config."""
+    """Find, read, merge the LLMCTL_* overrides into, and validate the config. `content`: the
+    bytes of the file it finds, when the caller has read them already (health's plan key)."""
     paths = resolve_paths(system)
     environ = dict(os.environ if environ is None else environ)
     path, _named = find_config_file(explicit, paths)
-    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    data: dict[str, Any] = _read_yaml(path, content) if path is not None else {}
     sources = {p: "file" for p in _leaf_paths(data)}
     env_paths: dict[str, str] = {}
     if use_env:
@@ -274,6 +272,21 @@ def load_config(
             env_paths[key] = name
     config = validate(data, env_paths=env_paths)
     return LoadedConfig(config=config, path=path, sources=sources, paths=paths)
+
+
+def section_names(section: str, explicit: str | os.PathLike | None = None, *, system: bool | None = None) -> list[str]:
+    """The names under a top-level mapping of the config file (`services`, `models`, `upstreams`),
+    read without validating anything: for shell completion, which must be quick (no pydantic) and
+    must never fail (any problem: no names)."""
+    from llmctl.errors import LlmctlError
+    from llmctl.text import is_name
+
+    try:
+        path, _named = find_config_file(explicit, resolve_paths(system))
+        value = _read_yaml(path).get(section) if path is not None else None
+    except (LlmctlError, OSError, ValueError, RecursionError):
+        return []
+    return sorted(k for k in value if is_name(k)) if isinstance(value, dict) else []
 
 
 def check_file(path: str | os.PathLike) -> Config:

@@ -166,6 +166,16 @@ class ServiceSpec(Strict):
             raise ValueError("must be a size such as 512M or 8G")
         return v
 
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str | None) -> str | None:
+        from llmctl.unitname import unit_problem
+
+        problem = None if v is None else unit_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
     @property
     def uses_gpu(self) -> bool:
         return self.gpu or self.n_gpu_layers != 0
@@ -255,7 +265,7 @@ class DiscoverSettings(Strict):
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         for p in v:
-            if not (p.startswith("/") or p.startswith("~")):
+            if not p.startswith(("/", "~")):
                 raise ValueError(f"{p!r} must be an absolute path (or start with ~)")
             if any(not c.isprintable() for c in p):
                 raise ValueError(f"{p!r} contains control characters")
@@ -562,7 +572,7 @@ class K8sSettings(Strict):
 
     @field_validator("namespace")
     @classmethod
-    def _namespace(cls, v: str) -> str:
+    def _namespace(cls, v: str) -> str | None:
         return _k8s_name(v)
 
     @field_validator("image")
@@ -667,7 +677,9 @@ def known_keys(loc: list[str]) -> list[str]:
             return []
         ann = fld.annotation
         if part in ("models", "services", "upstreams") and model is Config:
-            model = {"models": ModelSpec, "services": ServiceSpec, "upstreams": UpstreamSpec}[part]
+            entries: dict[str, type[BaseModel]] = {"models": ModelSpec, "services": ServiceSpec,
+                                                    "upstreams": UpstreamSpec}
+            model = entries[part]
             i += 2  # skip the entry's name
             continue
         if get_origin(ann) is list and get_args(ann) and isinstance(get_args(ann)[0], type):

@@ -25,9 +25,9 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     # a POSIX user or group name as systemd and shadow-utils accept it without complaint
     "user": re.compile(r"[a-z_][a-z0-9_-]{0,30}"),
     "sha256": re.compile(r"[0-9a-f]{64}"),
-    "commit": re.compile(r"[0-9a-f]{40}"),
-    # a systemd size: MemoryMax=512M, 8G, 1.5G
-    "size": re.compile(r"[0-9]+(?:\.[0-9]+)?[KMGT]?"),
+    "commit": re.compile(r"[0-9a-f]{40}"),  # a git SHA-1: a commit (or a blob in the HF cache)
+    # a systemd size: MemoryMax=512M, 8G, 1.5G (groups: the number, the unit)
+    "size": re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)"),
     # a systemd unit name with the .service suffix: the characters unit_name_is_valid() allows but
     # ':', which `systemd-analyze verify` cannot take in a file name
     "service_unit": re.compile(r"[A-Za-z0-9_.\\-]+\.service"),

@@ -15,6 +15,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SMOKE_FIXTURES = frozenset({"smoke_store", "smoke_model"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Markers tell the truth: a test that gets the smoke model through its fixtures is `model`, so
+    `-m "not slow and not model"` stays a fast lane. One that does not say so fails at setup, before
+    its fixtures assemble the model, naming the marker it lacks."""
+    uses = SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if uses and item.get_closest_marker("model") is None:
+        pytest.fail(f"{item.nodeid} uses the smoke model ({', '.join(sorted(uses))}) but is not marked "
+                    "@pytest.mark.model", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -27,6 +28,83 @@ class GlobalOptions:
 
 
 OPTIONS = GlobalOptions()
+
+
+# -- the options every command group shares: declared once, one meaning each --------------------------
+#
+# --json        the command's result as JSON on stdout (a stable shape with schema_version). Printed
+#               whatever else is asked, --quiet included.
+# --quiet, -q   nothing on success but what --json asks for: no progress, no notes (errors and
+#               warnings still go to stderr). `llmctl health`: nothing when every service is OK.
+# --output-dir  a directory to write files into, instead of printing them.
+# -o, --output  an output *format* (`llmctl bench -o json`, llama-bench's meaning). No command takes
+#               -o for a directory: the render commands refuse it with the new spelling (below).
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success but what --json asks for "
+                                        "(no progress, no notes).")]
+OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", metavar="DIR", show_default=False,
+                                                   help="Write the files into DIR (created if missing) instead of "
+                                                   "printing them.")]
+
+
+def _refuse_short_output(value: str | None) -> None:
+    if value is not None:
+        raise typer.BadParameter("a directory is --output-dir DIR (-o is an output format, as in "
+                                 "`llmctl bench -o json`)", param_hint="-o")
+
+
+# Until 0.1 the render commands took `-o DIR`: a hidden -o that says what to write instead (exit 2).
+OutputDirShortOpt = Annotated[str | None, typer.Option("-o", hidden=True, expose_value=False,
+                                                       callback=_refuse_short_output, show_default=False)]
+
+
+# -- shell completion: names from the config and the store, cheaply (no pydantic, no validation) -----
+
+
+def _root_options(ctx: typer.Context) -> tuple[str | None, bool | None]:
+    """--config and --system/--user as typed before the command (the root callback does not run
+    while the shell completes)."""
+    params = ctx.find_root().params
+    return params.get("config_file"), params.get("system")
+
+
+def _starting(ctx: typer.Context, names: Sequence[str], incomplete: str) -> list[str]:
+    """The names that start so, less those the command line has already given."""
+    given: set[str] = set()
+    for value in ctx.params.values():
+        given.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str))
+    return [n for n in names if n.startswith(incomplete) and n not in given]
+
+
+def complete_services(ctx: typer.Context, incomplete: str) -> list[str]:
+    """services: in the config file."""
+    from llmctl.config import section_names
+
+    config, system = _root_options(ctx)
+    return _starting(ctx, section_names("services", config, system=system), incomplete)
+
+
+def complete_installed_models(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The models in the store's lock."""
+    from llmctl.errors import LlmctlError
+    from llmctl.models.store import Store
+    from llmctl.paths import resolve_paths as _resolve
+
+    try:
+        names = sorted(Store(_resolve(_root_options(ctx)[1])).read_lock().entries)
+    except (LlmctlError, OSError, ValueError):
+        names = []
+    return _starting(ctx, names, incomplete)
+
+
+def complete_model_refs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """What `models pull` takes by name: the config's models: and the smoke model."""
+    from llmctl.config import section_names
+    from llmctl.models.smoke import SMOKE_NAME
+
+    config, system = _root_options(ctx)
+    return _starting(ctx, sorted({SMOKE_NAME, *section_names("models", config, system=system)}), incomplete)
 
 
 # -- the one error table ---------------------------------------------------------------------------
@@ -119,7 +197,7 @@ def guard(fn: F | None = None, *, exit_for: Callable[[Exception], int] | None = 
                 render_error(message, hint)
                 raise typer.Exit(exit_for(exc) if exit_for else ExitCode.FAILED) from None
 
-        wrapper.__llmctl_guarded__ = True  # type: ignore[attr-defined]
+        wrapper.__llmctl_guarded__ = True  # type: ignore[attr-defined]  # tests: every command has the guard
         return wrapper  # type: ignore[return-value]
 
     return deco(fn) if fn is not None else deco

@@ -20,7 +20,7 @@ app = typer.Typer(
     help="Operate hosts that run local LLMs: verified model pulls, hardened systemd units, "
     "health checks, benchmarks and an OpenAI-compatible server.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; names from the config and the store
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -73,4 +73,6 @@ app.add_typer(config.app, name="config")
 
 
 def main() -> None:
-    app()
+    # One program name however it was started (`python -m llmctl` too): the usage lines say llmctl,
+    # and the shell completion protocol reads _LLMCTL_COMPLETE.
+    app(prog_name="llmctl")

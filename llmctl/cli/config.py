@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import command, emit_json, info, load_config
+from llmctl.cli._common import JsonOpt, QuietOpt, command, emit_json, info, load_config
 
 app = typer.Typer(
     help="Show the effective configuration and where each value came from; validate a config file.",
@@ -25,9 +25,7 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 @command(app, "show")
-def show(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
-) -> None:
+def show(json_out: JsonOpt = False) -> None:
     """Print the effective config: every key, its value, and where it came from (file, env, default)."""
     loaded = load_config()
     data = loaded.config.model_dump(mode="json")
@@ -63,10 +61,15 @@ def _fmt(value: Any) -> str:
 @command(app, "check")
 def check(
     file: Annotated[Path, typer.Argument(help="The YAML file to validate.")],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Validate a config file. Exit 0 when valid, 2 with the key path when not."""
     from llmctl.config import check_file
 
     cfg = check_file(file)
+    if json_out:
+        emit_json("config.check", {"file": str(file), "ok": True, "models": sorted(cfg.models),
+                                   "services": sorted(cfg.services)})
+        return
     info(f"{file}: OK ({len(cfg.models)} models, {len(cfg.services)} services)", quiet=quiet)

@@ -4,8 +4,9 @@ Exit codes: 0 OK, 1 WARNING (slow, degraded, or recovered after a restart), 2 CR
 restart failed, restart budget spent), 3 UNKNOWN (bad config or usage, lock held, nothing to check).
 
 stdout: one Nagios line per service (or --json). stderr: one JSON object per line for every action
-(probe failed, restart issued, recovered ...), which journald keeps. --quiet: nothing at all when
-every service is OK (cron mails any output); otherwise everything, as without it.
+(probe failed, restart issued, recovered ...), which journald keeps. --quiet: nothing when every
+service is OK (cron mails any output) but the JSON that --json asks for; otherwise everything, as
+without it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import emit_json, guard, load_config
+from llmctl.cli._common import JsonOpt, QuietOpt, complete_services, emit_json, guard
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
 UNKNOWN = 3
 
-# `llmctl health` exits 3 (UNKNOWN) for bad usage. Typer's own parser errors (an unknown flag, a
-# flag without its value) exit 2 before this module runs; app.py can register the command with
-# these settings to turn them into 3 as well: unknown options then reach SERVICE and are refused
-# here. Numbers are parsed here for the same reason (`--timeout abc` exits 3).
+# `llmctl health` exits 3 (UNKNOWN) for bad usage. app.py registers the command with these settings:
+# an unknown option then reaches SERVICE and is refused here (3), not by Typer's parser (2). Numbers
+# are parsed here for the same reason (`--timeout abc` exits 3). Left to Typer, and exit 2: an
+# option without its value (`--timeout` at the end of the line).
 CONTEXT_SETTINGS = {"ignore_unknown_options": True}
 
 
@@ -77,7 +78,8 @@ def _exit_for(_exc: Exception) -> int:
 def main(
     services: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).", show_default=False),
+        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).", show_default=False,
+                       autocompletion=complete_services),
     ] = None,
     url: Annotated[
         list[str] | None,
@@ -108,13 +110,13 @@ def main(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be restarted; restart nothing, save no state.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    json_out: JsonOpt = False,
     textfile: Annotated[
         str | None,
         typer.Option("--textfile", metavar="PATH", help="Write Prometheus metrics for node_exporter's textfile collector (atomically).",
                      show_default=False),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing when every service is OK (for cron).")] = False,
+    quiet: QuietOpt = False,
     wait: Annotated[
         str | None,
         typer.Option("--wait", metavar="SECONDS", help="If another health run holds the lock, wait this long for it (default 0: exit 3 at once)."),
@@ -190,24 +192,26 @@ def _run(
     if (model or api_key) and not urls:
         raise UsageError("--model and --api-key go with --url (configured services use their own settings)")
 
-    loaded = load_config()
-    cfg = loaded.config
-    health = cfg.health
+    from dataclasses import replace
 
-    from llmctl.health import policy as pol
-    from llmctl.health.probes import ProbeSettings
+    from llmctl.cli._common import OPTIONS
+    from llmctl.health.plan import load_plan
+
+    # What the config says, validated; cached in the state dir for the runs that follow (plan.py).
+    plan = load_plan(OPTIONS.config, system=OPTIONS.system, write=not dry_run)
+
     from llmctl.health.restart import command_restarter
     from llmctl.health.run import run_health
-    from llmctl.health.targets import config_targets, url_target
+    from llmctl.health.targets import plan_targets, url_target
 
     targets = []
     if names or not urls:
-        if not names and not cfg.services:
+        if not names and not plan.services:
             raise UsageError(
                 "no services configured and no --url given: nothing to check",
                 hint="add services: to the config file, or pass --url http://HOST:PORT",
             )
-        targets += config_targets(cfg, names)
+        targets += plan_targets(plan.services, names)
     for i, u in enumerate(urls):
         targets.append(url_target(u, model=model, api_key=api_key, name="url" if len(urls) == 1 else f"url{i + 1}"))
     seen: set[str] = set()
@@ -216,21 +220,22 @@ def _run(
             raise UsageError(f"{t.name!r} named twice")
         seen.add(t.name)
 
-    settings = ProbeSettings(
-        timeout_s=timeout_s if timeout_s is not None else health.timeout_s,
-        retries=retries_n if retries_n is not None else health.retries,
-        retry_delay_s=retry_delay_s if retry_delay_s is not None else health.retry_delay_s,
-        slow_ms=slow if slow is not None else health.slow_ms,
-        check_gpu=health.check_gpu,
+    configured = plan.probe
+    settings = replace(
+        configured,
+        timeout_s=timeout_s if timeout_s is not None else configured.timeout_s,
+        retries=retries_n if retries_n is not None else configured.retries,
+        retry_delay_s=retry_delay_s if retry_delay_s is not None else configured.retry_delay_s,
+        slow_ms=slow if slow is not None else configured.slow_ms,
     )
-    policy = pol.PolicySettings.from_config(health, restart=False if no_restart else None)
-    recovery_timeout_s = recovery_s if recovery_s is not None else health.recovery_timeout_s
-    restarter = None if no_restart else command_restarter(health.restart_command, recovery_timeout_s)
-    paths = loaded.paths
+    policy = replace(plan.policy, restart=False) if no_restart else plan.policy
+    recovery_timeout_s = recovery_s if recovery_s is not None else plan.recovery_timeout_s
+    restart_command = list(plan.restart_command) if plan.restart_command is not None else None
+    restarter = None if no_restart else command_restarter(restart_command, recovery_timeout_s)
 
     report = run_health(
         targets,
-        state_dir=paths.state_dir,
+        state_dir=plan.state_dir,
         settings=settings,
         policy=policy,
         restarter=restarter,
@@ -250,7 +255,7 @@ def _run(
             events("textfile_failed", "error", path=textfile, error=exc.strerror or str(exc))
             report = _with_note(report, f"cannot write --textfile {textfile}: {exc.strerror or exc}")
 
-    if quiet and report.status is Status.OK:
+    if quiet and report.status is Status.OK and not json_out:
         return report.exit_code
     events.flush()
     if json_out:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import command, emit_json, info, load_config
+from llmctl.cli._common import (JsonOpt, OutputDirOpt, OutputDirShortOpt, command, complete_services, emit_json, info,
+                                load_config)
 
 app = typer.Typer(help="Render hardened Kubernetes manifests (Deployment, Service, NetworkPolicy, ...) for the "
                   "services.", no_args_is_help=True)
@@ -17,20 +17,19 @@ app = typer.Typer(help="Render hardened Kubernetes manifests (Deployment, Servic
 @command(app, "render")
 def render_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services to render (default: all).",
-                                                         show_default=False)] = None,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Write one file per service (plus "
-                                                    "the namespace and the config) here instead of printing "
-                                                    "one YAML stream.", show_default=False)] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+                                                         show_default=False, autocompletion=complete_services)] = None,
+    output_dir: OutputDirOpt = None,
+    json_out: JsonOpt = False,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of every object "
                                                   "(default: k8s.namespace, llmctl).", show_default=False)] = None,
     image: Annotated[str | None, typer.Option("--image", help="The llmctl image (default: k8s.image); best "
                                               "pinned by digest, NAME@sha256:...", show_default=False)] = None,
+    _o: OutputDirShortOpt = None,
 ) -> None:
     """Render the Namespace, the config's ConfigMap and, per service, a Deployment, Service, PVC,
     NetworkPolicy, PodDisruptionBudget (and ServiceMonitor with k8s.service_monitor).
 
-    Example: llmctl k8s render --image registry.example.com/llmctl@sha256:... -o k8s/ && kubectl apply -f k8s/
+    Example: llmctl k8s render --image registry.example.com/llmctl@sha256:... --output-dir k8s/ && kubectl apply -f k8s/
     """
     from llmctl.errors import OperationFailed, UsageError
     from llmctl.fsutil import atomic_write_text
@@ -52,7 +51,7 @@ def render_cmd(
                 atomic_write_text(output_dir / f.name, f.content)
             except OSError as exc:
                 raise OperationFailed(f"cannot write {output_dir / f.name}: {exc.strerror or exc}") from None
-    if json:
+    if json_out:
         emit_json("k8s.render", {
             "namespace": result.namespace,
             "image": result.image,

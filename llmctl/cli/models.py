@@ -5,16 +5,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import command, emit_json, human_bytes, info, print_table, resolve_paths
+from llmctl.cli._common import (JsonOpt, QuietOpt, command, complete_installed_models, complete_model_refs, emit_json,
+                                human_bytes, info, print_table, resolve_paths)
 
 app = typer.Typer(help="Pull GGUF models from the Hugging Face Hub verified by SHA256; discover and import the ones the host already has; list, show, verify and remove them.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no messages on success.")]
 
 
 def _store():
@@ -26,7 +24,7 @@ def _store():
 class _Live:
     """The progress bar of the command that runs now, so that notices print above it, not through it."""
 
-    console = None
+    console: Any = None  # a rich Console while a bar is shown
 
 
 def _note(quiet: bool):
@@ -90,7 +88,7 @@ def _describe(r) -> str:
 def pull(
     repo: Annotated[str | None, typer.Argument(
         help="Hub repository (owner/name); or `smoke`; or a name from the config's models:. "
-             "None: pull every model in the config.", show_default=False)] = None,
+             "None: pull every model in the config.", show_default=False, autocompletion=complete_model_refs)] = None,
     file: Annotated[str | None, typer.Argument(help="The GGUF file in the repository.", show_default=False)] = None,
     revision: Annotated[str, typer.Option("--revision", "-r", help="Branch, tag or commit.")] = "main",
     sha256: Annotated[str | None, typer.Option("--sha256", help="Pin the file's SHA256 (must match too).",
@@ -239,7 +237,7 @@ def _integrity_exit(models) -> None:
 
 @command(app, "show")
 def show(
-    name: Annotated[str, typer.Argument(help="The model's name in the store.")],
+    name: Annotated[str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)],
     json_out: JsonOpt = False,
 ) -> None:
     """Everything known about one installed model: lock entry, path and GGUF header."""
@@ -256,8 +254,8 @@ def show(
 
 @command(app, "verify")
 def verify(
-    names: Annotated[list[str] | None, typer.Argument(help="Models to check (default: all).",
-                                                      show_default=False)] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Models to check (default: all).", show_default=False,
+                                                      autocompletion=complete_installed_models)] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -302,7 +300,7 @@ def verify(
 
 @command(app, "rm")
 def rm(
-    name: Annotated[str, typer.Argument(help="The model's name in the store.")],
+    name: Annotated[str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)],
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import command, emit_json, info, load_config
+from llmctl.cli._common import JsonOpt, OutputDirOpt, OutputDirShortOpt, command, emit_json, info, load_config
 
 app = typer.Typer(help="Render the Prometheus scrape config, alert and recording rules and the Grafana dashboard "
                   "for the configured services.", no_args_is_help=True)
@@ -23,11 +23,12 @@ def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.
     """What is deployed, as the monitoring names it: units, the health check's units, cloud routes,
     and how a runbook runs llmctl on that host (`config_path`: default the config in use)."""
     from llmctl.monitoring.render import Deployment, runbook_llmctl
-    from llmctl.units.render import HEALTH_TIMER, HEALTH_UNIT, SYSTEM_CONFIG_FILE, unit_name
+    from llmctl.unitname import HEALTH_TIMER, HEALTH_UNIT, unit_name
+    from llmctl.units.render import SYSTEM_CONFIG_FILE
     from llmctl.upstreams.config import upstream_route
 
     cfg = loaded.config
-    units = {name: unit_name(name, spec) for name, spec in cfg.services.items()}
+    units = {name: unit_name(name, spec.unit) for name, spec in cfg.services.items()}
     cloud = () if cfg.airgap else tuple(upstream_route(n) for n, u in cfg.upstreams.items() if u.cloud)
     if config_path is None and loaded.path is not None:
         config_path = str(Path(loaded.path).absolute())
@@ -37,21 +38,20 @@ def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.
 
 @command(app, "render")
 def render_cmd(
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Write the files here (created "
-                                                    "if missing) instead of printing them.",
-                                                    show_default=False)] = None,
+    output_dir: OutputDirOpt = None,
     config_path: Annotated[str | None, typer.Option("--config-path", help="The config file on the served host, "
                                                     "for the runbooks' llmctl commands (default: the one in use; "
                                                     "not named when it is /etc/llmctl/config.yaml).",
                                                     show_default=False)] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: JsonOpt = False,
+    _o: OutputDirShortOpt = None,
 ) -> None:
     """Render llmctl-scrape.yml, llmctl.rules.yml and llmctl-dashboard.json from the config.
 
     Scrape configs for every service's /metrics and node_exporter's textfile (health),
     alert and recording rules for Prometheus, and a dashboard for Grafana.
 
-    Example: llmctl monitoring render -o /etc/prometheus/llmctl
+    Example: llmctl monitoring render --output-dir /etc/prometheus/llmctl
     """
     from llmctl.errors import OperationFailed, UsageError
     from llmctl.fsutil import atomic_write_text
@@ -69,9 +69,9 @@ def render_cmd(
                 atomic_write_text(path, f.content)
             except OSError as exc:
                 raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}",
-                                      hint="choose a directory you can write with -o") from None
+                                      hint="choose a directory you can write with --output-dir") from None
             written.append(str(path))
-    if json:
+    if json_out:
         emit_json("monitoring.render", {
             "files": [{"name": f.name, "kind": f.kind,
                        **({"path": str(output_dir / f.name)} if output_dir else {"content": f.content})}

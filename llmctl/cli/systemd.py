@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import OPTIONS, command, emit_json, info, print_table
+from llmctl.cli._common import (OPTIONS, JsonOpt, OutputDirOpt, OutputDirShortOpt, command, complete_services,
+                                emit_json, info, print_table)
 
 app = typer.Typer(help="Render, install, verify and uninstall hardened systemd units for the services and the health timer.", no_args_is_help=True)
 
@@ -23,7 +24,6 @@ ConfigPathOpt = Annotated[
                  show_default=False),
 ]
 UserOpt = Annotated[bool, typer.Option("--user", help="User units (systemctl --user) instead of system units.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def _user_mode(user: bool) -> bool:
@@ -65,13 +65,13 @@ def _load():
 @command(app, "render")
 def render_cmd(
     services: Annotated[list[str] | None, typer.Argument(help="Services to render (default: all).",
-                                                         show_default=False)] = None,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Write the files here "
-                                                    "(flat) instead of printing them.", show_default=False)] = None,
+                                                         show_default=False, autocompletion=complete_services)] = None,
+    output_dir: OutputDirOpt = None,
     llmctl: LlmctlOpt = None,
     config_path: ConfigPathOpt = None,
     user: UserOpt = False,
-    json: JsonOpt = False,
+    json_out: JsonOpt = False,
+    _o: OutputDirShortOpt = None,
 ) -> None:
     """Render the units (server per service, health service and timer, polkit rule, sysusers.d).
 
@@ -86,7 +86,7 @@ def render_cmd(
             path = output_dir / f.name
             atomic_write_text(path, f.content)
             written.append(str(path))
-    if json:
+    if json_out:
         emit_json("systemd.render", {
             "files": [{"name": f.name, "kind": f.kind, "install_path": f.relpath, "service": f.service,
                        **({"path": str(output_dir / f.name)} if output_dir else {"content": f.content})}
@@ -122,7 +122,7 @@ def install_cmd(
                                                "commands that would run.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write, remove and run nothing; list the files "
                                           "that would be written or removed and the commands.")] = False,
-    json: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write every unit atomically, create the health user (sysusers.d), daemon-reload, enable.
 
@@ -133,7 +133,7 @@ def install_cmd(
     result = _render(None, llmctl, config_path, user)
     outcome = install(result, root=root.absolute() if root else None, user=_user_mode(user), enable=enable,
                       now=now, run=_runner(no_systemctl), systemctl=systemctl, dry_run=dry_run)
-    _report("systemd.install", outcome, no_systemctl or dry_run, json, dry_run)
+    _report("systemd.install", outcome, no_systemctl or dry_run, json_out, dry_run)
 
 
 @command(app, "uninstall")
@@ -144,7 +144,7 @@ def uninstall_cmd(
     systemctl: Annotated[str, typer.Option("--systemctl", help="The systemctl to run.")] = "systemctl",
     no_systemctl: Annotated[bool, typer.Option("--no-systemctl", help="Remove the files only; print the "
                                                "commands that would run.")] = False,
-    json: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Disable and stop llmctl's units, then remove every file llmctl installed.
 
@@ -154,11 +154,11 @@ def uninstall_cmd(
 
     outcome = uninstall(root=root.absolute() if root else None, user=_user_mode(user),
                         run=_runner(no_systemctl), systemctl=systemctl)
-    _report("systemd.uninstall", outcome, no_systemctl, json)
+    _report("systemd.uninstall", outcome, no_systemctl, json_out)
 
 
-def _report(kind: str, outcome, dry: bool, json: bool, dry_run: bool = False) -> None:
-    if json:
+def _report(kind: str, outcome, dry: bool, json_out: bool, dry_run: bool = False) -> None:
+    if json_out:
         emit_json(kind, {
             "written": list(outcome.written),
             "unchanged": list(outcome.unchanged),
@@ -188,7 +188,7 @@ def verify_cmd(
                                                 "exposure score is above this.", min=0.0, max=10.0)] = 1.5,
     llmctl: LlmctlOpt = None,
     user: UserOpt = False,
-    json: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """systemd-analyze verify (no warnings allowed) and security --offline=true (exposure score).
 
@@ -209,7 +209,7 @@ def verify_cmd(
                 p.write_text(f.content, encoding="utf-8")
                 paths.append(p)
             result = verify_units(paths, max_exposure)
-    if json:
+    if json_out:
         emit_json("systemd.verify", {
             "ok": result.ok,
             "max_exposure": result.max_exposure,

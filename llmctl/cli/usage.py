@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import emit_json, guard, info, load_config, print_table, resolve_paths
+from llmctl.cli._common import JsonOpt, emit_json, guard, info, load_config, print_table, resolve_paths
 
 HELP = "Requests, tokens, success rate, latency, cost and savings from the usage ledger of `llmctl serve`."
 
@@ -24,7 +24,7 @@ def main(
         typer.Option("--by", help="Group by day (UTC), provider (the route: local, upstream:<name>), model or key.",
                      show_default=False),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (one row per group, then the total).")] = False,
 ) -> None:
     """Aggregate the usage ledger: requests, tokens, success rate, p50/p95 latency, cost, and the
@@ -32,7 +32,7 @@ def main(
     from llmctl.errors import UsageError
     from llmctl.usage.report import parse_since, summarize
 
-    if as_json and as_csv:
+    if json_out and as_csv:
         raise UsageError("--json and --csv: choose one")
     loaded = load_config()
     paths = loaded.paths or resolve_paths()
@@ -44,7 +44,7 @@ def main(
     if report.skipped:
         info(f"note: {report.skipped} rows of {report.path} left out: a figure in them is not a number "
              "of the right type")
-    if as_json:
+    if json_out:
         emit_json("usage", {
             "ledger": str(report.path), "since": report.since, "by": report.by,
             "skipped_rows": report.skipped,

@@ -1,12 +1,16 @@
 """Probes: TCP connect, GET /health, the model in /v1/models, a one-token completion (and GPU offload).
 
-Each probe has its own hard deadline (asyncio.timeout around the whole request, not only httpx's
+Each probe has its own hard deadline (asyncio.timeout around the whole request, not only a
 per-read timeout), so a port that accepts but never answers costs one timeout per attempt and no
 more. A failed probe ends the attempt; the attempt is retried `retries` times, `retry_delay_s` apart.
 Services are checked concurrently by the caller (run.py), so one hung service only costs its own
 timeouts.
 
-httpx is imported inside the functions: importing this module is cheap.
+HTTP is the standard library's http.client, one connection per request in a daemon thread: cron runs
+`llmctl health` every minute on every host, and an HTTP client library costs more CPU to import than
+the whole check (benchmarks/bench_cold_start.py). When a deadline passes, the request's socket is shut
+down, so its thread ends at once; no proxy is used (probes go to the service itself), redirects are
+not followed, and https verifies the server against the system's CA store (ssl.create_default_context).
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-PROBES = ("tcp", "health", "models", "completion")
+from llmctl import __version__
+
 PROMPT = "Hello"
+USER_AGENT = f"llmctl-health/{__version__}"
 # /health, /v1/models and a one-token completion are a few hundred bytes. A body beyond this fails
 # the probe: a server that streams forever costs a probe, never the health check's memory.
 MAX_BODY_BYTES = 1 << 20
@@ -98,15 +107,11 @@ def _ms(t0: float) -> float:
 
 
 def _error_text(exc: BaseException, timeout_s: float) -> str:
-    import httpx
-
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
+    if isinstance(exc, TimeoutError):  # asyncio.timeout's, and a socket's (socket.timeout)
         return f"timed out after {timeout_s:g}s"
     if isinstance(exc, ProbeFailed):
         return str(exc)
-    if isinstance(exc, ConnectionRefusedError) or (
-        isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower()
-    ):
+    if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
@@ -129,25 +134,130 @@ class Reply:
             raise ValueError("JSON nested too deeply") from None
 
 
-async def fetch(client: Any, method: str, url: str, *, limit: int = MAX_BODY_BYTES, **kwargs: Any) -> Reply:
+class HttpClient:
+    """What the probes of one run share: the per-request timeout and, made on first use, the TLS
+    context. Each request has a connection of its own (no pool: a health run makes a few requests)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._tls: Any = None
+        self._lock = threading.Lock()
+
+    def tls(self) -> Any:
+        with self._lock:
+            if self._tls is None:
+                import ssl
+
+                self._tls = ssl.create_default_context()
+            return self._tls
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def make_client(timeout_s: float) -> HttpClient:
+    """The client the probes of one run share (`async with make_client(t) as client`)."""
+    return HttpClient(timeout_s)
+
+
+class _Exchange:
+    """One request and its response, read in a worker thread with http.client. `abort()` (from the
+    event loop, when the probe's deadline passes) shuts the socket down, so the thread returns now."""
+
+    def __init__(self, client: HttpClient, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                 limit: int) -> None:
+        parts = urlsplit(url)
+        self.client, self.method, self.parts, self.body, self.limit = client, method, parts, body, limit
+        self.path = parts.path or "/"
+        self.headers = {"User-Agent": USER_AGENT, **headers, "Accept-Encoding": "identity"}
+        self.conn: Any = None
+        self.aborted = False
+
+    def run(self) -> Reply:
+        import http.client
+
+        host, port = self.parts.hostname or "", self.parts.port
+        if self.parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=self.client.timeout_s, context=self.client.tls())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.client.timeout_s)
+        self.conn = conn
+        try:
+            conn.connect()
+            if self.aborted:  # the deadline passed while connecting: send nothing
+                raise TimeoutError
+            target = self.path + (f"?{self.parts.query}" if self.parts.query else "")
+            conn.request(self.method, target, body=self.body, headers=self.headers)
+            response = conn.getresponse()
+            encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ProbeFailed(f"{self.path}: compressed response ({encoding[:20]}) although not asked for")
+            chunks, size = [], 0
+            while chunk := response.read1(1 << 16):
+                size += len(chunk)
+                if size > self.limit:
+                    raise ProbeFailed(f"{self.path}: response body larger than {self.limit} bytes")
+                chunks.append(chunk)
+            return Reply(response.status, b"".join(chunks), self.path)
+        finally:
+            conn.close()
+
+    def abort(self) -> None:
+        self.aborted = True
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    """fn() in a daemon thread of its own: a request that never ends can neither hold up the other
+    probes (no shared pool to queue in) nor the process's exit."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def work() -> None:
+        try:
+            result: tuple[bool, Any] = (True, fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            result = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *result)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="llmctl-probe", daemon=True).start()
+    return await future
+
+
+async def fetch(client: HttpClient, method: str, url: str, *, limit: int = MAX_BODY_BYTES,
+                headers: dict[str, str] | None = None, json_body: Any = None) -> Reply:
     """One request whose body is read up to `limit` bytes (as sent: compression is refused, so the
     limit cannot be multiplied by a gzip bomb)."""
-    headers = {**kwargs.pop("headers", {}), "Accept-Encoding": "identity"}
-    request = client.build_request(method, url, headers=headers, **kwargs)
-    response = await client.send(request, stream=True)
+    headers = dict(headers or {})
+    body = None
+    if json_body is not None:
+        body = json.dumps(json_body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    exchange = _Exchange(client, method, url, body, headers, limit)
     try:
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise ProbeFailed(f"{request.url.path}: compressed response ({encoding[:20]}) although not asked for")
-        chunks, size = [], 0
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > limit:
-                raise ProbeFailed(f"{request.url.path}: response body larger than {limit} bytes")
-            chunks.append(chunk)
-    finally:
-        await response.aclose()
-    return Reply(response.status_code, b"".join(chunks), request.url.path)
+        return await _in_thread(exchange.run)
+    except BaseException:  # the deadline (cancellation) or a failure: the thread must not go on reading
+        exchange.abort()
+        raise
 
 
 def _http_error(resp: Reply) -> str:
@@ -179,7 +289,7 @@ async def _tcp(target: Target, timeout_s: float) -> None:
         pass
 
 
-async def check_once(client: Any, target: Target, settings: ProbeSettings) -> CheckResult:
+async def check_once(client: HttpClient, target: Target, settings: ProbeSettings) -> CheckResult:
     """One attempt: every probe in order, stopping at the first that fails."""
     results: list[ProbeResult] = []
     timeout = settings.timeout_s
@@ -199,14 +309,19 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
         results.append(ProbeResult(name, True, _ms(t0)))
         return True
 
+    async def ok_reply(method: str, path: str, json_body: Any = None) -> Reply:
+        """The service's 200 reply, or ProbeFailed naming what it answered instead."""
+        resp = await fetch(client, method, f"{target.base_url}{path}", headers=headers, json_body=json_body)
+        if resp.status_code != 200:
+            raise ProbeFailed(_http_error(resp))
+        return resp
+
     async def tcp() -> None:
         await _tcp(target, timeout)
 
     async def health() -> None:
         nonlocal health_doc
-        resp = await fetch(client, "GET", f"{target.base_url}/health", headers=headers)
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("GET", "/health")
         try:
             health_doc = resp.json()
         except ValueError:
@@ -214,9 +329,7 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
 
     async def models() -> None:
         nonlocal model
-        resp = await fetch(client, "GET", f"{target.base_url}/v1/models", headers=headers)
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("GET", "/v1/models")
         try:
             ids = [str(m["id"]) for m in resp.json()["data"]]
         except (ValueError, KeyError, TypeError):
@@ -232,13 +345,8 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
     async def completion() -> None:
         nonlocal latency
         t0 = time.perf_counter()
-        resp = await fetch(
-            client, "POST", f"{target.base_url}/v1/completions",
-            json={"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0},
-            headers=headers,
-        )
-        if resp.status_code != 200:
-            raise ProbeFailed(_http_error(resp))
+        resp = await ok_reply("POST", "/v1/completions",
+                              {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0})
         try:
             choices = resp.json()["choices"]
             if not isinstance(choices, list) or not choices:
@@ -270,7 +378,7 @@ async def check_once(client: Any, target: Target, settings: ProbeSettings) -> Ch
 
 
 async def check(
-    client: Any,
+    client: HttpClient,
     target: Target,
     settings: ProbeSettings,
     *,
@@ -305,18 +413,6 @@ async def check(
         model=result.model,
         gpu=result.gpu,
         gpu_detail=result.gpu_detail,
-    )
-
-
-def make_client(timeout_s: float) -> Any:
-    """One shared client: no proxies from the environment (probes go to the service itself)."""
-    import httpx
-
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        trust_env=False,
-        follow_redirects=False,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def _check_doc(res: CheckResult | None) -> dict[str, Any] | None:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def service_doc(res: ServiceResult) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def textfile_bytes(report: HealthReport | None, *, status: Status | None = None,
     return generate_latest(reg)
 
 
-def write_textfile(path: Path, data: bytes) -> None:
+def write_textfile(path: str | Path, data: bytes) -> None:
     """Atomically: temp file beside it (a dot name, not *.prom, so the collector skips it), fsync, rename."""
     from llmctl.fsutil import atomic_write_bytes
 
@@ -186,4 +186,4 @@ def log_line(event: str, level: str, fields: dict[str, Any], now: float) -> str:
 
 
 def _iso_ms(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

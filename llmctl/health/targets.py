@@ -2,88 +2,70 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmctl.errors import NotFound, UsageError
+from llmctl.errors import ConfigError, NotFound, UsageError
 from llmctl.health.probes import Target
-from llmctl.netutil import connect_host, host_port
-
-CREDENTIAL_NAME = "api-keys"
-
-
-def default_unit(service: str) -> str:
-    return f"llmctl-{service}.service"
+from llmctl.health.plan import ServiceCheck, service_checks
+from llmctl.keys import credential_file, credential_name, first_key
+from llmctl.netutil import host_port
 
 
-def first_key(path: Path) -> str:
-    """The first key in a keys file: one per line; blank lines and '#' comments skipped."""
-    text = Path(path).read_text(encoding="utf-8")
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
-    raise ValueError("it holds no key")
+def service_target(check: ServiceCheck, *, environ: Mapping[str, str] | None = None) -> Target:
+    """A Target for a configured service.
 
-
-def credentials_key_file(service: str, environ: dict[str, str] | None = None) -> Path | None:
-    """The key file systemd passed to this run as a credential, if any.
-
-    `$CREDENTIALS_DIRECTORY/api-keys-<service>` (the health unit loads one per service), else
-    `$CREDENTIALS_DIRECTORY/api-keys`.
-    """
-    env = os.environ if environ is None else environ
-    cred = env.get("CREDENTIALS_DIRECTORY")
-    if cred:
-        for name in (f"{CREDENTIAL_NAME}-{service}", CREDENTIAL_NAME):
-            path = Path(cred) / name
-            if path.is_file():
-                return path
-    return None
-
-
-def service_target(name: str, spec: Any, *, environ: dict[str, str] | None = None) -> Target:
-    """A Target for services.<name> (an llmctl.schema.ServiceSpec)."""
-    host = connect_host(spec.host)
+    Its key: the credential the health unit loads for this service (`api-keys-<service>`), else
+    `api-keys`, else the service's api_keys_file. A key that cannot be read is this target's
+    setup error (UNKNOWN), not the whole run's."""
+    name = check.name
     api_key = None
     setup_error = None
-    if spec.api_keys_file:
-        path = credentials_key_file(name, environ) or Path(spec.api_keys_file).expanduser()
+    if check.api_keys_file:
+        credential = credential_file([credential_name(name), credential_name()], environ)
         try:
-            api_key = first_key(path)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            setup_error = f"cannot read an API key from {path}: {why}"
+            if credential is not None:
+                api_key = first_key(credential, f"credential {credential.name}")
+            else:
+                api_key = first_key(Path(check.api_keys_file).expanduser(), f"services.{name}.api_keys_file")
+        except ConfigError as exc:
+            setup_error = f"cannot read an API key: {exc}"
     return Target(
         name=name,
-        host=host,
-        port=spec.port,
-        base_url=f"http://{host_port(host, spec.port)}",
-        model=spec.model,
+        host=check.host,
+        port=check.port,
+        base_url=f"http://{host_port(check.host, check.port)}",
+        model=check.model,
         api_key=api_key,
-        unit=spec.unit or default_unit(name),
-        gpu=bool(spec.uses_gpu),
+        unit=check.unit,
+        gpu=check.gpu,
         setup_error=setup_error,
     )
 
 
-def config_targets(config: Any, names: Sequence[str], *, environ: dict[str, str] | None = None) -> list[Target]:
-    services = config.services
+def plan_targets(services: Sequence[ServiceCheck], names: Sequence[str], *,
+                 environ: Mapping[str, str] | None = None) -> list[Target]:
+    """The targets of the services named (all of them when none is), in the order named."""
+    by_name = {s.name: s for s in services}
     if names:
-        unknown = [n for n in names if n not in services]
+        unknown = [n for n in names if n not in by_name]
         if unknown:
-            known = ", ".join(sorted(services)) or "none"
+            known = ", ".join(sorted(by_name)) or "none"
             raise NotFound(
                 f"unknown service {unknown[0]!r} (configured: {known})",
                 hint="services are configured under services: in the config file",
             )
         chosen = list(dict.fromkeys(names))
     else:
-        chosen = sorted(services)
-    return [service_target(n, services[n], environ=environ) for n in chosen]
+        chosen = sorted(by_name)
+    return [service_target(by_name[n], environ=environ) for n in chosen]
+
+
+def config_targets(config: Any, names: Sequence[str], *, environ: Mapping[str, str] | None = None) -> list[Target]:
+    """plan_targets for a validated config (llmctl.schema.Config)."""
+    return plan_targets(service_checks(config), names, environ=environ)
 
 
 def url_target(url: str, *, model: str | None = None, api_key: str | None = None, name: str | None = None) -> Target:

@@ -45,7 +45,7 @@ def _dumpers():
     Flow.add_representer(YamlText, quoted)
     Block.add_representer(str, careful)
     # A YAML anchor in a template (one securityContext for every container) is written out in full.
-    Block.ignore_aliases = lambda self, data: True
+    Block.ignore_aliases = lambda self, data: True  # type: ignore[method-assign]
     return Flow, Block
 
 

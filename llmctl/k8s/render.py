@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from llmctl import __version__
-from llmctl.errors import ConfigError, NotFound, UsageError
+from llmctl.errors import ConfigError, LlmctlError, NotFound, UsageError
+from llmctl.keys import CREDENTIAL_NAME, CREDENTIALS_ENV, first_key_shell
 from llmctl.netutil import is_loopback
+from llmctl.text import PATTERNS
 
 if TYPE_CHECKING:
     from llmctl.paths import Paths
@@ -53,7 +55,6 @@ INIT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cp
 PUBLIC_V4 = ("0.0.0.0/0", ["10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
                            "192.168.0.0/16"])
 PUBLIC_V6 = ("::/0", ["::1/128", "fc00::/7", "fe80::/10"])
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -80,7 +81,7 @@ class SecretNeed:
         parts = ["kubectl", "-n", namespace, "create", "secret", "generic", self.name]
         for key, source in self.keys:
             if key == "metrics-key":  # the first key of the service's key file
-                value = f"<(grep -v '^#' {shlex.quote(source)} | grep -m1 .)"
+                value = f"<({first_key_shell(shlex.quote(source))})"
             elif source.startswith("$") and _ENV_NAME.fullmatch(source[1:]):
                 value = f'<(printf %s "{source}")'
             else:
@@ -178,7 +179,7 @@ def object_name(service: str) -> str:
 
 def memory_quantity(value: str, where: str) -> str:
     """systemd's MemoryMax= size (K, M, G, T are powers of 1024) as a Kubernetes quantity."""
-    m = _SIZE.fullmatch(value)
+    m = PATTERNS["size"].fullmatch(value)
     if m is None:
         raise ConfigError(f"{where}: {value!r} is not a size such as 512M or 8G")
     number, unit = m.groups()
@@ -198,7 +199,7 @@ def _model_bytes(config: Config, model: str, paths: Paths | None) -> int | None:
 
         try:
             entry = Store(paths).read_lock().get(model)
-        except Exception:  # an unreadable lock: as if the model were not installed here
+        except (LlmctlError, OSError):  # an unreadable lock: as if the model were not installed here
             entry = None
         if entry is not None:
             return entry.size
@@ -286,9 +287,9 @@ def pod_config(config: Config) -> dict:
     data = {"version": config.version, **data}
     for name, spec in config.services.items():
         if spec.api_keys_file:
-            data["services"][name]["api_keys_file"] = f"{CREDENTIALS_DIR}/api-keys"
-    for name, spec in config.upstreams.items():
-        if spec.api_key_env or spec.api_key_file:
+            data["services"][name]["api_keys_file"] = f"{CREDENTIALS_DIR}/{CREDENTIAL_NAME}"
+    for name, upstream in config.upstreams.items():
+        if upstream.api_key_env or upstream.api_key_file:
             entry = data["upstreams"][name]
             entry.pop("api_key_env", None)
             entry["api_key_file"] = f"upstream-{name}"
@@ -394,14 +395,16 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     secret_name = f"{name}-credentials"
     keys: list[tuple[str, str]] = []
     if spec.api_keys_file:
-        keys.append(("api-keys", spec.api_keys_file))
+        keys.append((CREDENTIAL_NAME, spec.api_keys_file))
     else:
         notes.append(f"service '{service}' has no API keys: every client the NetworkPolicy admits can use it")
     if not config.airgap:
         for upstream in config.upstreams_for(service):
             u = config.upstreams[upstream]
-            if u.api_key_env or u.api_key_file:
-                keys.append((f"upstream-{upstream}", f"${u.api_key_env}" if u.api_key_env else u.api_key_file))
+            if u.api_key_env:
+                keys.append((f"upstream-{upstream}", f"${u.api_key_env}"))
+            elif u.api_key_file:
+                keys.append((f"upstream-{upstream}", u.api_key_file))
     metrics_secret = None
     if k8s.service_monitor and spec.api_keys_file and not spec.public_metrics:
         keys.append(("metrics-key", spec.api_keys_file))
@@ -427,7 +430,7 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
         pull_env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/token"})
     serve_env = list(common_env)
     if secret is not None:
-        serve_env.append({"name": "CREDENTIALS_DIRECTORY", "value": CREDENTIALS_DIR})
+        serve_env.append({"name": CREDENTIALS_ENV, "value": CREDENTIALS_DIR})
 
     config_mount = {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
     tmp_mount = {"name": "tmp", "mountPath": TMP}

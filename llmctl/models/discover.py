@@ -54,8 +54,6 @@ MANIFEST_MAX_BYTES = 1 << 20  # real manifests are about 1 KiB
 
 # A Hugging Face repository id's two parts (the cache's directory is models--<org>--<repo>).
 _HF_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
-_GIT_BLOB = re.compile(r"[0-9a-f]{40}")  # a non-LFS file's blob is named by its git SHA-1
-_COMMIT = _GIT_BLOB  # a snapshot directory is named by its commit
 
 
 class CorruptEntry(IntegrityError):
@@ -278,7 +276,7 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
         text = str(warning)
         if "datasets--" not in text and "spaces--" not in text:
             yield CorruptEntry(None, None, f"Hugging Face cache: {printable(text)}")
-    root_real = Path(info.cache_dir)
+    root_real = Path(info.cache_dir or cache)
     for repo in sorted(info.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
@@ -298,7 +296,7 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
             by_file.setdefault(f.file_path.relative_to(rev.snapshot_path).as_posix(), []).append((rev, f))
         for rel, found_in in sorted(by_file.items()):
             seen: set = set()
-            for i, (rev, f) in enumerate(found_in):
+            for rev, f in found_in:
                 base = f"{HF_PREFIX}{repo.repo_id}/{rel}"
                 try:
                     entry = _hf_entry(root_real, repo, rev, f, rel, base)
@@ -317,7 +315,7 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
 def _hf_entry(root_real: Path, repo, rev, f, rel: str, source: str) -> Found:
     if not rel.isprintable():
         raise CorruptEntry(None, f.file_path, "the file name holds control characters")
-    if not _COMMIT.fullmatch(rev.commit_hash):
+    if not check_pattern("commit", rev.commit_hash):  # a snapshot directory is named by its commit
         raise CorruptEntry(source, rev.snapshot_path, "the snapshot is not named by a commit")
     real = _resolve(f.file_path, root_real, source, "the snapshot file")
     blobs = Path(os.path.abspath(repo.repo_path / "blobs"))
@@ -327,7 +325,7 @@ def _hf_entry(root_real: Path, repo, rev, f, rel: str, source: str) -> Found:
             raise CorruptEntry(source, f.file_path, "the snapshot file points outside the repository's blobs")
         if check_pattern("sha256", hop.name):
             sha256, note = hop.name, "the blob's name in the Hugging Face cache (the LFS sha256)"
-        elif _GIT_BLOB.fullmatch(hop.name):
+        elif check_pattern("commit", hop.name):  # a non-LFS file's blob is named by its git SHA-1
             sha256, note = None, "none: the cache names this blob by its git SHA-1 (not an LFS file)"
         else:
             raise CorruptEntry(source, f.file_path, f"the blob name {printable(hop.name)!r} is not a hash")

@@ -78,7 +78,7 @@ def fetch_verified(
     try:  # the HTTP client huggingface_hub 2.x itself uses (already imported for the metadata)
         import httpx2 as httpx
     except ImportError:  # huggingface_hub 1.x: plain httpx, same API
-        import httpx
+        import httpx  # type: ignore[no-redef]
 
     label = label or url
     if sha256 is None and pinned is None:

@@ -36,7 +36,7 @@ def hub_settings() -> HubSettings:
             from huggingface_hub import get_token
 
             token = get_token()
-        except Exception:  # a broken token file must not stop public pulls
+        except Exception:  # noqa: BLE001 - a broken token file must not stop public pulls
             token = None
     offline = _truthy(os.environ.get("HF_HUB_OFFLINE"))
     return HubSettings(endpoint, token, offline)
@@ -139,8 +139,9 @@ def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -
                     if not check_pattern("sha256", sha256):
                         raise OperationFailed(f"{settings.endpoint} sent a malformed LFS sha256 for "
                                               f"'{repo}/{file}': {printable(repr(sha256))[:80]}")
-                if size is None:
-                    size = int(lfs.size if lfs is not None else info.size)
+                if size is None:  # a folder of that name has no size: "published no size" below
+                    found = lfs.size if lfs is not None else getattr(info, "size", None)
+                    size = int(found) if found is not None else None
     if size is None:
         raise OperationFailed(f"{settings.endpoint} published no size for '{repo}/{file}'")
     pinned_url = hf_hub_url(repo, file, revision=commit, endpoint=settings.endpoint)

@@ -141,20 +141,21 @@ def pull(
     pinned = normalize_sha256(sha256)
     settings = settings or hub_settings()
     existing = store.read_lock().get(name)
-    same_source = existing is not None and existing.repo == repo and existing.file == file
+    # The entry of this name, when it holds this repo's file (else None: a pull replaces it).
+    same = existing if existing is not None and existing.repo == repo and existing.file == file else None
     if settings.offline:
-        if (same_source and _present(store, existing)
-                and (not check_pattern("commit", revision) or revision == existing.revision)
-                and (pinned is None or pinned == existing.sha256)):
-            return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+        if (same is not None and _present(store, same)
+                and (not check_pattern("commit", revision) or revision == same.revision)
+                and (pinned is None or pinned == same.sha256)):
+            return _result(same, store, "present", seconds=time.perf_counter() - t0)
         raise OperationFailed(
             f"HF_HUB_OFFLINE is set and '{repo}/{file}' (as '{name}') is not in the store",
             hint="unset HF_HUB_OFFLINE to download it, or `llmctl models import PATH` a local copy",
         )
     # A commit-pinned revision that is installed needs no network at all.
-    if (same_source and existing.revision == revision and _present(store, existing)
-            and (pinned is None or pinned == existing.sha256)):
-        return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+    if (same is not None and same.revision == revision and _present(store, same)
+            and (pinned is None or pinned == same.sha256)):
+        return _result(same, store, "present", seconds=time.perf_counter() - t0)
 
     remote = resolve_remote(repo, file, revision, settings)
     label = f"{repo}/{file}@{remote.commit[:12]}"
@@ -166,14 +167,14 @@ def pull(
     if want is None:
         raise OperationFailed(f"{label}: the Hub publishes no SHA256 for this file (not an LFS file)",
                               hint="pin the expected hash with --sha256")
-    if same_source and existing.sha256 == want and _present(store, existing):
-        if existing.revision != remote.commit:
+    if same is not None and same.sha256 == want and _present(store, same):
+        if same.revision != remote.commit:
             # The revision moved but this file's bytes did not: record the new commit, download nothing.
             if dry_run:
-                return _result(replace(existing, revision=remote.commit), store, "would_update",
+                return _result(replace(same, revision=remote.commit), store, "would_update",
                                seconds=time.perf_counter() - t0)
-            existing = store.record(replace(existing, revision=remote.commit))
-        return _result(existing, store, "present", seconds=time.perf_counter() - t0)
+            same = store.record(replace(same, revision=remote.commit))
+        return _result(same, store, "present", seconds=time.perf_counter() - t0)
     if dry_run:
         partial = store.root / ".partial" / f"{want}.part"
         have = partial.stat().st_size if partial.exists() else 0
@@ -452,6 +453,7 @@ def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
                               spec.sha256 or sha256_file(src), file=src.name, source="import")
         return import_file(store, src, name=name, sha256=spec.sha256, chat_format=spec.chat_format,
                            progress=kw.get("progress"))
+    assert spec.repo is not None and spec.file is not None  # the schema: a path, or repo and file
     return pull(store, spec.repo, spec.file, revision=spec.revision, name=name, sha256=spec.sha256,
                 chat_format=spec.chat_format, **kw)
 

@@ -41,9 +41,9 @@ def resolve_model(
     if ref == SMOKE_NAME:
         entry = ensure_smoke(store, progress)
         return ResolvedModel(ref, store.model_path(entry), entry, chat_format or entry.chat_format)
-    entry = store.read_lock().get(ref)
-    if entry is not None:
-        return ResolvedModel(ref, store.model_path(entry), entry, chat_format or entry.chat_format)
+    locked = store.read_lock().get(ref)
+    if locked is not None:
+        return ResolvedModel(ref, store.model_path(locked), locked, chat_format or locked.chat_format)
     if spec is not None:
         raise NotFound(f"model '{ref}' is configured but not pulled yet", hint=f"llmctl models pull {ref}")
     if "/" in ref or ref.endswith(".gguf"):

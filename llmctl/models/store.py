@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
 from llmctl.errors import IntegrityError, NotFound, OperationFailed
@@ -90,7 +90,7 @@ class Lockfile:
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def sha256_file(path: Path, progress: Progress | None = None) -> str:
@@ -390,10 +390,6 @@ def _write_stamp(path: Path, sha256: str) -> None:
         atomic_write_text(_stamp_path(path), _stamp_value(sha256, path.stat()))
     except OSError:
         pass
-
-
-def entry_with(entry: LockEntry, **changes) -> LockEntry:
-    return replace(entry, **changes)
 
 
 def free_bytes(path: Path) -> int:

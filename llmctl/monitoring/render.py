@@ -125,7 +125,7 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
         raise UsageError("services: no service is configured, so there is nothing to monitor",
                          hint="add a service under services: (see config.example.yaml)")
     health = config.systemd.health_textfile is not None
-    services = []
+    services: list[dict[str, Any]] = []
     for name, spec in config.services.items():
         unit = deployment.units.get(name)
         if unit is None:

@@ -17,18 +17,20 @@ from typing import TYPE_CHECKING
 
 from llmctl import __version__
 from llmctl.errors import NotFound, UsageError
+from llmctl.keys import credential_name
 from llmctl.netutil import connect_host, is_loopback
 from llmctl.paths import SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, Paths
-from llmctl.text import check_pattern, printable
+from llmctl.text import check_pattern
+from llmctl.unitname import HEALTH_TIMER, HEALTH_UNIT
+from llmctl.unitname import unit_name as _unit_name
 from llmctl.units.escape import FINALIZE, Rendered, exec_line, no_control, quote_arg, unit_path
 
-__all__ = ["exec_line", "quote_arg", "render", "unit_name", "unit_path"]  # the escapers live in escape.py
+# The escapers live in escape.py, the unit name rule in llmctl.unitname.
+__all__ = ["HEALTH_TIMER", "HEALTH_UNIT", "exec_line", "quote_arg", "render", "unit_name", "unit_path"]
 
 if TYPE_CHECKING:
     from llmctl.schema import Config, ServiceSpec
 
-HEALTH_UNIT = "llmctl-health.service"
-HEALTH_TIMER = "llmctl-health.timer"
 POLKIT_RULES = "50-llmctl-health.rules"
 SYSUSERS_CONF = "llmctl.conf"
 MARKER = "Rendered by llmctl"
@@ -93,14 +95,8 @@ def default_llmctl() -> str:
 
 
 def unit_name(service: str, spec: ServiceSpec) -> str:
-    name = spec.unit or f"llmctl-{service}.service"
-    name = name if name.endswith(".service") else f"{name}.service"
-    if not check_pattern("service_unit", name) or name.startswith((".", "-")) or len(name) > 255:
-        raise UsageError(f"services.{service}.unit: {printable(repr(spec.unit))} is not a valid unit name "
-                         "(letters, digits, '_', '.', '-', '\\')")
-    if name in (HEALTH_UNIT,):
-        raise UsageError(f"services.{service}.unit: {name} is the health check's unit")
-    return name
+    """The server unit of services.<service> (llmctl.unitname.unit_name)."""
+    return _unit_name(service, spec.unit)
 
 
 def _seconds(value: float) -> str:
@@ -233,6 +229,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "service": name,
             "model_name": spec.model,
             "exec_start": exec_line(argv),
+            "credential": credential_name(),
             "api_keys_file": (unit_path(f"services.{name}.api_keys_file", spec.api_keys_file)
                               if spec.api_keys_file else None),
             "restart_sec": RESTART_SEC,
@@ -283,7 +280,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         health_argv += ["--textfile", systemd_cfg.health_textfile]
         textfile_dir = str(PurePosixPath(systemd_cfg.health_textfile).parent)
         read_write.append("-" + unit_path("systemd.health_textfile", textfile_dir))
-    credentials = [(f"api-keys-{n}", unit_path(f"services.{n}.api_keys_file", s.api_keys_file))
+    credentials = [(credential_name(n), unit_path(f"services.{n}.api_keys_file", s.api_keys_file))
                    for n, s in config.services.items() if s.api_keys_file]
     if system:
         state_rel = str(system_paths().state_dir.relative_to("/var/lib"))

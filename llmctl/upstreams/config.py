@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmctl.errors import ConfigError
+from llmctl.keys import CREDENTIALS_ENV, first_key
 
 if TYPE_CHECKING:
     from llmctl.schema import Config, UpstreamSpec
@@ -79,17 +80,10 @@ def read_api_key(name: str, spec: UpstreamSpec, environ: dict[str, str]) -> str 
         return value
     if spec.api_key_file:
         path = Path(spec.api_key_file).expanduser()
-        creds = environ.get("CREDENTIALS_DIRECTORY")
-        if not path.is_absolute() and creds:  # a systemd credential by name
-            path = Path(creds) / path
-        try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        except OSError as exc:
-            raise ConfigError(f"{where}.api_key_file: cannot read {path}: {exc.strerror or exc}") from None
-        value = next((ln for ln in lines if ln and not ln.startswith("#")), "")
-        if not value:
-            raise ConfigError(f"{where}.api_key_file: {path} holds no key")
-        return value
+        directory = environ.get(CREDENTIALS_ENV)
+        if not path.is_absolute() and directory:  # a systemd credential (the pods' Secret file) by name
+            path = Path(directory) / path
+        return first_key(path, f"{where}.api_key_file")
     return None
 
 
@@ -123,10 +117,3 @@ def routing_for(cfg: Config, service: str | None, environ: dict[str, str] | None
         backoff_initial_s=policy.backoff_initial_s, backoff_max_s=policy.backoff_max_s,
     )
 
-
-def prices(cfg: Config) -> dict[str, tuple[float, float]]:
-    """route -> (USD per 1K in, per 1K out) for every configured upstream; local is free."""
-    out = {"local": (0.0, 0.0)}
-    for name, spec in cfg.upstreams.items():
-        out[upstream_route(name)] = (spec.price_in_per_1k, spec.price_out_per_1k)
-    return out

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmctl.errors import OperationFailed, UsageError
 from llmctl.usage.ledger import FILENAME, connect
@@ -93,7 +94,7 @@ def parse_since(text: str, now: float | None = None) -> float | None:
     except ValueError:
         raise UsageError(f"--since: {text!r} is not a duration (7d, 12h, 30m, 2w) or an ISO date") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
+        when = when.replace(tzinfo=_dt.UTC)
     return when.timestamp()
 
 
@@ -109,8 +110,9 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
     if by is not None and by not in GROUPS:
         raise UsageError(f"--by: must be one of {', '.join(GROUPS)}")
     path = Path(state_dir) / FILENAME
-    groups: dict[str, dict] = defaultdict(lambda: {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []})
-    total = {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []}
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0,
+                                                             "lat": []})
+    total: dict[str, Any] = {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []}
     unreadable_hint = "read it as the user that runs llmctl serve, or as root (the server units run as a dynamic user)"
     try:
         present = path.exists()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from llmctl import __version__
@@ -22,10 +24,12 @@ def invoke(*args: str):
 
 
 def test_help_lists_every_group():
+    """Exactly these commands, each named in --help as a word of its own (`serve` is not `server`)."""
+    assert sorted(typer.main.get_command(app).commands) == sorted(GROUPS)
     result = invoke("--help")
     assert result.exit_code == 0
     for group in GROUPS:
-        assert group in result.output
+        assert re.search(rf"(?<![\w-]){re.escape(group)}(?![\w-])", result.output), group
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -108,38 +112,64 @@ def test_python_dash_m_and_console_script_agree(llmctl):
     assert proc.returncode == 0 and proc.stdout.strip() == f"llmctl {__version__}"
 
 
-def test_help_imports_no_heavy_module():
-    """After `llmctl --help` none of the heavy libraries is loaded (cron runs health every minute)."""
-    code = (
-        "import sys\n"
-        "from llmctl.cli.app import app\n"
-        "try:\n"
-        "    app(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        f"heavy = {HEAVY!r}\n"
-        "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
-    )
+def loaded_modules(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
+    """The exact names in sys.modules after running `llmctl ARGV` in a fresh interpreter."""
+    import os
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-300:]
+    code = (
+        "import json, sys\n"
+        "from llmctl.cli.app import app\n"
+        "try:\n"
+        f"    app({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('\\nMODULES=' + json.dumps(sorted(sys.modules)) + '\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES=")]
+    assert line, proc.stderr[-500:]
+    return set(json.loads(line[-1][len("MODULES="):]))
+
+
+def heavy_in(modules: set[str], heavy: list[str]) -> list[str]:
+    """Which of `heavy` (packages) were imported: the package itself or any of its modules, by exact
+    name (`serve` is not `server`, `yaml` is not `_yaml`)."""
+    return sorted({m.split(".")[0] for m in modules} & set(heavy))
+
+
+def test_the_module_check_matches_exact_names():
+    assert heavy_in({"server", "pydantic_core", "yamllint", "os"}, ["serve", "pydantic", "yaml"]) == []
+    assert heavy_in({"httpx._main", "yaml"}, ["httpx", "yaml"]) == ["httpx", "yaml"]
+
+
+def test_help_imports_no_heavy_module():
+    """After `llmctl --help` none of the heavy libraries is loaded (cron runs health every minute)."""
+    assert heavy_in(loaded_modules(["--help"]), HEAVY) == []
 
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_group_help_imports_no_heavy_module(group):
-    import subprocess
+    assert heavy_in(loaded_modules([group, "--help"]), HEAVY) == []
 
-    code = (
-        "import sys\n"
-        "from llmctl.cli.app import app\n"
-        "try:\n"
-        f"    app([{group!r}, '--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-300:]
+
+# What cron runs every minute: `llmctl health` against a closed port. After the first run has cached
+# its plan (llmctl/health/plan.py), a run imports none of these (benchmarks/bench_cold_start.py times it).
+HEALTH_AVOIDS = ["httpx", "httpcore", "h11", "anyio", "pydantic", "pydantic_core", "yaml", "rich", "click",
+                 "jinja2", "huggingface_hub", "prometheus_client", "psutil", "llama_cpp", "email"]
+
+
+def test_a_health_run_imports_only_what_it_needs(write_config):
+    import socket
+
+    write_config("services:\n  chat: {model: smoke, port: 8001}\n")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    argv = ["health", "--url", f"http://127.0.0.1:{closed}", "--retries", "0"]
+    first = loaded_modules(argv)
+    assert "pydantic" in first  # the first run validates the config
+    again = loaded_modules(argv)
+    assert heavy_in(again, HEALTH_AVOIDS) == []
+    assert "llmctl.health.probes" in again  # it did run the probes

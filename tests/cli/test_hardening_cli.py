@@ -242,8 +242,8 @@ def test_an_unexpected_exception_is_one_line_with_a_hint(broken_list, monkeypatc
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: internal error: RuntimeError: boom\\x1b[2J",
-        "Hint: this is a bug in llmctl; please report it with the output of the same command run with "
-        "LLMCTL_DEBUG=1",
+        ("Hint: this is a bug in llmctl; please report it with the output of the same command run with "
+         "LLMCTL_DEBUG=1"),
     ]
 
 

@@ -246,7 +246,7 @@ def test_unreadable_key_file_is_unknown_for_that_service(write_config, tmp_path)
     assert r.exit_code == 3
     lines = r.stdout.splitlines()
     assert lines[0].startswith("OK - a ")
-    assert lines[1].startswith("UNKNOWN - b cannot read an API key from")
+    assert lines[1].startswith("UNKNOWN - b cannot read an API key: services.b.api_keys_file: API keys file not found")
 
 
 def test_state_persists_between_runs(write_config, home):

@@ -29,7 +29,7 @@ def test_render_prints_one_stream_that_is_the_snapshots(llmctl):
 
 def test_render_output_dir_writes_one_file_each(llmctl, tmp_path: Path):
     out = tmp_path / "k8s"
-    proc = llmctl("--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "-o", str(out))
+    proc = llmctl("--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "--output-dir", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(out / n) for n in ("00-namespace.yaml", "01-config.yaml", "llmctl-gpu.yaml")]
     for name in ("00-namespace.yaml", "01-config.yaml", "llmctl-gpu.yaml"):
@@ -54,7 +54,7 @@ def test_render_json(llmctl, tmp_path: Path):
     assert secret["create_command"].startswith("kubectl -n other create secret generic llmctl-gpu-credentials ")
     out = tmp_path / "o"
     doc = json.loads(llmctl("--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "--json",
-                            "-o", str(out)).stdout)
+                            "--output-dir", str(out)).stdout)
     assert [f["path"] for f in doc["files"]] == [str(out / f["name"]) for f in doc["files"]]
     assert all("content" not in f for f in doc["files"])
 
@@ -87,17 +87,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(llmctl, tmp_path: Pa
     bad_key.write_text("k8s:\n  namespace: Prod\n")
     cases.append((["--config", str(bad_key), "k8s", "render"], "Error: k8s.namespace: 'Prod' is not a Kubernetes name"))
     for args, message in cases:
-        proc = llmctl(*args, "-o", str(out))
+        proc = llmctl(*args, "--output-dir", str(out))
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.startswith(message), proc.stderr
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         assert not out.exists()
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    proc = llmctl("--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "-o", str(a_file))
+    proc = llmctl("--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "--output-dir", str(a_file))
     assert proc.returncode == 2 and proc.stderr.startswith("Error: --output-dir: ")
     assert a_file.read_text() == "x"
-    proc = llmctl("--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "-o", str(a_file / "sub"))
+    proc = llmctl("--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "--output-dir", str(a_file / "sub"))
     assert proc.returncode == 1 and proc.stderr.splitlines()[-1].startswith(f"Error: cannot write {a_file}/sub/")
 
 

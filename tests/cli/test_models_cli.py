@@ -119,6 +119,7 @@ def test_import_pinned_hash_mismatch_exit_3(home, llmctl, tiny):
     assert not [p for p in (home / "models").rglob("*") if p.is_file()]
 
 
+@pytest.mark.model
 def test_pull_smoke_reports_present(home, llmctl, smoke_model):
     r = llmctl("models", "pull", "smoke", "--json")
     assert r.returncode == 0, r.stderr
@@ -144,6 +145,7 @@ def test_pull_dry_run_of_smoke_and_config_entries_writes_nothing(home, llmctl, w
     assert set(lock(home)) == {"local"}
 
 
+@pytest.mark.model
 def test_pull_dry_run_of_installed_smoke_is_present(home, llmctl, smoke_model):
     r = llmctl("models", "pull", "smoke", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
@@ -170,6 +172,7 @@ def test_empty_store_list_and_verify(home, llmctl):
     assert r.returncode == 0
 
 
+@pytest.mark.model
 def test_pull_all_includes_smoke_when_a_service_runs_it(home, llmctl, write_config, smoke_model):
     write_config("version: 1\nservices:\n  chat:\n    model: smoke\n")
     r = llmctl("models", "pull", "--json")

@@ -55,6 +55,7 @@ def smoke_stores(stores, smoke_file) -> dict[str, Path]:
     return stores
 
 
+@pytest.mark.model
 def test_discover_lists_both_stores_text_and_json(home, llmctl, smoke_stores, write_config, tmp_path):
     plain = tmp_path / "plain"
     make_gguf(plain / "Tiny-Q8_0.gguf", file_type=7, payload_bytes=4096)
@@ -88,6 +89,7 @@ def test_discover_lists_both_stores_text_and_json(home, llmctl, smoke_stores, wr
     assert [s["kind"] for s in doc["searched"]] == ["ollama", "hf-cache", "path"]
 
 
+@pytest.mark.model
 def test_import_ollama_verifies_hard_links_and_records(home, llmctl, smoke_stores):
     blob = smoke_stores["ollama"] / "blobs" / f"sha256-{SMOKE_SHA256}"
     r = llmctl("models", "import", "ollama:gemma3:270m", "--json")
@@ -112,6 +114,7 @@ def test_import_ollama_verifies_hard_links_and_records(home, llmctl, smoke_store
     assert r.returncode == 0 and blob.is_file()  # removing ours leaves Ollama's
 
 
+@pytest.mark.model
 def test_import_hf_cache_copy_and_name(home, llmctl, smoke_stores):
     src = f"hf-cache:{HF_REPO}/gemma-3-270m-Q4_K_M.gguf"
     r = llmctl("models", "import", src, "--name", "g270", "--copy")
@@ -126,6 +129,7 @@ def test_import_hf_cache_copy_and_name(home, llmctl, smoke_stores):
     assert oct(stored.stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("copy", [False, True], ids=["link", "copy"])
 def test_blob_not_matching_its_digest_exits_3_and_leaves_nothing(home, llmctl, stores, smoke_file, copy):
     # The smoke model's bytes, filed under another model's digest.
@@ -141,6 +145,7 @@ def test_blob_not_matching_its_digest_exits_3_and_leaves_nothing(home, llmctl, s
         assert store_files(home) == []
 
 
+@pytest.mark.model
 def test_import_pinned_sha256_must_agree_with_the_store(home, llmctl, smoke_stores):
     r = llmctl("models", "import", "ollama:gemma3:270m", "--sha256", "0" * 64)
     assert r.returncode == 3 and "pinned" in r.stderr

@@ -1,4 +1,4 @@
-"""`llmctl monitoring render` wiring: outputs, --json, -o, --config-path, exit codes of bad input."""
+"""`llmctl monitoring render` wiring: outputs, --json, --output-dir, --config-path, exit codes of bad input."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_render_to_stdout_matches_the_snapshots():
 
 def test_output_dir_writes_the_files_atomically_and_prints_their_paths(tmp_path: Path):
     out = tmp_path / "prometheus" / "llmctl"  # created
-    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "-o", str(out))
+    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "--output-dir", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [str(out / f) for f in FILES]
     assert sorted(os.listdir(out)) == sorted(FILES)  # no temp files left
@@ -50,7 +50,7 @@ def test_output_dir_writes_the_files_atomically_and_prints_their_paths(tmp_path:
     data = yaml.safe_load(TEST_CONFIG.read_text())
     data["monitoring"]["job"] = "llm-prod"
     changed.write_text(yaml.safe_dump(data))
-    assert invoke("--config", str(changed), "monitoring", "render", "-o", str(out)).exit_code == 0
+    assert invoke("--config", str(changed), "monitoring", "render", "--output-dir", str(out)).exit_code == 0
     after = (out / "llmctl.rules.yml").read_text()
     assert 'job="llm-prod"' in after and 'job="llmctl"' not in after
     assert sorted(os.listdir(out)) == sorted(FILES)
@@ -69,7 +69,7 @@ def test_json_shape():
 
 
 def test_json_with_output_dir_gives_paths(tmp_path: Path):
-    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "--json", "-o", str(tmp_path))
+    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "--json", "--output-dir", str(tmp_path))
     doc = json.loads(result.stdout)
     assert [f["path"] for f in doc["files"]] == [str(tmp_path / f) for f in FILES]
     assert all("content" not in f for f in doc["files"])
@@ -102,7 +102,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, text, message):
     config = tmp_path / "c.yaml"
     config.write_text(text)
     out = tmp_path / "out"
-    result = invoke("--config", str(config), "monitoring", "render", "-o", str(out))
+    result = invoke("--config", str(config), "monitoring", "render", "--output-dir", str(out))
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[0].startswith(message), result.stderr
     assert "Traceback" not in result.output and result.stdout == ""
@@ -112,7 +112,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, text, message):
 def test_output_dir_that_is_a_file_exits_2(tmp_path: Path):
     target = tmp_path / "file"
     target.write_text("x")
-    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "-o", str(target))
+    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "--output-dir", str(target))
     assert result.exit_code == 2
     assert result.stderr.strip() == f"Error: --output-dir {target}: not a directory"
     assert target.read_text() == "x"
@@ -121,7 +121,7 @@ def test_output_dir_that_is_a_file_exits_2(tmp_path: Path):
 def test_unwritable_output_dir_exits_1(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "-o", str(blocker / "sub"))
+    result = invoke("--config", str(TEST_CONFIG), "monitoring", "render", "--output-dir", str(blocker / "sub"))
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: cannot write {blocker / 'sub' / FILES[0]}: ")
     assert "Hint:" in result.stderr

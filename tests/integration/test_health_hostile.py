@@ -134,7 +134,7 @@ def test_state_values_out_of_range_reset_the_state_and_repair_the_file(tmp_path,
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     path = state_dir / pol.STATE_FILE
-    path.write_text('{"version": 1, "services": {"chat": {"%s": %s}}}' % (field, raw))
+    path.write_text(f'{{"version": 1, "services": {{"chat": {{"{field}": {raw}}}}}}}')
     events = []
     report = run_health([_target(free_port())], state_dir=state_dir, settings=FAST,
                         policy=pol.PolicySettings(restart=False), restarter=None,
@@ -148,7 +148,7 @@ def test_state_values_out_of_range_reset_the_state_and_repair_the_file(tmp_path,
                                         ("last_ok", "1700000000.25")])
 def test_state_values_in_range_are_kept(tmp_path, field, raw):
     path = tmp_path / pol.STATE_FILE
-    path.write_text('{"version": 1, "services": {"chat": {"%s": %s}}}' % (field, raw))
+    path.write_text(f'{{"version": 1, "services": {{"chat": {{"{field}": {raw}}}}}}}')
     assert pol.load_state(path).get("chat") != pol.ServiceState()
 
 

@@ -73,7 +73,7 @@ def test_the_rendered_pod_pulls_verifies_and_serves(smoke_store: Path, tmp_path:
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m["mountPath"] for c in [*pod["initContainers"], *pod["containers"]]
               for m in c["volumeMounts"]}
-    for name, path in mounts.items():
+    for path in mounts.values():
         (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
     config_dir = root / mounts["config"].lstrip("/")
     for item in volumes["config"]["configMap"]["items"]:

@@ -115,6 +115,7 @@ def test_sha256_from_paths_info_when_no_linked_etag(hub, home, llmctl, gguf_file
     assert hub.count("POST", "paths-info") == 1
 
 
+@pytest.mark.model
 def test_real_smoke_gguf_pulled_and_listed(hub, home, llmctl, smoke_store):
     src = next((smoke_store / "models").rglob("*.gguf"))
     hub.add("google/gemma-3-270m-GGUF", src.name, src)

@@ -64,6 +64,7 @@ def test_unloadable_model_exits_1(tmp_path, llmctl):
     ("services:\n  chat:\n    model: smoke\n    port: 0\n", "services.chat.port"),
     ("services:\n  chat:\n    model: smoke\n    api_keys_file: /nonexistent/keys\n", "API keys file not found"),
 ])
+@pytest.mark.model
 def test_config_errors_exit_2(write_config, llmctl, smoke_model, config, message):
     write_config("version: 1\n" + config)
     proc = llmctl("serve", "chat")
@@ -77,6 +78,7 @@ def test_no_target_and_no_single_service_exits_2(llmctl):
     assert "name a service or a model" in proc.stderr
 
 
+@pytest.mark.model
 def test_empty_keys_file_exits_2(tmp_path, llmctl, smoke_model):
     keys = tmp_path / "keys"
     keys.write_text("# nothing here\n\n")
@@ -262,6 +264,7 @@ def test_embeddings_when_enabled(smoke_store: Path, tmp_path: Path):
         assert server.proc.wait(60) == 0
 
 
+@pytest.mark.model
 def test_port_in_use_exits_1_without_loading_the_model(llmctl, smoke_model):
     pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
     with socket.socket() as busy:

@@ -62,7 +62,7 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
     # The monitoring templates render from the wheel too.
     out = tmp_path / "monitoring"
     proc = subprocess.run([str(venv / "bin/llmctl"), "--config", str(REPO / "config.example.yaml"), "monitoring",
-                           "render", "-o", str(out), "--config-path", "/etc/llmctl/config.yaml"],
+                           "render", "--output-dir", str(out), "--config-path", "/etc/llmctl/config.yaml"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for snap in MONITORING_SNAPSHOTS.iterdir():
@@ -71,7 +71,7 @@ def test_wheel_ships_templates_and_renders_from_a_fresh_venv(tmp_path: Path):
     # The Kubernetes templates ship too (templates/k8s): the same manifests as from the checkout.
     out = tmp_path / "k8s"
     proc = subprocess.run([str(venv / "bin/llmctl"), "--config", str(REPO / "config.example.yaml"), "k8s",
-                           "render", "--image", "registry.example.com/llmctl@sha256:" + "0" * 64, "-o", str(out)],
+                           "render", "--image", "registry.example.com/llmctl@sha256:" + "0" * 64, "--output-dir", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     k8s_snapshots = REPO / "tests" / "snapshots" / "k8s" / "example"

@@ -145,5 +145,7 @@ def test_env_override_errors_name_the_variable(write_config, monkeypatch):
 
 def test_config_is_frozen(write_config):
     cfg = load_config(write_config("version: 1\n")).config
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.health.timeout_s = 1  # type: ignore[misc]

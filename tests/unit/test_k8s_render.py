@@ -34,7 +34,7 @@ CONFIGS = {"example": EXAMPLE, "gpu": GPU, "airgap": AIRGAP}
 IMAGE = "registry.example.com/llmctl@sha256:" + "0" * 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render(config_file: Path):
     """The result for one of CONFIGS (frozen; rendered once per test session)."""
     return render(check_file(config_file), K8sOptions(image=IMAGE))
@@ -446,7 +446,7 @@ HOSTILE = ["a: b", "x\n---\nkind: Secret", "'\"\\", "{{ 7*7 }}", "#c", "- z", "*
 def test_hostile_values_reach_the_pods_config_unchanged():
     """Every string a config may carry into a manifest goes in and comes out of the emitter intact."""
     rnd = random.Random(19)
-    alphabet = "".join(chr(c) for c in range(0, 0x250)) + "\u2028\u2029\ufeff\U0001f600:#-?&*!|>'\"%@`{}[],"
+    alphabet = "".join(chr(c) for c in range(0x250)) + "\u2028\u2029\ufeff\U0001f600:#-?&*!|>'\"%@`{}[],"
     fuzz = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 24))) for _ in range(60)]
     from llmctl.text import control_char
 

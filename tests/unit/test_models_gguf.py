@@ -34,6 +34,7 @@ def test_truncated_header(tmp_path):
         read_gguf_info(p)
 
 
+@pytest.mark.model
 def test_the_smoke_model(smoke_model):
     info = read_gguf_info(smoke_model)
     assert (info.architecture, info.quantization, info.context_length) == ("gemma3", "Q4_K_M", 32768)

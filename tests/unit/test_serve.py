@@ -114,6 +114,7 @@ def _settings(target=None, **kw):
     return resolve_settings(loaded, resolve_paths(), target, **kw)
 
 
+@pytest.mark.model
 def test_service_settings_and_flag_overrides(write_config, smoke_model, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("sk-1\n")
@@ -138,17 +139,20 @@ services:
     assert s.service == "chat"
 
 
+@pytest.mark.model
 def test_bare_model_gets_defaults_and_its_chat_format(smoke_model):
     s = _settings("smoke")
     assert s.service is None and s.host == "127.0.0.1" and s.port == 8000
     assert s.chat_format == "gemma" and not s.auth_enabled
 
 
+@pytest.mark.model
 def test_a_store_path_is_matched_to_its_lock_entry(smoke_model):
     s = _settings(str(smoke_model))
     assert s.verified and s.model_name == "smoke" and s.chat_format == "gemma"
 
 
+@pytest.mark.model
 def test_path_outside_the_store(tmp_path, smoke_model):
     stray = tmp_path / "x.gguf"
     stray.write_bytes(b"GGUF")
@@ -158,6 +162,7 @@ def test_path_outside_the_store(tmp_path, smoke_model):
     assert not s.verified and s.model_name == "x"
 
 
+@pytest.mark.model
 def test_model_flag_overrides_the_service(write_config, smoke_model, tmp_path):
     stray = tmp_path / "x.gguf"
     stray.write_bytes(b"GGUF")
@@ -177,6 +182,7 @@ def test_tampered_model_is_an_integrity_error(home):
         _settings("tiny")
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("kw, flag", [({"port": 0}, "--port"), ({"n_ctx": 10}, "--n-ctx"),
                                       ({"threads": 0}, "--threads"), ({"n_gpu_layers": -2}, "--n-gpu-layers")])
 def test_bad_flags(smoke_model, kw, flag):
@@ -184,6 +190,7 @@ def test_bad_flags(smoke_model, kw, flag):
         _settings("smoke", **kw)
 
 
+@pytest.mark.model
 def test_unknown_target_with_model_flag(smoke_model):
     with pytest.raises(UsageError, match="not a service"):
         _settings("nope", model="smoke")
@@ -207,6 +214,7 @@ def test_gpu_offload_is_exported_only_for_gpu_services():
     assert "\nllmctl_gpu_offload 1.0\n" in m.render()[0].decode()
 
 
+@pytest.mark.model
 def test_gpu_offload_active_needs_layers_to_offload(smoke_model):
     llama_cpp = pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
     from llmctl.serve.engine import gpu_offload_active

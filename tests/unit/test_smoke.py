@@ -38,7 +38,7 @@ def test_tampered_chunk_installs_nothing(home, tmp_path, monkeypatch):
 
     chunks = pkg.chunk_paths()
     copies = []
-    for i, chunk in enumerate(chunks):
+    for chunk in chunks:
         dst = tmp_path / chunk.name
         shutil.copyfile(chunk, dst)
         copies.append(dst)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+import threading
 import time
 
 import pytest
@@ -102,11 +104,24 @@ def test_a_locked_database_drops_the_batch_once_not_row_by_row(tmp_path):
     assert ledger.written == 1
 
 
+def _waits_on(thread: threading.Thread, event: threading.Event) -> bool:
+    """True while `thread` is blocked in `event.wait()` (its stack, read from outside)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_locals.get("self") is event:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_close_writes_what_is_buffered(tmp_path):
     ledger = Ledger(tmp_path / FILENAME, interval=30)  # the writer would wait 30 s for more rows
     for _ in range(7):
         ledger.record(row())
-    time.sleep(0.2)  # lets the writer reach its 30 s wait, the case under test (earlier, it passes too)
+    deadline = time.monotonic() + 10  # the case under test: the writer inside its 30 s wait
+    while not _waits_on(ledger._thread, ledger._hurry):
+        assert time.monotonic() < deadline, "the writer never reached its wait for more rows"
+        time.sleep(0.005)
     ledger.close()  # joins the writer for at most 5 s: nothing written unless close cut the wait short
     assert ledger.written == 7
 
