@@ -110,6 +110,7 @@ class Limits(Strict):
     queue_length: int = Field(16, ge=0)  # requests waiting for the model beyond the one running
     queue_timeout_s: PositiveFloat = 30.0  # how long a request may wait for the model
     max_concurrent_streams: int = Field(16, ge=1)
+    max_n: int = Field(4, ge=1, le=128)  # choices per request (n): each is a sequence of its own
     rate_limit_rpm: NonNegFloat = 600.0  # per API key, or per client IP without keys; 0 = off
     rate_limit_burst: int = Field(20, ge=1)
     max_connections: int = Field(256, ge=1, le=65536)  # open client connections; then 503, then refused
@@ -135,6 +136,7 @@ class ServiceSpec(Strict):
     gpu: bool = False
     flash_attn: bool = False
     chat_format: str | None = None  # overrides the model's chat_format
+    tool_format: Literal["generic", "hermes", "llama3", "mistral"] | None = None  # None: from the chat template
     embeddings: bool = False
     api_keys_file: str | None = None  # one key per line; or the systemd credential "api-keys"
     public_health: bool = True  # /health and /ready without an API key

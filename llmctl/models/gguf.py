@@ -167,3 +167,28 @@ def read_gguf_info(path: Path) -> GgufInfo:
         context_length=int(ctx) if isinstance(ctx, int) else None,
         file_type=int(ft) if isinstance(ft, int) else None,
     )
+
+
+def read_gguf_string(path: Path, key: str) -> str | None:
+    """One string value of a GGUF header (such as `tokenizer.chat_template`), or None when the
+    file does not have it. Arrays are skipped by seeking, so this reads a few KiB of a large file."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        r = _Reader(fh, path)
+        if fh.read(4) != GGUF_MAGIC:
+            raise UsageError(f"{path}: not a GGUF file (bad magic)")
+        if r.scalar("<I") not in (2, 3):
+            raise UsageError(f"{path}: unsupported GGUF version")
+        r.scalar("<Q")  # tensor count
+        for _ in range(r.count("key-value", r.scalar("<Q"), _MIN_KV_BYTES)):
+            name = r.string()
+            vtype = r.scalar("<I")
+            if name == key and vtype == _STRING:
+                return r.string()
+            if vtype == _ARRAY:
+                r.skip_array()
+            elif vtype == _STRING:
+                r.skip_string()
+            else:
+                r.value(vtype)
+    return None

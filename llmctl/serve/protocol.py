@@ -10,7 +10,11 @@ vocabulary, `max_tokens >= 1`, finite sampling values in range, `logit_bias` key
 
 Every refusal is an `InvalidRequest` (400, OpenAI's error shape, `param` naming the field). Unknown
 fields are accepted and ignored, as OpenAI's API does with new ones; fields this server knows but
-does not implement (`logprobs`, `n > 1`, `best_of > 1`) are refused.
+does not implement (`REFUSED`, `logprobs`, `best_of > 1`, `n` above `limits.max_n`) are refused.
+
+Tools (`tools`, `tool_choice`, `parallel_tool_calls`) are checked by `llmctl.serve.tools`; a chat
+request with tools, or with tool traffic in its history, reaches the engine as plain messages in the
+model's tool format (`tool_format`), with a grammar when the format or tool_choice calls for one.
 
 Pure: pydantic and the settings only; the engine's state comes in as `n_vocab`.
 """
@@ -29,6 +33,7 @@ from llmctl.serve.engine import BadRequest, GenerationRequest, NotReady
 
 if TYPE_CHECKING:
     from llmctl.serve.settings import ServeSettings
+    from llmctl.serve.tools import ToolSpec
 
 MAX_JSON_DEPTH = 64  # nesting of the request body; OpenAI's bodies need a handful
 MAX_STOP = 16
@@ -36,6 +41,17 @@ MAX_LOGIT_BIAS = 1024
 MAX_EMBEDDING_INPUTS = 2048
 TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,9}")  # a logit_bias key: a token id in decimal, no sign
 INT64 = 2**63
+# Known OpenAI fields this server does not implement: a 400 naming the field, never silently dropped.
+REFUSED: dict[str, dict[str, str]] = {
+    "chat": {
+        "functions": "the deprecated 'functions' is not supported; send 'tools'",
+        "function_call": "the deprecated 'function_call' is not supported; send 'tool_choice'",
+        "audio": "audio output is not supported: this server serves text models",
+        "prediction": "predicted outputs are not supported by this server",
+        "web_search_options": "web search is not supported by this server",
+    },
+    "completion": {},
+}
 NON_TEXT_PARTS = ("image_url", "input_image", "image", "input_audio", "audio", "file", "video_url")
 
 
@@ -200,7 +216,11 @@ class ChatBody(_Generation):
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: Any = None  # checked by llmctl.serve.tools.parse_tools
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    modalities: list[str] | None = None
 
 
 class CompletionBody(_Generation):
@@ -269,10 +289,12 @@ class Limits:
     n_ctx: int
     max_tokens: int  # the cap on (and the default of) a request's max_tokens
     max_prompt_tokens: int | None
+    max_n: int = 1  # choices per request
 
     @classmethod
     def of(cls, settings: ServeSettings) -> Limits:
-        return cls(settings.model_name, settings.n_ctx, settings.limits.max_tokens, settings.limits.max_prompt_tokens)
+        return cls(settings.model_name, settings.n_ctx, settings.limits.max_tokens, settings.limits.max_prompt_tokens,
+                   settings.limits.max_n)
 
 
 def flatten_content(content: str | list[_Part] | None, where: str) -> str:
@@ -364,11 +386,37 @@ def _stop(stop: str | list[str] | None) -> list[str] | None:
     return stops or None
 
 
-def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int) -> GenerationRequest:
+def tool_spec(body: ChatBody) -> ToolSpec | None:
+    """The chat request's tools, validated (None without tools)."""
+    from llmctl.serve.tools import ToolError, parse_tools
+
+    try:
+        return parse_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    except ToolError as exc:
+        raise InvalidRequest(exc.message, exc.param, code="invalid_schema" if ".parameters" in exc.param
+                             else None) from None
+
+
+def refuse_unsupported(body: ChatBody | CompletionBody) -> None:
+    """A 400 for each known OpenAI field this server does not implement (see REFUSED)."""
+    extra = body.model_extra or {}
+    for name, why in REFUSED["chat" if isinstance(body, ChatBody) else "completion"].items():
+        if extra.get(name) is not None:
+            raise InvalidRequest(f"{name}: {why}", name, code="unsupported_parameter")
+    if isinstance(body, ChatBody) and body.modalities is not None and set(body.modalities) - {"text"}:
+        raise InvalidRequest("modalities: this server answers with text only ([\"text\"])", "modalities",
+                             code="unsupported_parameter")
+
+
+def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int, *,
+                          tools: ToolSpec | None = None, tool_format: str = "generic") -> GenerationRequest:
     """A validated chat or completion body -> the engine's request; InvalidRequest for what the
-    models alone cannot see (vocabulary, combinations, context room)."""
-    if body.n != 1:
-        raise InvalidRequest("n: this server returns one choice per request (n must be 1)", "n")
+    models alone cannot see (vocabulary, combinations, context room). `tools`: the chat body's
+    `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS)."""
+    refuse_unsupported(body)
+    if body.n > limits.max_n:
+        raise InvalidRequest(f"n: this server returns at most {limits.max_n} choices per request "
+                             "(limits.max_n)", "n")
     requested = body.max_tokens
     if isinstance(body, ChatBody):
         if body.logprobs or body.top_logprobs:
@@ -398,7 +446,8 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
     if body.logit_bias:
         params["logit_bias"] = _logit_bias(body.logit_bias, n_vocab)
     if isinstance(body, ChatBody):
-        params["messages"] = normalize_messages(body.messages)
+        messages = normalize_messages(body.messages)
+        grammar = None
         if body.response_format is not None:
             from llmctl.serve.grammar import SchemaError, grammar_for_response_format
 
@@ -406,8 +455,22 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
                 grammar = grammar_for_response_format(body.response_format)
             except SchemaError as exc:
                 raise InvalidRequest(exc.message, exc.param, code="invalid_schema") from None
-            if grammar is not None:
-                params["grammar"] = grammar
+        from llmctl.serve import tools as T
+
+        if T.uses_tools(messages, tools):
+            messages = T.render_messages(messages, tools, tool_format)
+            try:
+                tool_grammar = T.grammar_for(tools, tool_format) if tools is not None else None
+            except T.ToolError as exc:
+                raise InvalidRequest(exc.message, exc.param, code="invalid_schema") from None
+            if grammar is not None and tools is not None and tools.offered:
+                raise InvalidRequest("response_format: a JSON response_format cannot be combined with tools the "
+                                     "model may call; send tool_choice 'none', or leave one out",
+                                     "response_format")
+            grammar = grammar or tool_grammar
+        params["messages"] = messages
+        if grammar is not None:
+            params["grammar"] = grammar
         endpoint = "chat"
     else:
         prompt: Any = body.prompt

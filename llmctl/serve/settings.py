@@ -55,6 +55,7 @@ class ServeSettings:
     shutdown_timeout_s: float
     limits: Limits
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For uvicorn believes; () = nobody's
+    tool_format: str | None = None  # llmctl.serve.tools.FORMATS; None: detected from the GGUF's chat template
 
     @property
     def auth_enabled(self) -> bool:
@@ -202,4 +203,5 @@ def resolve_settings(
         shutdown_timeout_s=spec.shutdown_timeout_s,
         limits=spec.limits,
         trusted_proxies=tuple(spec.trusted_proxies),
+        tool_format=spec.tool_format,
     )
