@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmctl.serve import protocol
+from llmctl.serve import choices, protocol
 from llmctl.serve.engine import (
     EngineError,
     GenerationRequest,
@@ -40,6 +40,7 @@ from llmctl.serve.engine import (
 from llmctl.serve.metrics import Metrics
 from llmctl.serve.security import RateLimiter, match_key, presented_key, retry_after_header
 from llmctl.serve.settings import ServeSettings
+from llmctl.serve.tools import SYSTEMLESS_CHAT_FORMATS
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics")
@@ -367,6 +368,19 @@ class EventStream:
 # -- routes -------------------------------------------------------------------------------------------
 
 
+def _detect_tool_format(settings: ServeSettings) -> str:
+    from llmctl.errors import LlmctlError
+    from llmctl.models.gguf import read_gguf_string
+    from llmctl.serve.tools import detect_format
+
+    if settings.chat_format is not None:  # a named format, not the template the GGUF carries
+        return "generic"
+    try:
+        return detect_format(read_gguf_string(settings.model_path, "tokenizer.chat_template"))
+    except (OSError, LlmctlError):
+        return "generic"
+
+
 async def _json_body(request: Request) -> dict:
     return protocol.parse_body(await request.body())
 
@@ -404,6 +418,15 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
     metrics.processing.set_function(lambda: engine.running)
     metrics.deferred.set_function(lambda: engine.waiting)
     metrics.ready.set_function(lambda: 1.0 if engine.ready and not ctx.shutting_down else 0.0)
+
+    formats: list[str] = []
+
+    def tool_format() -> str:
+        """The model's tool format (llmctl.serve.tools): the config's, else from the GGUF's chat template
+        (read once); generic when a chat_format other than the template's is set."""
+        if not formats:
+            formats.append(settings.tool_format or _detect_tool_format(settings))
+        return formats[0]
 
     def model_card() -> dict:
         return {"id": settings.model_name, "object": "model", "created": int(ctx.started_at),
@@ -468,7 +491,10 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             raise ShuttingDown("The server is shutting down.")
         data = await _json_body(request)
         body = protocol.validate_chat(data) if endpoint == "chat" else protocol.validate_completion(data)
-        greq = protocol.to_generation_request(body, bounds, engine.n_vocab)
+        spec = protocol.tool_spec(body) if isinstance(body, protocol.ChatBody) else None
+        fmt = tool_format() if isinstance(body, protocol.ChatBody) else "generic"
+        greq = protocol.to_generation_request(body, bounds, engine.n_vocab, tools=spec, tool_format=fmt,
+                                              fold_system=settings.chat_format in SYSTEMLESS_CHAT_FORMATS)
         limit = greq.max_prompt_tokens
         # A cheap early bound before queueing (exact for completions, a lower bound for chat);
         # the engine checks the formatted prompt exactly before it decodes anything.
@@ -485,7 +511,7 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         if body.stream:
             ctx.admit_stream()  # released by the EventStream, or below when it never starts
         try:
-            job = await engine.submit(greq)
+            job: Any = await submit_choices(greq, body.n, spec, fmt)
         except BaseException:
             if body.stream:
                 ctx.release_stream()
@@ -509,6 +535,8 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
         try:
             await watch.until(job.wait_started(limits.queue_timeout_s))
             chunks = job.__aiter__()
+            if body.n == 1 and spec is not None:
+                chunks = choices.shape_chunks(chunks, spec, fmt) if body.stream else chunks
             if body.stream:
                 try:
                     first = await watch.until(chunks.__anext__())
@@ -525,6 +553,8 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
             result = await watch.until(collect())
             if result is None:
                 raise EngineError("the generation ended without output")
+            if body.n == 1:
+                result = choices.shape_result(result, spec, fmt)
             info["finish"] = result["choices"][0].get("finish_reason") if result.get("choices") else None
             return JSONResponse(result)
         except ClientGone:
@@ -543,6 +573,28 @@ def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics |
                 if body.stream:
                     ctx.release_stream()
                 finish()
+
+    async def submit_choices(greq: GenerationRequest, n: int, spec: Any, fmt: str) -> Any:
+        """One job, or n as a JobGroup (each choice with its own seed when one is given)."""
+        if n == 1:
+            return await engine.submit(greq)
+        jobs: list[Job] = []
+        seed = greq.params.get("seed")
+        try:
+            for i in range(n):
+                params = dict(greq.params)
+                if seed is not None:
+                    params["seed"] = seed + i if seed + i < protocol.INT64 else seed - i
+                jobs.append(await engine.submit(GenerationRequest(greq.endpoint, params, greq.stream,
+                                                                  greq.max_prompt_tokens)))
+        except BaseException:
+            for j in jobs:
+                j.cancel()
+            raise
+        if greq.endpoint != "chat" or spec is None:
+            return choices.JobGroup(jobs, greq.stream)
+        return choices.JobGroup(jobs, greq.stream, shape=lambda c: choices.shape_chunks(c, spec, fmt),
+                                shape_whole=lambda r: choices.shape_result(r, spec, fmt))
 
     async def routed(request: Request, endpoint: Literal["chat", "completion"]) -> Response:
         info = request.scope.get("llmctl", {})

@@ -409,10 +409,12 @@ def refuse_unsupported(body: ChatBody | CompletionBody) -> None:
 
 
 def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int, *,
-                          tools: ToolSpec | None = None, tool_format: str = "generic") -> GenerationRequest:
+                          tools: ToolSpec | None = None, tool_format: str = "generic",
+                          fold_system: bool = False) -> GenerationRequest:
     """A validated chat or completion body -> the engine's request; InvalidRequest for what the
     models alone cannot see (vocabulary, combinations, context room). `tools`: the chat body's
-    `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS)."""
+    `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS). `fold_system`: the chat
+    format drops system messages, so they go into the first user message."""
     refuse_unsupported(body)
     if body.n > limits.max_n:
         raise InvalidRequest(f"n: this server returns at most {limits.max_n} choices per request "
@@ -468,7 +470,7 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
                                      "model may call; send tool_choice 'none', or leave one out",
                                      "response_format")
             grammar = grammar or tool_grammar
-        params["messages"] = messages
+        params["messages"] = T.fold_system(messages) if fold_system else messages
         if grammar is not None:
             params["grammar"] = grammar
         endpoint = "chat"

@@ -22,7 +22,7 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 LIMITS = P.Limits(model_name="smoke", n_ctx=512, max_tokens=64, max_prompt_tokens=None, max_n=4)
 
 
-def spec(choice=None, parallel=None, tools=(WEATHER, TIME)) -> T.ToolSpec:
+def spec(choice=None, parallel=True, tools=(WEATHER, TIME)) -> T.ToolSpec:
     out = T.parse_tools(list(tools), choice, parallel)
     assert out is not None
     return out
@@ -65,6 +65,7 @@ def test_tools_parse():
     assert s.choice == "get_time" and s.forced and not s.parallel
     assert [t.name for t in s.offered] == ["get_time"]
     assert spec("none").offered == () and spec("required").forced
+    assert not T.parse_tools([WEATHER]).parallel  # one call per answer unless asked, as llama-server
     assert T.parse_tools(None, "none") is None and T.parse_tools(None) is None
 
 
@@ -307,3 +308,13 @@ def test_json_schema_with_refs_and_strict():
             "required": ["pets"], "additionalProperties": False}}}})
     assert "pets" in req.params["grammar"]
     assert translate({"messages": [{"role": "user", "content": "hi"}], "n": 4}).params["messages"]
+
+
+def test_fold_system_for_formats_that_drop_it():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    assert T.fold_system(msgs) == [{"role": "user", "content": "S\n\nU"}, {"role": "assistant", "content": "A"}]
+    assert T.fold_system([{"role": "system", "content": "S"}]) == [{"role": "user", "content": "S"}]
+    assert T.fold_system(msgs[1:]) == msgs[1:]
+    data = P.parse_body(json.dumps({"messages": msgs}).encode())
+    req = P.to_generation_request(P.validate_chat(data), LIMITS, 1000, fold_system=True)
+    assert req.params["messages"][0] == {"role": "user", "content": "S\n\nU"}
