@@ -256,3 +256,37 @@ def test_mixed_concurrent_streams_do_not_leak(client):
     assert isinstance(results["schema"].choices[0].message.parsed, Owner)  # type: ignore[attr-defined]
     for name in ("a", "b"):
         assert isinstance(results[name], str) and not str(results[name]).lstrip().startswith("{")
+
+
+def test_n_choices_for_completions(client):
+    r = client.completions.create(model="smoke", prompt="One, two,", n=2, max_tokens=4, seed=1, temperature=1.0)
+    assert [c.index for c in r.choices] == [0, 1]
+
+
+# -- the native formats, forced on the smoke model by services.<name>.tool_format ------------------------
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3", "mistral"])
+def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
+    """The grammar writes each format's envelope, the parser reads it back: required, streamed and not."""
+    server = start_smoke(tmp_path / fmt, smoke_store, n_ctx=2048, service=f"tool_format: {fmt}",
+                         limits="max_tokens: 160\nrate_limit_rpm: 0")
+    try:
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+        named = {"type": "function", "function": {"name": "get_time"}}
+        r = c.chat.completions.create(model="smoke", messages=ASK, tools=[WEATHER, TIME], tool_choice=named)
+        assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
+        assert [t.function.name for t in r.choices[0].message.tool_calls] == ["get_time"]
+        valid_call(r.choices[0].message.tool_calls[0])
+        with c.chat.completions.stream(model="smoke", messages=ASK, tools=[WEATHER],
+                                       tool_choice="required") as s:
+            final = s.get_final_completion()
+        assert final.choices[0].finish_reason == "tool_calls"
+        valid_call(final.choices[0].message.tool_calls[0])
+        # a past call and its result go back in this format
+        history = [*ASK, r.choices[0].message.model_dump(exclude_none=True),
+                   {"role": "tool", "tool_call_id": r.choices[0].message.tool_calls[0].id, "content": "12:00"}]
+        again = c.chat.completions.create(model="smoke", messages=history, tools=[TIME], max_tokens=16)
+        assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    finally:
+        assert stop_server(server) == 0
