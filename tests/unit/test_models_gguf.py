@@ -38,3 +38,13 @@ def test_truncated_header(tmp_path):
 def test_the_smoke_model(smoke_model):
     info = read_gguf_info(smoke_model)
     assert (info.architecture, info.quantization, info.context_length) == ("gemma3", "Q4_K_M", 32768)
+
+
+def test_read_gguf_string_finds_the_chat_template_past_the_arrays(tmp_path):
+    from llmctl.models.gguf import read_gguf_string
+
+    template = "{% for m in messages %}<tool_call>{{ m.content }}{% endfor %}"
+    path = make_gguf(tmp_path / "t.gguf", chat_template=template)
+    assert read_gguf_string(path, "tokenizer.chat_template") == template
+    assert read_gguf_string(path, "general.name") == "Tiny Test"
+    assert read_gguf_string(make_gguf(tmp_path / "n.gguf"), "tokenizer.chat_template") is None
