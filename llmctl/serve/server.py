@@ -322,6 +322,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
     for line in warnings:
         log.warning(line)
+    if settings.api_keys_source is not None:  # where the keys came from; the keys are never logged
+        log.info(f"API keys: {len(settings.api_keys)} from {settings.api_keys_source}")
 
     async def supervise() -> None:
         """Load once listening (a busy port costs no model load); READY=1 once loaded;
