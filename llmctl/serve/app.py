@@ -15,12 +15,11 @@ fallback and the usage ledger), the Starlette app with its exception handlers, a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from starlette.applications import Starlette
 
 from llmctl.serve import protocol
-from llmctl.serve.context import ServerContext
+from llmctl.serve.context import Fallback, ServerContext
 from llmctl.serve.engine import Job, Scheduler
 from llmctl.serve.gate import Gate, json_access_log
 from llmctl.serve.metrics import Metrics
@@ -31,10 +30,10 @@ from llmctl.serve.settings import ServeSettings
 
 def create_app(settings: ServeSettings, engine: Scheduler, *, metrics: Metrics | None = None,
                access_log: Callable[[dict], None] = json_access_log,
-               router: Any = None) -> tuple[Callable, ServerContext]:
+               router: Fallback | None = None) -> tuple[Callable, ServerContext]:
     """The ASGI app (gate + routes) and its shared context.
 
-    `router` (llmctl.upstreams.router.Router, wired in by the CLI) takes a generation that failed
+    `router` (a Fallback: llmctl.upstreams.router.Router, wired in by the CLI) takes a generation that failed
     locally before anything was sent (EngineError 5xx: queue full, queue timeout, loading, engine
     error) to an upstream, and sees every finished request's access record (the usage ledger)."""
     metrics = metrics or Metrics(settings.model_name)

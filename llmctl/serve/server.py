@@ -24,14 +24,17 @@ import json
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmctl import sdnotify
 from llmctl.errors import OperationFailed
 from llmctl.schema import CONNECTION_OVERFLOW, FD_HEADROOM
 from llmctl.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from llmctl.serve.context import Fallback
 
 STUCK_AFTER_S = 120.0  # a worker without a token or an idle tick for this long is stuck
 
@@ -117,7 +120,7 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: i
         _deadline: asyncio.TimerHandle | None = None
         _phase: str | None = None
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
             if len(self.connections) > max_open:
                 held = full.allow()
@@ -231,7 +234,7 @@ class RunResult:
 
 
 def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
-        on_ready: Callable[[ServeSettings], None] | None = None, router: object = None) -> RunResult:
+        router: Fallback | None = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound. `router`: see create_app (upstream fallback and the usage ledger)."""
     import uvicorn
@@ -271,8 +274,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     if served < limits.max_connections:
-        warnings = (*warnings, f"the open-file limit ({open_files}) allows {served} connections, not "
-                               f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)")
+        warnings = (*warnings, (f"the open-file limit ({open_files}) allows {served} connections, not "
+                                f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)"))
     failure: list[str] = []
 
     class Server(uvicorn.Server):
@@ -307,22 +310,20 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    # sd_notify from daemon threads: llmctl.sdnotify sends on a blocking socket, and a full
-    # notify queue (systemd busy, or a reader that is slow) must never stall the event loop
-    # nor, at exit, the interpreter.
-    last_ping: list[threading.Thread] = []
-
     def notify(*fields: str) -> None:
-        if fields == ("WATCHDOG=1",) and last_ping and last_ping[0].is_alive():
-            return  # the previous ping is still blocked: do not pile up more
-        t = threading.Thread(target=sdnotify.notify, args=fields, name="llmctl-sdnotify", daemon=True)
-        t.start()
-        if fields == ("WATCHDOG=1",):
-            last_ping[:] = [t]
+        """sd_notify, called on the event loop (and in the signal handler): llmctl.sdnotify never
+        blocks (a datagram systemd has no room for is dropped); a socket it may not write is a
+        warning, never an exception in the loop."""
+        try:
+            sdnotify.notify(*fields)
+        except OSError as exc:
+            log.warning(f"sd_notify {fields[0]}: {exc}")
 
     server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
     for line in warnings:
         log.warning(line)
+    if settings.api_keys_source is not None:  # where the keys came from; the keys are never logged
+        log.info(f"API keys: {len(settings.api_keys)} from {settings.api_keys_source}")
 
     async def supervise() -> None:
         """Load once listening (a busy port costs no model load); READY=1 once loaded;
@@ -351,8 +352,6 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
         notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
-        if on_ready is not None:
-            on_ready(settings)
         interval = sdnotify.watchdog_interval_s()
         if interval is None:
             return
@@ -371,10 +370,9 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             await server.serve()
         finally:
             task.cancel()
-            closer = getattr(router, "aclose", None)
-            if closer is not None:
+            if router is not None:
                 with contextlib.suppress(Exception):
-                    await closer()
+                    await router.aclose()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
