@@ -229,8 +229,8 @@ def test_limits_of_the_settings():
     from types import SimpleNamespace
 
     settings = SimpleNamespace(model_name="chat", n_ctx=2048, limits=SimpleNamespace(max_tokens=256,
-                                                                                      max_prompt_tokens=1000))
-    assert P.Limits.of(settings) == P.Limits("chat", 2048, 256, 1000)  # type: ignore[arg-type]
+                                                                                      max_prompt_tokens=1000, max_n=3))
+    assert P.Limits.of(settings) == P.Limits("chat", 2048, 256, 1000, 3)  # type: ignore[arg-type]
 
 
 def test_max_tokens_defaults_and_is_capped():
