@@ -559,11 +559,69 @@ def _held_prefix(text: str, marker: str) -> int:
     return 0
 
 
+_CALL_HEADER = re.compile(r'\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"(?:arguments|parameters)"\s*:')
+
+
+class _ValueScan:
+    """Where a JSON value that starts at text[at] (after blanks) ends, found as the text grows."""
+
+    def __init__(self, text: str, at: int) -> None:
+        self.pos = at
+        self.start: int | None = None  # its first character
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def advance(self, text: str) -> int | None:
+        """The index after the value once it is complete, else None (all of the text is in it)."""
+        while self.pos < len(text):
+            c = text[self.pos]
+            self.pos += 1
+            if self.start is None:
+                if c in " \t\r\n":
+                    continue
+                self.start = self.pos - 1
+                if c == '"':
+                    self.in_string = True
+                elif c in "{[":
+                    self.depth = 1
+                else:  # a scalar: ends before the first character that cannot continue it
+                    self.depth = -1
+                continue
+            if self.depth == -1:
+                if c in ",}] \t\r\n":
+                    self.pos -= 1
+                    return self.pos
+                continue
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+                    if self.depth == 0:
+                        return self.pos
+                continue
+            if c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return self.pos
+        return None
+
+
 class StreamAssembler:
     """Text deltas of a streamed answer -> OpenAI delta dicts (`{"content": ...}` or
-    `{"tool_calls": [...]}`), in order. Content is passed on as soon as it cannot be the start of a
-    call; a call's text is held until it is complete, then sent as two deltas (id, type and name; then
-    the arguments), as the OpenAI API streams them. `finish()` flushes and says whether calls were made."""
+    `{"tool_calls": [...]}`), in order, as the OpenAI API streams them. Content is passed on as soon as
+    it cannot be the start of a call. Where a grammar holds the model to the call format (a forced
+    call, or the generic format), a call goes out as it is written: id, type and name once its name is
+    complete, then its arguments piece by piece. Elsewhere (auto in a native format, where the model
+    may write anything) a call is held until it parses, then sent as the same two kinds of delta.
+    `finish()` flushes and says whether calls were made."""
 
     def __init__(self, spec: ToolSpec, fmt: str) -> None:
         self.spec, self.fmt = spec, fmt
@@ -573,6 +631,45 @@ class StreamAssembler:
         self.calls: list[ToolCall] = []
         self._decoded = 0  # generic response: characters of the JSON string decoded and sent
         self._response_at = 0
+        self.progressive = spec.forced or fmt == "generic"
+        self._emitted = 0  # calls sent (progressive)
+        self._search_at = 0  # where the next call's header may start
+        self._args: _ValueScan | None = None  # the arguments being sent
+        self._args_sent = 0  # characters of self.text sent as arguments of the current call
+
+    def _progress(self) -> list[dict]:
+        """Progressive calls: send what is new since the last feed."""
+        out: list[dict] = []
+        while True:
+            if self._args is None:
+                if self._emitted and not self.spec.parallel:
+                    return out
+                m = _CALL_HEADER.search(self.text, self._search_at)
+                if m is None:
+                    return out
+                name = m.group(1)
+                if not self.spec.knows(name):
+                    self.progressive = False  # not a call this server can vouch for: parse at the end
+                    return out
+                call = ToolCall(name, "")
+                out.append({"tool_calls": [{"index": self._emitted, "id": call.id, "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+                self.calls.append(call)
+                self._args = _ValueScan(self.text, m.end())
+                self._args_sent = m.end()
+            scan = self._args
+            end = scan.advance(self.text)
+            upto = end if end is not None else len(self.text)
+            start = max(self._args_sent, scan.start if scan.start is not None else upto)
+            if upto > start:
+                out.append({"tool_calls": [{"index": self._emitted,
+                                            "function": {"arguments": self.text[start:upto]}}]})
+            self._args_sent = max(self._args_sent, upto)
+            if end is None:
+                return out
+            self._args = None
+            self._emitted += 1
+            self._search_at = end
 
     def feed(self, delta: str) -> list[dict]:
         if not delta:
@@ -595,6 +692,8 @@ class StreamAssembler:
                 return []
             else:
                 self.mode = "calls"
+        if self.mode == "calls" and self.progressive:
+            return self._progress()
         if self.mode != "response":
             return []
         return self._decode_response()
@@ -641,7 +740,7 @@ class StreamAssembler:
     def _feed_native(self) -> list[dict]:
         markers = _MARKERS[self.fmt]
         if self.mode == "calls":
-            return []
+            return self._progress() if self.progressive else []
         if self.fmt in ("mistral", "llama3"):
             # A call is the whole answer: decide on its first non-blank characters.
             if self.mode == "undecided":
@@ -650,7 +749,7 @@ class StreamAssembler:
                     return []
                 if any(head.startswith(mk) for mk in markers):
                     self.mode = "calls"
-                    return []
+                    return self._progress() if self.progressive else []
                 if any(mk.startswith(head) for mk in markers):
                     return []
                 self.mode = "content"
@@ -659,7 +758,8 @@ class StreamAssembler:
         if at >= 0:
             self.mode = "calls"
             out = self._pass_content(at)
-            return out
+            self._search_at = at
+            return out + (self._progress() if self.progressive else [])
         return self._pass_content(len(self.text) - _held_prefix(self.text, markers[0]))
 
     def _pass_content(self, upto: int) -> list[dict]:
@@ -677,6 +777,8 @@ class StreamAssembler:
             return [], False
         if self.mode == "content":
             return self._pass_content(len(self.text)), False
+        if self.progressive and self.calls:
+            return [], True  # a call cut short (max_tokens) stays as sent, as OpenAI's does
         parsed = parse_output(self.text, self.spec, self.fmt)
         if not parsed.calls:
             if self.fmt == "generic":

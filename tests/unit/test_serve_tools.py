@@ -318,3 +318,36 @@ def test_fold_system_for_formats_that_drop_it():
     data = P.parse_body(json.dumps({"messages": msgs}).encode())
     req = P.to_generation_request(P.validate_chat(data), LIMITS, 1000, fold_system=True)
     assert req.params["messages"][0] == {"role": "user", "content": "S\n\nU"}
+
+
+@pytest.mark.parametrize("fmt,text", [
+    ("generic", ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
+                '{"name": "get_time", "arguments": {"zone": "UTC"}}]}')),
+    ("hermes", ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}\n</tool_call>\n'
+               '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>')),
+    ("mistral", ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
+                '{"name": "get_time", "arguments": {"zone": "UTC"}}]')),
+])
+def test_forced_calls_stream_their_arguments_as_written(fmt, text):
+    s = spec("required", parallel=True)
+    a = T.StreamAssembler(s, fmt)
+    deltas: list[dict] = []
+    for ch in text:
+        deltas += a.feed(ch)
+    assert a.finish() == ([], True)
+    pieces = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert len([p for p in pieces if "id" in p]) == 2
+    assert sum(1 for p in pieces if p["function"].get("arguments")) > 4  # piece by piece, not at the end
+    args = {0: "", 1: ""}
+    for p in pieces:
+        args[p["index"]] += p["function"]["arguments"]
+    assert json.loads(args[0]) == {"city": 'O"s}lo'} and json.loads(args[1]) == {"zone": "UTC"}
+    assert not [d for d in deltas if d.get("content")]
+
+
+def test_a_forced_call_cut_short_stays_as_sent():
+    a = T.StreamAssembler(spec("required"), "generic")
+    out = a.feed('{"tool_calls": [{"name": "get_time", "arguments": {"zone": "U')
+    assert out[0]["tool_calls"][0]["function"]["name"] == "get_time"
+    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in out[1:]) == '{"zone": "U'
+    assert a.finish() == ([], True)
