@@ -44,12 +44,20 @@ async def shape_chunks(chunks: AsyncIterator[dict], spec: ToolSpec | None, fmt: 
             yield chunk
         return
     assembler = StreamAssembler(spec, fmt)
+    held: list[dict] = []  # logprobs of text not passed on yet: they go with the next chunk out
+
+    def logprobs() -> dict | None:
+        out = {"content": list(held)} if held else None
+        held.clear()
+        return out
+
     async for chunk in chunks:
         choices = chunk.get("choices") or []
         if not choices:
             yield chunk
             continue
         choice = choices[0]
+        held += ((choice.get("logprobs") or {}).get("content") or [])
         delta = choice.get("delta") or {}
         text = delta.get("content")
         finish = choice.get("finish_reason")
@@ -61,15 +69,16 @@ async def shape_chunks(chunks: AsyncIterator[dict], spec: ToolSpec | None, fmt: 
                 finish = "tool_calls"
         others = {k: v for k, v in delta.items() if k != "content"}  # the role, on the first chunk
         if others and not pieces:
-            yield {**chunk, "choices": [{**choice, "delta": others, "finish_reason": None}]}
+            yield {**chunk, "choices": [{**choice, "delta": others, "finish_reason": None, "logprobs": None}]}
             others = {}
         usage = chunk.get("usage")
         plain = {k: v for k, v in chunk.items() if k != "usage"}
         for piece in pieces:
-            yield {**plain, "choices": [{**choice, "delta": {**others, **piece}, "finish_reason": None}]}
+            yield {**plain, "choices": [{**choice, "delta": {**others, **piece}, "finish_reason": None,
+                                         "logprobs": logprobs()}]}
             others = {}
         if finish is not None:
-            last = {**plain, "choices": [{**choice, "delta": {}, "finish_reason": finish}]}
+            last = {**plain, "choices": [{**choice, "delta": {}, "finish_reason": finish, "logprobs": logprobs()}]}
             if usage is not None:
                 last["usage"] = usage
             yield last
