@@ -213,6 +213,7 @@ class Scheduler(Protocol):
     state: str  # loading | ready | failed | stopped
     on_done: Callable[[Job], None] | None
     last_token_at: float | None  # time.monotonic() of the last token any job produced
+    supports_logprobs: bool  # takes params["logprobs"] = k: each chunk's choice carries its tokens' logprobs
 
     @property
     def ready(self) -> bool: ...
@@ -338,6 +339,8 @@ def gpu_offload_active(settings: ServeSettings) -> bool | None:
 
 class Engine:
     """One model, one worker thread, one job at a time; a bounded wait queue in front."""
+
+    supports_logprobs = False  # llama-cpp-python's logprobs need logits_all (n_ctx x n_vocab floats)
 
     def __init__(
         self,

@@ -10,7 +10,8 @@ vocabulary, `max_tokens >= 1`, finite sampling values in range, `logit_bias` key
 
 Every refusal is an `InvalidRequest` (400, OpenAI's error shape, `param` naming the field). Unknown
 fields are accepted and ignored, as OpenAI's API does with new ones; fields this server knows but
-does not implement (`REFUSED`, `logprobs`, `best_of > 1`, `n` above `limits.max_n`) are refused.
+does not implement (`REFUSED`, `best_of > 1`, `n` above `limits.max_n`, `logprobs` where the engine
+has none) are refused.
 
 Tools (`tools`, `tool_choice`, `parallel_tool_calls`) are checked by `llmctl.serve.tools`; a chat
 request with tools, or with tool traffic in its history, reaches the engine as plain messages in the
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 MAX_JSON_DEPTH = 64  # nesting of the request body; OpenAI's bodies need a handful
 MAX_STOP = 16
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's bound for chat's top_logprobs)
 MAX_LOGIT_BIAS = 1024
 MAX_EMBEDDING_INPUTS = 2048
 TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,9}")  # a logit_bias key: a token id in decimal, no sign
@@ -404,26 +406,44 @@ def refuse_unsupported(body: ChatBody | CompletionBody) -> None:
                              code="unsupported_parameter")
 
 
+def _logprobs(body: ChatBody | CompletionBody, supported: bool) -> int | None:
+    """How many alternatives per token the request wants logprobs of (0: the token's own only), or
+    None for no logprobs. Chat: `logprobs: true` and `top_logprobs` 0-20; completions: `logprobs` N."""
+    if isinstance(body, ChatBody):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise InvalidRequest("top_logprobs: needs logprobs: true", "top_logprobs")
+        k = (body.top_logprobs or 0) if body.logprobs else None
+    else:
+        k = body.logprobs
+        if k is not None and k > MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"logprobs: at most {MAX_TOP_LOGPROBS}", "logprobs")
+        if k is not None and body.echo:
+            raise InvalidRequest("logprobs: the prompt's logprobs (logprobs with echo) are not supported",
+                                 "logprobs", code="unsupported_parameter")
+    if k is not None and not supported:
+        raise InvalidRequest("logprobs: logprobs are not supported by this server's engine", "logprobs",
+                             code="unsupported_parameter")
+    return k
+
+
 def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int, *,
                           tools: ToolSpec | None = None, tool_format: str = "generic",
-                          fold_system: bool = False) -> GenerationRequest:
+                          fold_system: bool = False, logprobs: bool = False) -> GenerationRequest:
     """A validated chat or completion body -> the engine's request; InvalidRequest for what the
     models alone cannot see (vocabulary, combinations, context room). `tools`: the chat body's
     `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS). `fold_system`: the chat
-    format drops system messages, so they go into the first user message."""
+    format drops system messages, so they go into the first user message. `logprobs`: the engine
+    supports `params["logprobs"]` (else a request for them is refused)."""
     refuse_unsupported(body)
+    top = _logprobs(body, logprobs)
     if body.n > limits.max_n:
         raise InvalidRequest(f"n: this server returns at most {limits.max_n} choices per request "
                              "(limits.max_n)", "n")
     requested = body.max_tokens
     if isinstance(body, ChatBody):
-        if body.logprobs or body.top_logprobs:
-            raise InvalidRequest("logprobs: logprobs are not supported by this server", "logprobs")
         if body.max_completion_tokens is not None:
             requested = body.max_completion_tokens
     else:
-        if body.logprobs:
-            raise InvalidRequest("logprobs: logprobs are not supported by this server", "logprobs")
         if body.best_of is not None and body.best_of != 1:
             raise InvalidRequest("best_of: this server returns one choice per request (best_of must be 1)",
                                  "best_of")
@@ -443,6 +463,8 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
         params["stop"] = stop
     if body.logit_bias:
         params["logit_bias"] = _logit_bias(body.logit_bias, n_vocab)
+    if top is not None:
+        params["logprobs"] = top
     if isinstance(body, ChatBody):
         messages = normalize_messages(body.messages)
         grammar = None

@@ -107,7 +107,8 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
     spec = protocol.tool_spec(body) if isinstance(body, protocol.ChatBody) else None
     fmt = ctx.tool_format() if isinstance(body, protocol.ChatBody) else "generic"
     greq = protocol.to_generation_request(body, ctx.bounds, engine.n_vocab, tools=spec, tool_format=fmt,
-                                          fold_system=settings.chat_format in SYSTEMLESS_CHAT_FORMATS)
+                                          fold_system=settings.chat_format in SYSTEMLESS_CHAT_FORMATS,
+                                          logprobs=engine.supports_logprobs)
     limit = greq.max_prompt_tokens
     # A cheap early bound before queueing (exact for completions, a lower bound for chat);
     # the engine checks the formatted prompt exactly before it decodes anything.

@@ -46,6 +46,12 @@ RESPONSE_FORMAT = st.one_of(
     st.builds(lambda s: {"type": "json_object", "schema": s}, SCHEMA),
     st.builds(lambda s: {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}, SCHEMA),
     st.sampled_from([{}, {"type": "text"}, {"type": "json_object"}, {"type": "xml"}]), JSON)
+TOOL = st.one_of(
+    st.builds(lambda n, s: {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {
+        "a": s}}}}, st.one_of(st.sampled_from(["f", "g", "a b", "x" * 65, ""]), TEXT), SCHEMA),
+    st.builds(lambda s: {"type": "function", "function": {"name": "f", "parameters": s}}, SCHEMA), JSON)
+TOOL_CHOICE = st.one_of(st.sampled_from(["auto", "none", "required", "sometimes", {"type": "function"},
+                                         {"type": "function", "function": {"name": "f"}}]), JSON)
 PART = st.one_of(st.builds(lambda t: {"type": "text", "text": t}, TEXT),
                  st.sampled_from([{"type": "image_url", "image_url": {"url": "data:,"}}, {"type": "text"}]),
                  st.dictionaries(st.sampled_from(["type", "text", "refusal"]), JSON, max_size=3))
@@ -73,7 +79,9 @@ FIELDS = {
                         st.lists(st.lists(st.integers(-10, 300_000), max_size=3), max_size=2), JSON),
     "messages": st.one_of(st.lists(MESSAGE, max_size=3), JSON),
     "response_format": RESPONSE_FORMAT,
-    "tools": JSON, "user": JSON,
+    "tools": st.one_of(st.lists(TOOL, max_size=3), JSON), "tool_choice": TOOL_CHOICE,
+    "parallel_tool_calls": st.one_of(st.booleans(), JSON), "top_logprobs": NUMBER,
+    "functions": JSON, "modalities": st.one_of(st.just(["text"]), JSON), "user": JSON,
 }
 BASE = {"chat": {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 2},
         "completion": {"prompt": "Hi", "max_tokens": 2}}

@@ -351,3 +351,25 @@ def test_a_forced_call_cut_short_stays_as_sent():
     assert out[0]["tool_calls"][0]["function"]["name"] == "get_time"
     assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in out[1:]) == '{"zone": "U'
     assert a.finish() == ([], True)
+
+
+def test_logprobs_reach_the_engine_only_where_it_has_them():
+    def req(body: dict, supported: bool = True):
+        data = P.parse_body(json.dumps(body).encode())
+        model = P.validate_chat(data) if "messages" in data else P.validate_completion(data)
+        return P.to_generation_request(model, LIMITS, 1000, logprobs=supported)
+
+    msgs = [{"role": "user", "content": "hi"}]
+    assert req({"messages": msgs, "logprobs": True, "top_logprobs": 3}).params["logprobs"] == 3
+    assert req({"messages": msgs, "logprobs": True}).params["logprobs"] == 0
+    assert "logprobs" not in req({"messages": msgs, "logprobs": False}).params
+    assert req({"prompt": "x", "logprobs": 2}).params["logprobs"] == 2
+    for body, param in [({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
+                        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+                        ({"prompt": "x", "logprobs": 1, "echo": True}, "logprobs")]:
+        with pytest.raises(P.InvalidRequest) as info:
+            req(body)
+        assert info.value.param == param
+    with pytest.raises(P.InvalidRequest) as info:
+        req({"messages": msgs, "logprobs": True}, supported=False)
+    assert info.value.param == "logprobs" and info.value.code == "unsupported_parameter"
