@@ -32,13 +32,15 @@ when it is small. `--aa` measures llama-server against itself (the noise of this
 Needs llmctl[serve,smoke,test] and a C++ compiler for the first build of llama-server (or --llama-server PATH).
 
 Usage: python benchmarks/bench_serve.py [--rounds 5] [--max-tokens 64] [--threads T] [--n-ctx 2048]
-                                        [--parallel N] [--scaling] [--aa] [--llama-server PATH]
+                                        [--parallel N] [--scaling] [--aa] [--only c1,c4,...]
+                                        [--llama-server PATH] [--keep-logs DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -316,6 +318,7 @@ def main() -> None:
     ap.add_argument("--aa", action="store_true", help="llama-server against itself: this machine's noise")
     ap.add_argument("--only", help="comma list of scenarios to run (c1,c4,c8,prefix,c2,c16); default all")
     ap.add_argument("--llama-server", metavar="PATH", help="this llama-server binary instead of building one")
+    ap.add_argument("--keep-logs", metavar="DIR", type=Path, help="copy both servers' logs to DIR at the end")
     args = ap.parse_args()
     keys: tuple[str, ...] = SCALING_SCENARIOS if args.scaling else DEFAULT_SCENARIOS
     if args.only:
@@ -361,8 +364,8 @@ def main() -> None:
                        "-b", str(args.n_batch), "-ub", str(args.n_batch), "-fa", "off",
                        "--chat-template", "gemma", "--no-jinja", *repack]
         procs: list[subprocess.Popen] = []
+        logs = {CANDIDATE: home / "llmctl-serve.log", BASELINE: home / "llama-server.log"}
         try:
-            logs = {CANDIDATE: home / "llmctl-serve.log", BASELINE: home / "llama-server.log"}
             with open(logs[BASELINE], "wb") as log:
                 procs.append(subprocess.Popen(server_argv, stdout=log, stderr=subprocess.STDOUT, env=env))
             if not args.aa:
@@ -381,6 +384,11 @@ def main() -> None:
             results = run_plan(plan, candidate, baseline, args.rounds, args.max_tokens)
         finally:
             stop(procs)
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for log_path in logs.values():
+                    if log_path.exists():
+                        shutil.copy(log_path, args.keep_logs / log_path.name)
 
     wall = time.monotonic() - t_start
     report(args, plan, results, candidate, baseline, binary, server_argv, has_parallel, parallel, repack, wall)
