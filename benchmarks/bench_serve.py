@@ -27,7 +27,9 @@ report are compared, and a difference is printed. Rounds alternate the servers A
 shared machine hits both; each scenario has one warm-up round per server first. Figures are medians
 over rounds; each ratio is the median of the per-round (paired) ratios, with a 95% bootstrap interval.
 The machine's steal time during each server's turns is printed: on a shared VM, compare runs only
-when it is small. `--aa` measures llama-server against itself (the noise of this design here).
+when it is small. `--aa` measures llama-server against itself (the noise of this design here; both
+arms send the same prompts then, so the second of a round may find its short prompt cached: a small
+bias that the ABBA order puts on each arm in turn).
 
 Needs llmctl[serve,smoke,test] and a C++ compiler for the first build of llama-server (or --llama-server PATH).
 
