@@ -290,3 +290,18 @@ def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
         assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
     finally:
         assert stop_server(server) == 0
+
+
+# -- logprobs -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": ASK, "logprobs": True, "top_logprobs": 3},
+    {"messages": ASK, "logprobs": True, "top_logprobs": 3, "stream": True},
+    {"prompt": "One, two,", "logprobs": 3},
+])
+def test_logprobs_are_refused_by_an_engine_without_them(served, body):
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    r = httpx.post(served.url + path, json={**body, "max_tokens": 4}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "logprobs" and r.json()["error"]["code"] == "unsupported_parameter"
