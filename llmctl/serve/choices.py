@@ -14,11 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from llmctl.serve.engine import JobStats
 from llmctl.serve.tools import StreamAssembler, ToolSpec, parse_output
+
+
+def legacy_logprobs(item: dict, offset: list[int]) -> dict:
+    """A completions chunk or result whose choices carry logprobs in the chat shape (`{"content":
+    [entries]}`, as the engine writes them) -> the legacy completions shape (`tokens`,
+    `token_logprobs`, `top_logprobs`, `text_offset`); `offset` holds the running text offset of a
+    stream (in place)."""
+    from llmctl.serve.logprobs import completion_logprobs
+
+    for choice in item.get("choices") or []:
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and "content" in lp:
+            choice["logprobs"] = completion_logprobs(lp["content"] or [], offset[0])
+            offset[0] = choice["logprobs"]["text_offset"][-1] + len(choice["logprobs"]["tokens"][-1]) \
+                if choice["logprobs"]["tokens"] else offset[0]
+    return item
+
+
+async def legacy_chunks(chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    offset = [0]
+    async for chunk in chunks:
+        yield legacy_logprobs(chunk, offset)
 
 
 def shape_result(result: dict, spec: ToolSpec | None, fmt: str) -> dict:
@@ -84,6 +107,27 @@ async def shape_chunks(chunks: AsyncIterator[dict], spec: ToolSpec | None, fmt: 
             yield last
 
 
+@dataclass(frozen=True)
+class Shaping:
+    """What one choice's output goes through on its way to the client: tool calls parsed out of a
+    chat answer's text (`spec`, in tool format `fmt`), and completions' logprobs in their legacy shape."""
+
+    spec: ToolSpec | None = None
+    fmt: str = "generic"
+    legacy_logprobs: bool = False
+
+    def chunks(self, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+        if self.spec is not None:
+            chunks = shape_chunks(chunks, self.spec, self.fmt)
+        if self.legacy_logprobs:
+            chunks = legacy_chunks(chunks)
+        return chunks
+
+    def whole(self, result: dict) -> dict:
+        result = shape_result(result, self.spec, self.fmt)
+        return legacy_logprobs(result, [0]) if self.legacy_logprobs else result
+
+
 def _index(chunk: dict, i: int) -> dict:
     for choice in chunk.get("choices") or []:
         choice["index"] = i
@@ -102,16 +146,13 @@ def _add_usage(total: dict | None, usage: dict | None, first: bool) -> dict | No
 
 
 class JobGroup:
-    """n jobs as one (see the module docstring). `shape` turns one job's chunk stream into what the
-    client sees for its choice (tool calls); the group sets the choice index."""
+    """n jobs as one (see the module docstring). `shaping` turns each job's output into what the
+    client sees for its choice; the group sets the choice index."""
 
-    def __init__(self, jobs: list[Any], stream: bool,
-                 shape: Callable[[AsyncIterator[dict]], AsyncIterator[dict]] | None = None,
-                 shape_whole: Callable[[dict], dict] | None = None) -> None:
+    def __init__(self, jobs: list[Any], stream: bool, shaping: Shaping | None = None) -> None:
         self.jobs = jobs
         self.stream = stream
-        self._shape = shape
-        self._shape_whole = shape_whole
+        self._shaping = shaping or Shaping()
 
     @property
     def done(self) -> bool:
@@ -168,8 +209,7 @@ class JobGroup:
         usage: dict | None = None
         for i, r in enumerate(results):
             assert r is not None
-            if self._shape_whole is not None:
-                r = self._shape_whole(r)
+            r = self._shaping.whole(r)
             merged["choices"] += _index(r, i)["choices"]
             usage = _add_usage(usage, r.get("usage"), i == 0)
         if usage is not None:
@@ -182,9 +222,7 @@ class JobGroup:
 
         async def pump(i: int, job: Any) -> None:
             try:
-                source: AsyncIterator[dict] = job.__aiter__()
-                if self._shape is not None:
-                    source = self._shape(source)
+                source: AsyncIterator[dict] = self._shaping.chunks(job.__aiter__())
                 async for chunk in source:
                     await queue.put((i, chunk))
                 await queue.put((i, end))

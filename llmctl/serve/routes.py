@@ -21,7 +21,7 @@ from llmctl.serve.engine import EngineError, GenerationRequest, Job, NotReady, P
 from llmctl.serve.gate import admit_stream, release_stream
 from llmctl.serve.responses import engine_error_response, error_response, model_card, model_list
 from llmctl.serve.streaming import ClientGone, DisconnectWatch, EventStream
-from llmctl.serve.tools import SYSTEMLESS_CHAT_FORMATS, ToolSpec
+from llmctl.serve.tools import SYSTEMLESS_CHAT_FORMATS
 
 READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes
 
@@ -125,7 +125,8 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
     if body.stream:
         admit_stream(ctx)  # released by the EventStream, or below when it never starts
     try:
-        job: Any = await submit_choices(ctx, greq, body.n, spec, fmt)
+        shaping = choices.Shaping(spec, fmt, legacy_logprobs=endpoint == "completion" and "logprobs" in greq.params)
+        job: Any = await submit_choices(ctx, greq, body.n, shaping)
     except BaseException:
         if body.stream:
             release_stream(ctx)
@@ -149,8 +150,8 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
     try:
         await watch.until(job.wait_started(settings.limits.queue_timeout_s))
         chunks = job.__aiter__()
-        if body.n == 1 and spec is not None and body.stream:
-            chunks = choices.shape_chunks(chunks, spec, fmt)
+        if body.n == 1 and body.stream:
+            chunks = shaping.chunks(chunks)
         if body.stream:
             try:
                 first = await watch.until(chunks.__anext__())
@@ -168,7 +169,7 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
         if result is None:
             raise EngineError("the generation ended without output")
         if body.n == 1:
-            result = choices.shape_result(result, spec, fmt)
+            result = shaping.whole(result)
         info["finish"] = result["choices"][0].get("finish_reason") if result.get("choices") else None
         return JSONResponse(result)
     except ClientGone:
@@ -189,7 +190,7 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
             finish()
 
 
-async def submit_choices(ctx: Any, greq: GenerationRequest, n: int, spec: ToolSpec | None, fmt: str) -> Any:
+async def submit_choices(ctx: Any, greq: GenerationRequest, n: int, shaping: choices.Shaping) -> Any:
     """One job, or n as a JobGroup (each choice with its own seed when one is given)."""
     if n == 1:
         return await ctx.engine.submit(greq)
@@ -206,10 +207,7 @@ async def submit_choices(ctx: Any, greq: GenerationRequest, n: int, spec: ToolSp
         for j in jobs:
             j.cancel()
         raise
-    if greq.endpoint != "chat" or spec is None:
-        return choices.JobGroup(jobs, greq.stream)
-    return choices.JobGroup(jobs, greq.stream, shape=lambda c: choices.shape_chunks(c, spec, fmt),
-                            shape_whole=lambda r: choices.shape_result(r, spec, fmt))
+    return choices.JobGroup(jobs, greq.stream, shaping)
 
 
 async def routed(request: Request, endpoint: Literal["chat", "completion"]) -> Response:

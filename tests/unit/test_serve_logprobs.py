@@ -35,3 +35,17 @@ def test_shapes():
     c = L.completion_logprobs(entries, text_offset=10)
     assert c["tokens"] == ["b", "a"] and c["text_offset"] == [10, 11]
     assert list(c["top_logprobs"][0]) == ["b", "c"] and c["token_logprobs"][0] == entries[0]["logprob"]
+
+
+def test_completions_get_the_legacy_shape_with_running_offsets():
+    from llmctl.serve.choices import legacy_logprobs
+
+    logits = np.array([1.0, 3.0, 2.0, 0.0, -1.0], dtype=np.float32)
+    offset = [0]
+    first = {"choices": [{"text": "ba", "logprobs": {"content": [L.entry(logits, t, 1, piece) for t in (1, 0)]}}]}
+    second = {"choices": [{"text": "c", "logprobs": {"content": [L.entry(logits, 2, 1, piece)]}}]}
+    assert legacy_logprobs(first, offset)["choices"][0]["logprobs"]["text_offset"] == [0, 1]
+    lp = legacy_logprobs(second, offset)["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["c"] and lp["text_offset"] == [2] and list(lp["top_logprobs"][0]) == ["b"]
+    none = {"choices": [{"text": "", "logprobs": None}]}
+    assert legacy_logprobs(none, offset) == none
