@@ -237,13 +237,14 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     import uvicorn
 
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
+    from llmctl.serve.batch import Engine
 
     from prometheus_client import Counter
 
     log = logging.getLogger("llmctl.serve")
     engine = Engine(settings)
     app, ctx = create_app(settings, engine, router=router)
+    ctx.metrics.attach_engine(engine)
     limits = settings.limits
     open_files = ensure_open_files(limits.open_files)
     served, max_open = connection_caps(settings, open_files)
