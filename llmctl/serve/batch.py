@@ -280,11 +280,8 @@ class Engine:
     def _chat_template(self, backend: Any) -> Any:
         from llmctl.serve import chat
 
-        meta = getattr(backend, "metadata", None)
-        if meta is None:  # a stand-in backend without a vocabulary's metadata
-            return None
         try:
-            return chat.resolve(self.settings.chat_format, meta, backend.token_text(backend.bos),
+            return chat.resolve(self.settings.chat_format, backend.metadata, backend.token_text(backend.bos),
                                 backend.token_text(backend.eos), backend.eos)
         except chat.ChatFormatError as exc:
             raise ValueError(str(exc)) from None
@@ -368,8 +365,6 @@ class Engine:
         params = job.request.params
         stops = tuple(params.get("stop") or ())
         if job.request.endpoint == "chat":
-            if self._chat is None:
-                raise BadRequest("this model has no chat format")
             formatted = self._chat.format(params["messages"])
             tokens = backend.tokenize(formatted.prompt, add_bos=formatted.add_bos, special=True)
             return tokens, stops + formatted.stops, ""
@@ -439,8 +434,6 @@ class Engine:
                 self._done(job, counted=True)
 
     def _step(self) -> None:
-        from llmctl.serve.backend import DecodeError
-
         backend = self._backend
         n_batch = backend.n_batch
         tokens: list[int] = []
@@ -476,8 +469,8 @@ class Engine:
             return
         try:
             backend.decode(tokens, positions, seqs, logits)
-        except DecodeError as exc:
-            self._decode_failed(exc, {seq for seq in seqs})
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or a backend that broke: fail its requests
+            self._decode_failed(exc, set(seqs))
             return
         self.decode_calls += 1
         if self.on_step is not None:
@@ -501,11 +494,13 @@ class Engine:
 
     def _decode_failed(self, exc: Exception, seqs: set[int]) -> None:
         """llama_decode failed: the requests in the batch get an error, their KV is dropped."""
+        from llmctl.serve.backend import DecodeError
+
         err: EngineError
-        if getattr(exc, "code", None) == 1:
+        if isinstance(exc, DecodeError) and exc.code == 1:
             err = Unavailable("the model's KV cache is full; try again later")
         else:
-            err = EngineError(f"generation failed: {exc}")
+            err = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
         for slot in self._slots:
             if slot.job is not None and slot.id in seqs:
                 self._fail(slot, err)

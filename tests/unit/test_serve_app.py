@@ -18,7 +18,7 @@ def test_health_is_503_while_loading_then_200(smoke_model):
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine, load_llama
+    from llmctl.serve.batch import Engine, load_backend
     from llmctl.serve.settings import resolve_settings
 
     settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256)
@@ -26,7 +26,7 @@ def test_health_is_503_while_loading_then_200(smoke_model):
 
     def held_loader(s):  # the real loader, held back until the test has looked at "loading"
         assert release.wait(120)
-        return load_llama(s)
+        return load_backend(s)
 
     engine = Engine(settings, loader=held_loader)
     records: list[dict] = []
@@ -67,7 +67,8 @@ def test_cancel_during_prompt_processing_leaves_the_model_consistent(smoke_model
 
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
-    from llmctl.serve.engine import EngineError, Engine, GenerationRequest
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import EngineError, GenerationRequest
     from llmctl.serve.settings import resolve_settings
 
     settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=512), n_batch=16)
@@ -114,7 +115,7 @@ def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
+    from llmctl.serve.batch import Engine
     from llmctl.serve.settings import resolve_settings
 
     base = resolve_settings(load_config(), resolve_paths(), "smoke")
