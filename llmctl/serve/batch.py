@@ -319,9 +319,7 @@ class Engine:
         stats = job.stats
         if job.cancelled:
             stats.cancelled = True
-            stats.finished = time.monotonic()
-            job._post(_END)
-            self._done(job, counted=counted)
+            self._end(job, _END, counted=counted)
             return
         stats.started = time.monotonic()
         job._mark_started()
@@ -332,14 +330,10 @@ class Engine:
                 return
             slot, prompt, reused = self._prepare(job)
         except EngineError as exc:
-            stats.finished = time.monotonic()
-            job._post(exc)
-            self._done(job, counted=True)
+            self._end(job, exc)
             return
         except Exception as exc:  # noqa: BLE001 - one request failed; the worker lives on
-            stats.finished = time.monotonic()
-            job._post(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
-            self._done(job, counted=True)
+            self._end(job, EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
             return
         if reused and self.on_cached is not None:
             self.on_cached(reused)
@@ -354,10 +348,8 @@ class Engine:
             cls = PromptTooLong if "context window" in str(exc) else BadRequest
             raise cls(str(exc)) from None
         stats.prompt_tokens = int(result.get("usage", {}).get("prompt_tokens", 0))
-        stats.first_token = stats.finished = time.monotonic()
-        job._post(result)
-        job._post(_END)
-        self._done(job, counted=True)
+        stats.first_token = time.monotonic()
+        self._end(job, result, _END)
 
     def _prompt_of(self, job: Job) -> tuple[list[int], tuple[str, ...], str]:
         """The request's prompt tokens, its stop strings and its text for `echo`."""
@@ -429,9 +421,7 @@ class Engine:
             if job is not None and job.cancelled:
                 job.stats.cancelled = True
                 self._release(slot, keep_cache=False)
-                job.stats.finished = time.monotonic()
-                job._post(_END)
-                self._done(job, counted=True)
+                self._end(job, _END)
 
     def _step(self) -> None:
         backend = self._backend
@@ -544,24 +534,19 @@ class Engine:
         if slot.stream:
             if rest:
                 job._post(slot.shaper.delta(rest))
-            job._post(slot.shaper.final(reason, usage))
+            last = slot.shaper.final(reason, usage)
         else:
-            text = slot.echo + slot.text.text + slot.suffix
-            job._post(slot.shaper.result(text, reason, usage))
-        job.stats.finished = time.monotonic()
+            last = slot.shaper.result(slot.echo + slot.text.text + slot.suffix, reason, usage)
         job.stats.cancelled = job.cancelled
         self._release(slot, keep_cache=True)
-        job._post(_END)
-        self._done(job, counted=True)
+        self._end(job, last, _END)
 
     def _fail(self, slot: Slot, exc: EngineError) -> None:
         job = slot.job
         assert job is not None
         self._release(slot, keep_cache=False)
-        job.stats.finished = time.monotonic()
         job.stats.cancelled = job.cancelled
-        job._post(exc)
-        self._done(job, counted=True)
+        self._end(job, exc)
 
     def _release(self, slot: Slot, keep_cache: bool) -> None:
         """The slot is free again. Its KV stays for prefix reuse after a normal end; after a
@@ -578,9 +563,15 @@ class Engine:
         slot.prompt = []
         slot.last_used = time.monotonic()
 
-    def _done(self, job: Job, counted: bool) -> None:
+    def _end(self, job: Job, *items: Any, counted: bool = True) -> None:
+        """The worker is done with the job: its running place is given back before its last items
+        go out (a client that sends its next request at once finds it free), then on_done."""
+        job.stats.finished = time.monotonic()
         if counted:
             with self._lock:
                 self._running -= 1
+                self._wake.notify()
+        for item in items:
+            job._post(item)
         if self.on_done is not None:
             job._call(self.on_done, job)

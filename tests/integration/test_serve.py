@@ -340,15 +340,16 @@ def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
     cancelled0 = metric(scrape(), "llmctl_generations_cancelled_total")
     slots = int(metric(scrape(), "llmctl_slots"))
     assert slots >= 1
+    kept = []  # a dropped line iterator closes its connection (and the server cancels the stream)
     with httpx.Client(timeout=120) as h, contextlib.ExitStack() as streams:
         for i in range(slots):
             r = streams.enter_context(h.stream(
                 "POST", served.url + "/v1/completions", headers=auth(),
                 json={"prompt": f"Count {i}:", "max_tokens": 200, "stream": True,
                       "logit_bias": {"1": -100, "106": -100}}))
-            lines = r.iter_lines()  # keep it: a dropped iterator closes the connection
+            lines = r.iter_lines()
+            kept.append(lines)
             assert next(line for line in lines if line.startswith("data: "))
-            streams.callback(lambda lines=lines: lines)
         with pytest.raises(httpx.ReadTimeout):  # waits behind the streams, then the client gives up
             httpx.post(served.url + "/v1/completions", headers=auth(), timeout=httpx.Timeout(60, read=0.5),
                        json={"prompt": "Hi", "max_tokens": 1})
