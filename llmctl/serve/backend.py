@@ -150,6 +150,11 @@ class Backend:
         """Drop positions [p0, p1) of a sequence (p1 -1: to the end); False when the memory cannot."""
         return bool(self._C.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
+    def seq_cp(self, src: int, dst: int) -> None:
+        """dst becomes a copy of src (every position; across KV streams llama.cpp copies the buffer
+        at the next decode). Trim it with seq_rm."""
+        self._C.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
     def seq_pos_min(self, seq: int) -> int:
         return int(self._C.llama_memory_seq_pos_min(self.memory, seq))
 

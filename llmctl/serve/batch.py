@@ -77,6 +77,7 @@ class Slot:
     logit_index: int = -1  # its entry with logits in the current batch
     last_used: float = 0.0
     stream: bool = False
+    donor: tuple[Slot, Job | None, int] | None = None  # (slot, its job, n): copy n tokens of KV from it
     echo: str = ""
     suffix: str = ""
 
@@ -87,6 +88,9 @@ class Slot:
     @property
     def prefilling(self) -> bool:
         return self.job is not None and len(self.cache) < len(self.prompt)
+
+
+MIN_SHARED = 32  # tokens another slot must add to a slot's own cached prefix to be worth copying
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -407,7 +411,42 @@ class Engine:
         slot.echo = prompt_text if params.get("echo") else ""
         slot.suffix = params.get("suffix") or ""
         slot.last_used = time.monotonic()
+        slot.donor = None
+        self._find_donor(slot, reuse)
         return slot, tokens, reuse
+
+    def _find_donor(self, slot: Slot, reuse: int) -> None:
+        """Another slot that holds, or is decoding, a longer prefix of this prompt (requests that
+        arrive together with the same system prompt): copy its KV rather than decode the same
+        tokens again. The copy waits until the donor has decoded that prefix."""
+        if not hasattr(self._backend, "seq_cp"):
+            return
+        best, best_n = None, reuse + MIN_SHARED - 1
+        limit = len(slot.prompt) - 1  # one token to decode, for the logits of the first sample
+        for other in self._slots:
+            if other is slot or other.donor is not None:
+                continue
+            n = min(common_prefix(other.prompt if other.prefilling else other.cache, slot.prompt), limit)
+            if n > best_n:
+                best, best_n = other, n
+        if best is not None:
+            slot.donor = (best, best.job, best_n)
+            self._take_from_donor(slot)
+
+    def _take_from_donor(self, slot: Slot) -> None:
+        """Copy the donor's KV when it holds the prefix; give up when it never will."""
+        assert slot.donor is not None
+        donor, job, n = slot.donor
+        if len(donor.cache) >= n and donor.cache[:n] == slot.prompt[:n]:
+            before = len(slot.cache)
+            self._backend.seq_cp(donor.id, slot.id)  # the whole sequence (across KV streams, a buffer copy)
+            self._backend.seq_rm(slot.id, n, -1)
+            slot.cache = donor.cache[:n]
+            slot.donor = None
+            if self.on_cached is not None and n > before:
+                self.on_cached(n - before)
+        elif donor.job is not job or not donor.prefilling:  # finished or cancelled short of it
+            slot.donor = None
 
     def _pick_slot(self, tokens: list[int]) -> Slot:
         free = [s for s in self._slots if not s.busy]
@@ -424,6 +463,9 @@ class Engine:
                 self._end(job, _END)
 
     def _step(self) -> None:
+        for slot in self._slots:
+            if slot.donor is not None:
+                self._take_from_donor(slot)
         backend = self._backend
         n_batch = backend.n_batch
         tokens: list[int] = []
@@ -440,7 +482,8 @@ class Engine:
                 seqs.append(slot.id)
                 logits.append(True)
         # Prompts, oldest request first, in chunks up to n_batch.
-        for slot in sorted((s for s in self._slots if s.prefilling), key=lambda s: s.job.stats.started or 0.0):
+        prefilling = [s for s in self._slots if s.prefilling and s.donor is None]
+        for slot in sorted(prefilling, key=lambda s: s.job.stats.started or 0.0):  # type: ignore[union-attr]
             room = n_batch - len(tokens)
             if room <= 0:
                 break
@@ -557,6 +600,7 @@ class Engine:
             self._backend.seq_rm(slot.id, 0, -1)
             slot.cache.clear()
         slot.job = None
+        slot.donor = None
         slot.sampler = slot.text = slot.shaper = None
         slot.pending = None
         slot.logit_index = -1
