@@ -7,10 +7,11 @@ threads the same way).
 
 KV memory: `n_ctx` is per slot, so the context holds `n_ctx * parallel` cells in one buffer per
 sequence (kv_unified off: a sequence can never take another one's cells, so a request that passed
-the per-slot length check always fits). Gemma 3 and other sliding-window models keep the full
-window cache (`swa_full`): a SWA cache of window size forgets the start of a long prompt, and then a
-shared system prompt cannot be reused and is decoded again for every request. README ("Continuous
-batching") has the measurements behind both choices.
+the per-slot length check always fits). Gemma 3 and other sliding-window models keep every position
+in their sliding-window layers too (`swa_full`, the default): a cache of window size forgets the
+start of a long prompt, and then a shared prefix cannot be reused and is decoded again for every
+request. `swa_full: false` saves that memory at that cost. README ("Continuous batching") has the
+figures.
 
 `Backend` is the only class that touches llama.cpp in the generation path; a test may hand the
 engine a stand-in with the same methods (tests/integration/test_upstreams_app.py does).
@@ -51,7 +52,7 @@ def model_params() -> Any:
 class Backend:
     """The model and its context, sized for `parallel` sequences of `n_ctx` tokens each."""
 
-    def __init__(self, settings: ServeSettings, *, kv_unified: bool = False, swa_full: bool = True) -> None:
+    def __init__(self, settings: ServeSettings, *, kv_unified: bool = False) -> None:
         import llama_cpp
         import llama_cpp.llama_cpp as C
         from llama_cpp import _internals
@@ -74,7 +75,7 @@ class Backend:
         cparams.n_ubatch = cparams.n_batch
         cparams.n_seq_max = self.parallel
         cparams.kv_unified = kv_unified
-        cparams.swa_full = swa_full
+        cparams.swa_full = settings.swa_full
         cparams.no_perf = True
         cparams.embeddings = False
         cparams.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn

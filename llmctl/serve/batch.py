@@ -441,8 +441,12 @@ class Engine:
             before = len(slot.cache)
             self._backend.seq_cp(donor.id, slot.id)  # the whole sequence (across KV streams, a buffer copy)
             self._backend.seq_rm(slot.id, n, -1)
-            slot.cache = donor.cache[:n]
             slot.donor = None
+            if self._backend.seq_pos_min(slot.id) > 0:  # a window-only SWA cache lost the start: no use
+                self._backend.seq_rm(slot.id, 0, -1)
+                slot.cache = []
+                return
+            slot.cache = donor.cache[:n]
             if self.on_cached is not None and n > before:
                 self.on_cached(n - before)
         elif donor.job is not job or not donor.prefilling:  # finished or cancelled short of it

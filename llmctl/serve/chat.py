@@ -65,7 +65,7 @@ def resolve(chat_format: str | None, metadata: dict[str, str], bos_text: str, eo
         return ChatTemplate(chat_format, jinja)
     try:
         handler = F.get_chat_completion_handler(chat_format)
-    except ValueError:
+    except Exception:  # noqa: BLE001 - LlamaChatCompletionHandlerNotFoundException, a bare Exception
         raise ChatFormatError(f"unknown chat_format {chat_format!r}") from None
     formatter = _formatter_of(handler)
     if formatter is None:

@@ -56,6 +56,7 @@ class ServeSettings:
     limits: Limits
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For uvicorn believes; () = nobody's
     parallel: int = 4  # slots: requests decoded together, each with its own n_ctx
+    swa_full: bool = True  # sliding-window layers keep every position (prefix reuse) or the window only
 
     @property
     def auth_enabled(self) -> bool:
@@ -207,4 +208,5 @@ def resolve_settings(
         limits=spec.limits,
         trusted_proxies=tuple(spec.trusted_proxies),
         parallel=parallel or spec.parallel,
+        swa_full=spec.swa_full,
     )
