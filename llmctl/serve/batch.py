@@ -129,6 +129,7 @@ class Engine:
         self.heartbeat = time.monotonic()
         self.last_token_at: float | None = None
         self.decode_calls = 0
+        self.kv_bytes: int | None = None  # after loading: the KV cache's size (f16, every position kept)
         self._loader = loader
         self._on_state = on_state
         self._backend: Any = None
@@ -251,6 +252,7 @@ class Engine:
         self.load_seconds = time.monotonic() - t0
         self.gpu_offload = gpu_offload_active(self.settings)
         self.n_vocab = self._backend.n_vocab
+        self.kv_bytes = self._kv_bytes(self._backend)
         self.heartbeat = time.monotonic()
         self._set_state("ready")
         self.loaded.set()
@@ -280,6 +282,12 @@ class Engine:
                 except Exception:
                     pass
         self._embedder = self._backend = None
+
+    def _kv_bytes(self, backend: Any) -> int | None:
+        from llmctl.serve.backend import kv_bytes_per_token
+
+        per_token = kv_bytes_per_token(backend.metadata)
+        return None if per_token is None else per_token * self.n_ctx * self.parallel
 
     def _chat_template(self, backend: Any) -> Any:
         from llmctl.serve import chat

@@ -351,6 +351,10 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             ctx.metrics.set_gpu_offload(engine.gpu_offload)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
+        kv = engine.kv_bytes
+        log.info(f"{engine.parallel} slots of {settings.n_ctx} tokens: "
+                 + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this)"
+                    if kv else "KV cache size unknown"))
         notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
         if on_ready is not None:
             on_ready(settings)
