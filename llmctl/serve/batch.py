@@ -79,7 +79,6 @@ class Slot:
     stream: bool = False
     donor: tuple[Slot, Job | None, int] | None = None  # (slot, its job, n): copy n tokens of KV from it
     echo: str = ""
-    suffix: str = ""
 
     @property
     def busy(self) -> bool:
@@ -308,18 +307,17 @@ class Engine:
                 if self._stopping and busy == 0:
                     return None
                 free = self.parallel - busy
-                jobs: list[tuple[Job, bool]] = []
-                taken = 0
-                while self._queue and (taken < free or self._queue[0].dequeued):
+                # Jobs cancelled while they waited have given their place back: finish them now.
+                jobs: list[tuple[Job, bool]] = [(job, False) for job in self._queue if job.dequeued]
+                if jobs:
+                    self._queue = deque(job for job in self._queue if not job.dequeued)
+                while self._queue and free > 0:
                     job = self._queue.popleft()
-                    if not job.dequeued:
-                        job.dequeued = True
-                        self._waiting -= 1
-                        self._running += 1
-                        taken += 1
-                        jobs.append((job, True))
-                    else:  # cancelled while it waited: its place is already free
-                        jobs.append((job, False))
+                    job.dequeued = True
+                    self._waiting -= 1
+                    self._running += 1
+                    free -= 1
+                    jobs.append((job, True))
                 if jobs or busy:
                     return jobs
                 if not self._wake.wait(1.0):
@@ -417,7 +415,6 @@ class Engine:
         slot.logit_index = -1
         slot.stream = req.stream
         slot.echo = prompt_text if params.get("echo") else ""
-        slot.suffix = params.get("suffix") or ""
         slot.last_used = time.monotonic()
         slot.donor = None
         self._find_donor(slot, reuse)
@@ -591,7 +588,7 @@ class Engine:
                 job._post(slot.shaper.delta(rest))
             last = slot.shaper.final(reason, usage)
         else:
-            last = slot.shaper.result(slot.echo + slot.text.text + slot.suffix, reason, usage)
+            last = slot.shaper.result(slot.echo + slot.text.text, reason, usage)
         job.stats.cancelled = job.cancelled
         self._release(slot, keep_cache=True)
         self._end(job, last, _END)

@@ -74,12 +74,6 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
-class Cancelled(EngineError):
-    """The job was cancelled while its prompt was being processed (the client is gone)."""
-
-    status, type, code = 499, "invalid_request_error", "cancelled"
-
-
 @dataclass(frozen=True)
 class GenerationRequest:
     endpoint: str  # "chat" | "completion" | "embedding"
