@@ -147,6 +147,29 @@ class Backend:
         if code != 0:
             raise DecodeError(code)
 
+    def logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
+        """The model's log-probability of `token` at batch entry `index` of the last decode (valid
+        until the next one), with the `top` most likely tokens: OpenAI's logprobs entry."""
+        import numpy as np
+
+        ptr = self._C.llama_get_logits_ith(self.ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        norm = peak + np.log(np.exp(logits - peak).sum())
+
+        def entry(t: int) -> dict[str, Any]:
+            raw = self.piece(t)
+            return {"token": raw.decode("utf-8", "replace"), "logprob": float(logits[t] - norm), "bytes": list(raw)}
+
+        best: list[int] = []
+        if top > 0:
+            k = min(top, self.n_vocab)
+            part = np.argpartition(-logits, k - 1)[:k]
+            best = [int(t) for t in part[np.argsort(-logits[part], kind="stable")]]
+        out = entry(token)
+        out["top_logprobs"] = [entry(t) for t in best]
+        return out
+
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of a sequence (p1 -1: to the end); False when the memory cannot."""
         return bool(self._C.llama_memory_seq_rm(self.memory, seq, p0, p1))

@@ -77,6 +77,9 @@ class Slot:
     logit_index: int = -1  # its entry with logits in the current batch
     last_used: float = 0.0
     stream: bool = False
+    logprobs: int | None = None  # top_logprobs wanted per token; None: no logprobs
+    lp_pending: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent
+    lp_all: list[dict[str, Any]] = field(default_factory=list)
     donor: tuple[Slot, Job | None, int] | None = None  # (slot, its job, n): copy n tokens of KV from it
     echo: str = ""
 
@@ -414,6 +417,9 @@ class Engine:
         slot.pending = None
         slot.logit_index = -1
         slot.stream = req.stream
+        lp = params.get("logprobs")
+        slot.logprobs = None if lp is None or lp is False else int(lp)
+        slot.lp_pending, slot.lp_all = [], []
         slot.echo = prompt_text if params.get("echo") else ""
         slot.last_used = time.monotonic()
         slot.donor = None
@@ -563,15 +569,27 @@ class Engine:
             return
         slot.generated += 1
         stats.completion_tokens += 1
+        if slot.logprobs is not None:  # before the next decode: the logits are still there
+            entry = backend.logprobs(slot.logit_index, token, slot.logprobs)
+            slot.lp_pending.append(entry)
+            slot.lp_all.append(entry)
         piece = slot.text.add(backend.piece(token))
         if piece and slot.stream:
-            job._post(slot.shaper.delta(piece))
+            job._post(slot.shaper.delta(piece, self._take_logprobs(slot)))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= slot.max_tokens or len(slot.cache) + 1 >= self.n_ctx:
             self._finish(slot, "length")
         else:
             slot.pending = token
+
+    @staticmethod
+    def _take_logprobs(slot: Slot) -> list[dict[str, Any]] | None:
+        """The logprobs of the tokens whose text goes out with this chunk (held-back text's later)."""
+        if slot.logprobs is None:
+            return None
+        out, slot.lp_pending = slot.lp_pending, []
+        return out
 
     def _usage(self, job: Job) -> dict[str, int]:
         st = job.stats
@@ -585,10 +603,11 @@ class Engine:
         usage = self._usage(job)
         if slot.stream:
             if rest:
-                job._post(slot.shaper.delta(rest))
-            last = slot.shaper.final(reason, usage)
+                job._post(slot.shaper.delta(rest, self._take_logprobs(slot)))
+            last = slot.shaper.final(reason, usage, self._take_logprobs(slot) or None)
         else:
-            last = slot.shaper.result(slot.echo + slot.text.text, reason, usage)
+            logprobs = slot.lp_all if slot.logprobs is not None else None
+            last = slot.shaper.result(slot.echo + slot.text.text, reason, usage, logprobs)
         job.stats.cancelled = job.cancelled
         self._release(slot, keep_cache=True)
         self._end(job, last, _END)

@@ -85,26 +85,37 @@ class Shaper:
     def role(self) -> dict[str, Any]:
         return self._chunk({"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None})
 
-    def delta(self, text: str) -> dict[str, Any]:
-        if self.chat:
-            return self._chunk({"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
-        return self._chunk({"text": text, "index": 0, "logprobs": None, "finish_reason": None})
+    @staticmethod
+    def _logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        """Per-token logprobs (`{"token", "logprob", "bytes", "top_logprobs"}` each), as OpenAI's
+        chat `logprobs.content`."""
+        return None if entries is None else {"content": entries}
 
-    def final(self, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+    def delta(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
         if self.chat:
-            chunk = self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason})
+            return self._chunk({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": None})
+        return self._chunk({"text": text, "index": 0, "logprobs": lp, "finish_reason": None})
+
+    def final(self, finish_reason: str, usage: dict[str, int],
+              logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
+        if self.chat:
+            chunk = self._chunk({"index": 0, "delta": {}, "logprobs": lp, "finish_reason": finish_reason})
         else:
-            chunk = self._chunk({"text": "", "index": 0, "logprobs": None, "finish_reason": finish_reason})
+            chunk = self._chunk({"text": "", "index": 0, "logprobs": lp, "finish_reason": finish_reason})
         chunk["usage"] = usage
         return chunk
 
-    def result(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+    def result(self, text: str, finish_reason: str, usage: dict[str, int],
+               logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
         if self.chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "logprobs": None, "finish_reason": finish_reason}
+                                      "logprobs": lp, "finish_reason": finish_reason}
             obj = "chat.completion"
         else:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"text": text, "index": 0, "logprobs": lp, "finish_reason": finish_reason}
             obj = "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
                 "usage": usage}

@@ -137,3 +137,40 @@ def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
     assert codes == [200, 200, 200, 429]
     assert other == 200
     assert health == 503
+
+
+def test_the_engine_reports_each_tokens_logprobs(smoke_model):
+    """params["logprobs"] = k (what issue 14's protocol will pass): each generated token's logprob and
+    the k most likely, computed from that step's logits; streamed with the chunk that carries the
+    token's text, all at once when not streamed."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    engine = Engine(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256))
+    engine.start()
+    assert engine.loaded.wait(120) and engine.state == "ready"
+    params = {"prompt": "1, 2, 3, 4,", "max_tokens": 5, "temperature": 0.0, "logprobs": 3}
+
+    async def run(stream: bool) -> list[dict]:
+        job = await engine.submit(GenerationRequest("completion", dict(params), stream=stream))
+        await job.wait_started(60)
+        return [item async for item in job]
+
+    try:
+        whole = asyncio.run(run(False))[-1]
+        chunks = asyncio.run(run(True))
+    finally:
+        assert engine.stop(30)
+    entries = whole["choices"][0]["logprobs"]["content"]
+    assert len(entries) == whole["usage"]["completion_tokens"] == 5
+    assert "".join(e["token"] for e in entries) == whole["choices"][0]["text"]
+    for e in entries:
+        assert e["logprob"] <= 0 and bytes(e["bytes"]).decode() == e["token"]
+        top = [t["logprob"] for t in e["top_logprobs"]]
+        assert len(top) == 3 and top == sorted(top, reverse=True)
+        assert e["top_logprobs"][0]["token"] == e["token"]  # greedy: the most likely one was drawn
+    streamed = [e for c in chunks for e in ((c["choices"][0].get("logprobs") or {}).get("content") or [])]
+    assert [e["token"] for e in streamed] == [e["token"] for e in entries]
