@@ -24,6 +24,7 @@ weights are mmapped once), run by the same worker between steps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -46,6 +47,8 @@ from llmctl.serve.engine import (
     load_llama,
 )
 from llmctl.serve.settings import ServeSettings
+
+log = logging.getLogger("llmctl.serve.engine")
 
 
 def load_backend(settings: ServeSettings) -> Any:
@@ -263,11 +266,17 @@ class Engine:
                 jobs = self._take()
                 if jobs is None:
                     break
-                for job, counted in jobs:
-                    self._admit(job, counted)
-                self._drop_cancelled()
-                if any(s.busy for s in self._slots):
-                    self._step()
+                try:
+                    for job, counted in jobs:
+                        self._admit(job, counted)
+                    self._drop_cancelled()
+                    if any(s.busy for s in self._slots):
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker: fail what runs
+                    log.exception("the engine's step failed; failing the requests in progress")
+                    for slot in self._slots:
+                        if slot.job is not None:
+                            self._fail(slot, EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
                 self.heartbeat = time.monotonic()
         finally:
             for slot in self._slots:
