@@ -148,8 +148,9 @@ class Backend:
             raise DecodeError(code)
 
     def logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
-        """The model's log-probability of `token` at batch entry `index` of the last decode (valid
-        until the next one), with the `top` most likely tokens: OpenAI's logprobs entry."""
+        """The log-probability of `token` at batch entry `index` of the last decode (valid until
+        the next one), with the `top` most likely tokens: OpenAI's logprobs entry. Read after the
+        draw: the logits carry the request's logit_bias and penalties (sampling.ChainSampler)."""
         import numpy as np
 
         ptr = self._C.llama_get_logits_ith(self.ctx, index)

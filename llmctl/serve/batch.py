@@ -98,6 +98,25 @@ class Slot:
 MIN_SHARED = 32  # tokens another slot must add to a slot's own cached prefix to be worth copying
 
 
+@dataclass(frozen=True)
+class _Callback:
+    """An outbox entry that calls fn(job) on the job's loop, after the job's items before it."""
+
+    fn: Callable[[Job], None]
+
+
+def _deliver(items: list[tuple[Job, Any]]) -> None:
+    """On the event loop: hand a step's items to their jobs."""
+    for job, item in items:
+        if isinstance(item, _Callback):
+            try:
+                item.fn(job)
+            except Exception:  # an observer must not keep the other jobs' items back
+                log.exception("on_done failed")
+        else:
+            job._chunks.put_nowait(item)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -142,6 +161,7 @@ class Engine:
         self._chat: Any = None
         self._slots = [Slot(i) for i in range(self.parallel)]
         self._queue: deque[Job] = deque()
+        self._outbox: list[tuple[Job, Any]] = []  # (job, chunk | error | _END | _Callback), in order
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting = 0
@@ -270,6 +290,7 @@ class Engine:
                     for job, counted in jobs:
                         self._admit(job, counted)
                     self._drop_cancelled()
+                    self._flush()  # refusals and cancellations go out before a long step
                     if any(s.busy for s in self._slots):
                         self._step()
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the worker: fail what runs
@@ -277,11 +298,13 @@ class Engine:
                     for slot in self._slots:
                         if slot.job is not None:
                             self._fail(slot, EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+                self._flush()
                 self.heartbeat = time.monotonic()
         finally:
             for slot in self._slots:
                 if slot.job is not None:
                     self._fail(slot, ShuttingDown("the server is shutting down"))
+            self._flush()
             self._set_state("stopped")
             self._close_models()
 
@@ -571,7 +594,7 @@ class Engine:
         if first:
             stats.first_token = now
             if slot.stream and slot.shaper.chat:
-                job._post(slot.shaper.role())
+                self._send(job, slot.shaper.role())
         backend = self._backend
         if backend.is_eog(token):
             self._finish(slot, "stop")
@@ -584,7 +607,7 @@ class Engine:
             slot.lp_all.append(entry)
         piece = slot.text.add(backend.piece(token))
         if piece and slot.stream:
-            job._post(slot.shaper.delta(piece, self._take_logprobs(slot)))
+            self._send(job, slot.shaper.delta(piece, self._take_logprobs(slot)))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= slot.max_tokens or len(slot.cache) + 1 >= self.n_ctx:
@@ -612,7 +635,7 @@ class Engine:
         usage = self._usage(job)
         if slot.stream:
             if rest:
-                job._post(slot.shaper.delta(rest, self._take_logprobs(slot)))
+                self._send(job, slot.shaper.delta(rest, self._take_logprobs(slot)))
             last = slot.shaper.final(reason, usage, self._take_logprobs(slot) or None)
         else:
             logprobs = slot.lp_all if slot.logprobs is not None else None
@@ -653,6 +676,25 @@ class Engine:
                 self._running -= 1
                 self._wake.notify()
         for item in items:
-            job._post(item)
+            self._send(job, item)
         if self.on_done is not None:
-            job._call(self.on_done, job)
+            self._send(job, _Callback(self.on_done))
+
+    def _send(self, job: Job, item: Any) -> None:
+        """Queue an item for the job's event loop; `_flush` hands a step's items over at once."""
+        self._outbox.append((job, item))
+
+    def _flush(self) -> None:
+        """One wake-up per event loop per step for every chunk of that step, in order."""
+        if not self._outbox:
+            return
+        by_loop: dict[Any, list[tuple[Job, Any]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job._loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job._cancel.set()

@@ -4,6 +4,7 @@ pin down deterministically (the model still loading)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -174,3 +175,38 @@ def test_the_engine_reports_each_tokens_logprobs(smoke_model):
         assert e["top_logprobs"][0]["token"] == e["token"]  # greedy: the most likely one was drawn
     streamed = [e for c in chunks for e in ((c["choices"][0].get("logprobs") or {}).get("content") or [])]
     assert [e["token"] for e in streamed] == [e["token"] for e in entries]
+
+
+def test_bias_and_penalties_applied_in_python_draw_what_llama_cpps_samplers_draw(smoke_model):
+    """sampling.ChainSampler applies logit_bias and the penalties to the step's logits itself (llama.cpp's
+    penalty sampler looks the whole vocabulary up); the same chain with llama.cpp's own samplers draws
+    the same tokens, step after step, with the same seed."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.backend import Backend
+    from llmctl.serve.sampling import ChainSampler, SamplingSpec
+    from llmctl.serve.settings import resolve_settings
+
+    settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256), parallel=1)
+    backend = Backend(settings)
+    try:
+        for params in ({"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3,
+                        "logit_bias": {236764: 5.0, 1: -100.0}, "temperature": 0.9, "seed": 11},
+                       {"repeat_penalty": 1.5, "temperature": 0.0}):
+            spec = SamplingSpec.of(params, "chat")
+            ours, theirs = ChainSampler(backend, spec), ChainSampler(backend, spec, native_penalties=True)
+            tokens = backend.tokenize("Repeat after me: la la la la la", add_bos=True)
+            backend.clear()
+            backend.decode(tokens, list(range(len(tokens))), [0] * len(tokens), [False] * (len(tokens) - 1) + [True])
+            index, drawn = len(tokens) - 1, []
+            for step in range(40):
+                reference = theirs.sample(index)  # reads the logits; ours then changes them in place
+                assert ours.sample(index) == reference, (params, step, drawn)
+                drawn.append(reference)
+                backend.decode([reference], [len(tokens) + step], [0], [True])
+                index = 0
+            assert len(set(drawn)) > 3  # the penalties were at work: not one token over and over
+            ours.close()
+            theirs.close()
+    finally:
+        backend.close()
