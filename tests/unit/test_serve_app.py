@@ -210,3 +210,45 @@ def test_bias_and_penalties_applied_in_python_draw_what_llama_cpps_samplers_draw
             theirs.close()
     finally:
         backend.close()
+
+
+def test_requests_arriving_together_decode_their_shared_prefix_once(smoke_model):
+    """Three requests with the same long prefix at once: one slot decodes it, the others copy its KV
+    (the engine's donor path) and decode only their own ending; each answer is what it is alone."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=1024)
+    prefix = "Here is a list of facts about numbers and days of the week that you should read carefully. " * 12
+    endings = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "A, B, C, D, E,"]
+
+    def run(prompts: list[str]) -> tuple[list[str], list[int]]:
+        engine = Engine(settings)
+        cached: list[int] = []
+        engine.on_cached = cached.append
+        engine.start()
+        assert engine.loaded.wait(120) and engine.state == "ready"
+
+        async def one(prompt: str) -> str:
+            job = await engine.submit(GenerationRequest("completion", {"prompt": prompt, "max_tokens": 4,
+                                                                      "temperature": 0.0}))
+            await job.wait_started(60)
+            return [item async for item in job][-1]["choices"][0]["text"]
+
+        async def together() -> list[str]:
+            return list(await asyncio.gather(*[one(p) for p in prompts]))
+
+        try:
+            return asyncio.run(together()), cached
+        finally:
+            assert engine.stop(30)
+
+    prompts = [prefix + e for e in endings]
+    alone = [run([p])[0][0] for p in prompts]
+    answers, cached = run(prompts)
+    assert answers == alone
+    prefix_tokens = len(prefix.split())  # at least one token a word
+    assert len(cached) == 2 and all(n >= prefix_tokens for n in cached), cached
