@@ -240,13 +240,14 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     import uvicorn
 
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
+    from llmctl.serve.batch import Engine
 
     from prometheus_client import Counter
 
     log = logging.getLogger("llmctl.serve")
     engine = Engine(settings)
     app, ctx = create_app(settings, engine, router=router)
+    ctx.metrics.attach_engine(engine)
     limits = settings.limits
     open_files = ensure_open_files(limits.open_files)
     served, max_open = connection_caps(settings, open_files)
@@ -351,6 +352,10 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             ctx.metrics.set_gpu_offload(engine.gpu_offload)
         log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
                  f"(loaded in {engine.load_seconds:.2f}s)")
+        kv = engine.kv_bytes
+        log.info(f"{engine.parallel} slots of {settings.n_ctx} tokens: "
+                 + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this)"
+                    if kv else "KV cache size unknown"))
         notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
         interval = sdnotify.watchdog_interval_s()
         if interval is None:

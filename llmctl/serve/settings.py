@@ -45,6 +45,8 @@ class ServeSettings:
     limits: Limits
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For uvicorn believes; () = nobody's
     tool_format: str | None = None  # llmctl.serve.tools.FORMATS; None: detected from the GGUF's chat template
+    parallel: int = 4  # slots: requests decoded together, each with its own n_ctx
+    swa_full: bool = True  # sliding-window layers keep every position (prefix reuse) or the window only
 
     @property
     def auth_enabled(self) -> bool:
@@ -69,12 +71,13 @@ def resolve_settings(
     n_gpu_layers: int | None = None,
     threads: int | None = None,
     chat_format: str | None = None,
+    parallel: int | None = None,
     environ: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> ServeSettings:
     from llmctl.models.resolve import ResolvedModel, resolve_model
     from llmctl.models.store import Store
-    from llmctl.schema import ServiceSpec
+    from llmctl.schema import MAX_PARALLEL, ServiceSpec
 
     cfg = loaded.config
     service: str | None
@@ -98,6 +101,8 @@ def resolve_settings(
         raise UsageError("--n-ctx: must be at least 64")
     if threads is not None and threads < 1:
         raise UsageError("--threads: must be at least 1")
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel: must be 1-{MAX_PARALLEL}")
     if n_gpu_layers is not None and n_gpu_layers < -1:
         raise UsageError("--n-gpu-layers: must be -1 (all) or more")
 
@@ -145,4 +150,6 @@ def resolve_settings(
         limits=spec.limits,
         trusted_proxies=tuple(spec.trusted_proxies),
         tool_format=spec.tool_format,
+        parallel=parallel or spec.parallel,
+        swa_full=spec.swa_full,
     )
