@@ -22,13 +22,27 @@ from llmctl.serve.engine import JobStats
 from llmctl.serve.tools import StreamAssembler, ToolSpec, parse_output
 
 
+def completion_logprobs(entries: list[dict], text_offset: int = 0) -> dict:
+    """Per-token entries (`{"token", "logprob", "bytes", "top_logprobs"}`, the chat shape) -> the legacy
+    completions shape; `text_offset`: where the first token's text starts."""
+    offsets: list[int] = []
+    at = text_offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
 def legacy_logprobs(item: dict, offset: list[int]) -> dict:
     """A completions chunk or result whose choices carry logprobs in the chat shape (`{"content":
     [entries]}`, as the engine writes them) -> the legacy completions shape (`tokens`,
     `token_logprobs`, `top_logprobs`, `text_offset`); `offset` holds the running text offset of a
     stream (in place)."""
-    from llmctl.serve.logprobs import completion_logprobs
-
     for choice in item.get("choices") or []:
         lp = choice.get("logprobs")
         if isinstance(lp, dict) and "content" in lp:

@@ -295,13 +295,38 @@ def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
 # -- logprobs -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [
-    {"messages": ASK, "logprobs": True, "top_logprobs": 3},
-    {"messages": ASK, "logprobs": True, "top_logprobs": 3, "stream": True},
-    {"prompt": "One, two,", "logprobs": 3},
-])
-def test_logprobs_are_refused_by_an_engine_without_them(served, body):
-    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    r = httpx.post(served.url + path, json={**body, "max_tokens": 4}, timeout=30)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == "logprobs" and r.json()["error"]["code"] == "unsupported_parameter"
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model="smoke", messages=ASK, max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens and "".join(e.token for e in entries) == r.choices[0].message.content
+    for e in entries:
+        assert len(e.top_logprobs) == 3 and e.logprob <= 0 and bytes(e.bytes).decode("utf-8", "replace") == e.token
+        # temperature 0 takes the most likely token: the same logits gave both
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == pytest.approx(e.logprob)
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+
+
+def test_chat_logprobs_streamed(client):
+    text, entries = "", []
+    for chunk in client.chat.completions.create(model="smoke", messages=ASK, max_tokens=6, temperature=0,
+                                                logprobs=True, top_logprobs=3, stream=True):
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            entries += (c.logprobs.content or []) if c.logprobs else []
+    assert entries and "".join(e.token for e in entries) == text
+    assert all(len(e.top_logprobs) == 3 for e in entries)
+
+
+def test_completion_logprobs_in_the_legacy_shape(client):
+    r = client.completions.create(model="smoke", prompt="One, two,", max_tokens=5, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == len(lp.tokens)
+    assert all(len(t) <= 3 and tok in t for t, tok in zip(lp.top_logprobs, lp.tokens))
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+
+
+def test_logprobs_with_a_tool_call(client):
+    r = client.chat.completions.create(model="smoke", messages=ASK, tools=[TIME], tool_choice="required",
+                                       logprobs=True, top_logprobs=1)
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].logprobs.content
