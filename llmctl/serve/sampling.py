@@ -2,10 +2,12 @@
 
 The chain is the one llama-cpp-python builds for create_completion (so answers do not change with
 the engine): logit_bias, penalties (over the last 64 tokens; these two applied to the step's logits
-here, the same float32 arithmetic as llama.cpp's samplers), the grammar, then greedy at
-temperature 0, else top_k, typical_p, top_p, min_p, temperature and a seeded draw. The grammar comes
-before any truncation, so the token drawn is always one the grammar allows, and llama_sampler_sample
-advances the grammar with exactly that token.
+here, the same float32 arithmetic as llama.cpp's samplers), then greedy at temperature 0, else
+top_k, typical_p, top_p, min_p, temperature and a seeded draw. A grammar is not in the chain: as
+llama-server does, the chain draws, the grammar checks that one token, and only when it refuses is
+the grammar applied to the whole vocabulary and the draw made again (llmctl.serve.grammar_first:
+the same distribution, without checking 262k tokens at every step). The grammar advances with
+exactly the token chosen.
 
 Defaults are llama-cpp-python's: chat (its chat handler) temperature 0.2 and repeat_penalty 1.1;
 completions temperature 0.8 and repeat_penalty 1.0; both top_k 40, top_p 0.95, min_p 0.05.
@@ -97,6 +99,8 @@ class ChainSampler:
         params = C.llama_sampler_chain_default_params()
         params.no_perf = True
         self.chain = C.llama_sampler_chain_init(params)
+        self.grammar: Any = None  # a llama_sampler of its own, outside the chain (see the module docstring)
+        self._first: Any = None
         # logit_bias and the penalties touch a few tokens: applied here to the step's logits, in place
         # and in float32 as llama.cpp's samplers do, they cost microseconds; llama.cpp's penalty
         # sampler looks every token of the vocabulary up (0.7 ms a token with Gemma's 262k).
@@ -122,7 +126,10 @@ class ChainSampler:
                     add(C.llama_sampler_init_penalties(backend.n_vocab, PENALTY_LAST_N, spec.repeat_penalty,
                                                        spec.frequency_penalty, spec.presence_penalty))
             if spec.grammar is not None:
-                add(grammar_sampler(backend.vocab, spec.grammar))
+                from llmctl.serve.grammar_first import GrammarFirst
+
+                self.grammar = grammar_sampler(backend.vocab, spec.grammar)
+                self._first = GrammarFirst(self._ctx, self._n_vocab)
             if spec.temperature <= 0.0:
                 add(C.llama_sampler_init_greedy())
             else:
@@ -150,7 +157,10 @@ class ChainSampler:
                 v = logits[ids]
                 v = np.where(v <= 0, v * self._repeat, v / self._repeat)
                 logits[ids] = v - (counts * self._freq + (counts > 0).astype(np.float32) * self._present)
-        token = int(self._C.llama_sampler_sample(self.chain, self._ctx, index))
+        if self.grammar is not None:
+            token = self._first.sample(self.chain, self.grammar, index)
+        else:
+            token = int(self._C.llama_sampler_sample(self.chain, self._ctx, index))
         if self._penalties:
             if len(self._recent) == PENALTY_LAST_N:
                 old = self._recent[0]
@@ -165,3 +175,6 @@ class ChainSampler:
         if self.chain is not None:
             self._C.llama_sampler_free(self.chain)  # frees the samplers added to it
             self.chain = None
+        if self.grammar is not None:
+            self._C.llama_sampler_free(self.grammar)
+            self.grammar = None
