@@ -428,11 +428,10 @@ def _logprobs(body: ChatBody | CompletionBody, supported: bool) -> int | None:
 
 def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int, *,
                           tools: ToolSpec | None = None, tool_format: str = "generic",
-                          fold_system: bool = False, logprobs: bool = False) -> GenerationRequest:
+                          logprobs: bool = False) -> GenerationRequest:
     """A validated chat or completion body -> the engine's request; InvalidRequest for what the
     models alone cannot see (vocabulary, combinations, context room). `tools`: the chat body's
-    `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS). `fold_system`: the chat
-    format drops system messages, so they go into the first user message. `logprobs`: the engine
+    `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS). `logprobs`: the engine
     supports `params["logprobs"]` (else a request for them is refused)."""
     refuse_unsupported(body)
     top = _logprobs(body, logprobs)
@@ -488,7 +487,7 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
                                      "model may call; send tool_choice 'none', or leave one out",
                                      "response_format")
             grammar = grammar or tool_grammar
-        params["messages"] = T.fold_system(messages) if fold_system else messages
+        params["messages"] = messages
         if grammar is not None:
             params["grammar"] = grammar
         endpoint = "chat"

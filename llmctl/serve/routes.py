@@ -21,7 +21,6 @@ from llmctl.serve.engine import EngineError, GenerationRequest, Job, NotReady, P
 from llmctl.serve.gate import admit_stream, release_stream
 from llmctl.serve.responses import engine_error_response, error_response, model_card, model_list
 from llmctl.serve.streaming import ClientGone, DisconnectWatch, EventStream
-from llmctl.serve.tools import SYSTEMLESS_CHAT_FORMATS
 
 READY_FRESH_S = 10.0  # a token this recent proves the model answers; else /ready probes
 
@@ -107,7 +106,6 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
     spec = protocol.tool_spec(body) if isinstance(body, protocol.ChatBody) else None
     fmt = ctx.tool_format() if isinstance(body, protocol.ChatBody) else "generic"
     greq = protocol.to_generation_request(body, ctx.bounds, engine.n_vocab, tools=spec, tool_format=fmt,
-                                          fold_system=settings.chat_format in SYSTEMLESS_CHAT_FORMATS,
                                           logprobs=engine.supports_logprobs)
     limit = greq.max_prompt_tokens
     # A cheap early bound before queueing (exact for completions, a lower bound for chat);

@@ -36,10 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMATS = ("generic", "hermes", "llama3", "mistral")
-# llama-cpp-python chat formats that drop system messages without a word (its "gemma" logs at debug
-# level only): for them the system prompt, tool definitions included, is folded into the first user
-# turn, as Gemma's own template does.
-SYSTEMLESS_CHAT_FORMATS = frozenset({"gemma", "openbuddy", "phind", "intel"})
 MAX_TOOLS = 128
 MAX_DESCRIPTION = 8192
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function name
@@ -337,20 +333,6 @@ def render_messages(messages: list[dict], spec: ToolSpec | None, fmt: str) -> li
         else:
             out.append(m)
     return out
-
-
-def fold_system(messages: list[dict]) -> list[dict]:
-    """The leading system messages joined into the first user message (blank line between), for chat
-    formats that drop system messages (SYSTEMLESS_CHAT_FORMATS)."""
-    system = [m["content"] for m in messages if m["role"] == "system"]
-    if not system:
-        return messages
-    rest = [m for m in messages if m["role"] != "system"]
-    prefix = "\n\n".join(system)
-    for i, m in enumerate(rest):
-        if m["role"] == "user":
-            return [*rest[:i], {**m, "content": f"{prefix}\n\n{m['content']}"}, *rest[i + 1:]]
-    return [{"role": "user", "content": prefix}, *rest]
 
 
 # -- the grammar ------------------------------------------------------------------------------------------

@@ -310,16 +310,6 @@ def test_json_schema_with_refs_and_strict():
     assert translate({"messages": [{"role": "user", "content": "hi"}], "n": 4}).params["messages"]
 
 
-def test_fold_system_for_formats_that_drop_it():
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
-    assert T.fold_system(msgs) == [{"role": "user", "content": "S\n\nU"}, {"role": "assistant", "content": "A"}]
-    assert T.fold_system([{"role": "system", "content": "S"}]) == [{"role": "user", "content": "S"}]
-    assert T.fold_system(msgs[1:]) == msgs[1:]
-    data = P.parse_body(json.dumps({"messages": msgs}).encode())
-    req = P.to_generation_request(P.validate_chat(data), LIMITS, 1000, fold_system=True)
-    assert req.params["messages"][0] == {"role": "user", "content": "S\n\nU"}
-
-
 @pytest.mark.parametrize("fmt,text", [
     ("generic", ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
                 '{"name": "get_time", "arguments": {"zone": "UTC"}}]}')),
