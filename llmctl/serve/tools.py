@@ -453,6 +453,9 @@ def _limit(calls: list[ToolCall], spec: ToolSpec) -> tuple[ToolCall, ...]:
 
 def _parse_generic(text: str, spec: ToolSpec) -> Parsed:
     found = _json_at(text, 0)
+    if found is None and _RESPONSE_PREFIX.match(text):  # an answer cut short (max_tokens): its text so far
+        assembler = StreamAssembler(spec, "generic")
+        return Parsed("".join(d.get("content", "") for d in assembler.feed(text)), ())
     if found is None or text[found[1]:].strip() or not isinstance(found[0], dict):
         return Parsed(text, ())
     obj = found[0]

@@ -159,6 +159,7 @@ def test_named_grammar_names_only_that_function():
      [("get_weather", {"city": "Oslo"})]),
     ("generic", '{"response": "Hello \\"you\\""}', 'Hello "you"', []),
     ("generic", "plain words", "plain words", []),
+    ("generic", '{"response": "cut \\u00e9 sho', "cut \u00e9 sho", []),  # max_tokens: the text so far
     ("generic", '{"tool_calls": [{"name": "unknown", "arguments": {}}]}',
      '{"tool_calls": [{"name": "unknown", "arguments": {}}]}', []),
     ("hermes", ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
