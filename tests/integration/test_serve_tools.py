@@ -97,6 +97,7 @@ def test_auto_answers_with_a_call_or_text_never_the_envelope(client, stream):
                 r = s.get_final_completion()
             except openai.LengthFinishReasonError as exc:  # a text answer may run to max_tokens
                 r = exc.completion
+    else:
         r = client.chat.completions.create(**kw)
     m = r.choices[0].message
     if m.tool_calls:
