@@ -1,0 +1,68 @@
+"""What this server process takes: resident memory (psutil), per model file, and GPU memory
+(`nvidia-smi`, when there is one). Read by the pool when a model loads and by `GET /status`.
+
+Each reader returns None when it cannot tell (no psutil support, no nvidia-smi, the process is not
+listed) rather than raising: the status of a server must not fail because a probe of it did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+NVIDIA_SMI_TIMEOUT_S = 3.0
+
+
+def process_rss(pid: int | None = None) -> int | None:
+    """The process's resident set size in bytes."""
+    try:
+        import psutil
+
+        return int(psutil.Process(pid or os.getpid()).memory_info().rss)
+    except Exception:  # noqa: BLE001 - see the module docstring
+        return None
+
+
+def mapped_rss(paths: Iterable[Path], pid: int | None = None) -> dict[str, int]:
+    """Resident bytes of the mappings of each file (a model's weights, when llama.cpp maps them),
+    by the file's resolved path. A file that is not mapped is absent."""
+    wanted = {str(Path(p).resolve()) for p in paths}
+    if not wanted:
+        return {}
+    try:
+        import psutil
+
+        maps = psutil.Process(pid or os.getpid()).memory_maps(grouped=True)
+    except Exception:  # noqa: BLE001
+        return {}
+    out: dict[str, int] = {}
+    for m in maps:
+        path = getattr(m, "path", "")
+        if path in wanted:
+            out[path] = out.get(path, 0) + int(getattr(m, "rss", 0))
+    return out
+
+
+def gpu_memory(pid: int | None = None) -> int | None:
+    """GPU memory the process uses in bytes, from `nvidia-smi`; None without one, or when the
+    process holds no GPU memory it lists."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    pid = pid or os.getpid()
+    try:
+        out = subprocess.run([exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    total = None
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            total = (total or 0) + int(parts[1]) * (1 << 20)  # MiB
+    return total
