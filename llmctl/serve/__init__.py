@@ -4,7 +4,15 @@
     engine.py     the scheduler: one worker thread owns the Llama; jobs in, chunks out
     security.py   API keys (constant-time) and the token-bucket rate limiter
     metrics.py    Prometheus metrics in a per-app registry (llama.cpp's names where they overlap)
-    app.py        the Starlette app: routes, the request gate (body size, auth, rate limit, access log)
+    protocol.py   OpenAI's request bodies: validated, then translated to the engine's GenerationRequest
+    grammar.py    response_format (JSON schema) -> a GBNF grammar, bounded
+    responses.py  OpenAI's response shapes: error bodies, SSE events, chunks, model cards
+    context.py    ServerContext: the state the gate, the routes and the streams share (app.state.ctx)
+    gate.py       the admission gate: access log, API key (401), rate limit (429), body size (413),
+                  stream slots (503 + Retry-After)
+    streaming.py  SSE relay of a job's chunks; a client that leaves cancels its job
+    routes.py     /health, /ready, /metrics, /v1/*: module-level handlers that read app.state.ctx
+    app.py        create_app(): wires the context, metrics, router, routes and gate into one ASGI app
     server.py     uvicorn, sd_notify (READY, WATCHDOG, STOPPING) and graceful shutdown
 
 Heavy libraries (llama_cpp, starlette, uvicorn, prometheus_client, pydantic) are imported only

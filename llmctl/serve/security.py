@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from llmctl.serve.settings import ApiKey
+from llmctl.keys import ApiKey
 
 
 def presented_key(headers: Mapping[str, str]) -> bytes | None:

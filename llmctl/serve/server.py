@@ -109,7 +109,7 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: i
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from llmctl.serve.app import TIMEOUT_KEY
+    from llmctl.serve.gate import TIMEOUT_KEY
 
     full = OncePerSecond()
 
@@ -176,7 +176,7 @@ class JsonFormatter(logging.Formatter):
     """uvicorn's and llmctl's log lines as JSON on stderr, like the access log."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from llmctl.serve.app import utc_iso
+        from llmctl.serve.gate import utc_iso
 
         doc = {"ts": utc_iso(), "event": "log", "level": record.levelname.lower(), "logger": record.name,
                "message": record.getMessage()}

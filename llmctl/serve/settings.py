@@ -7,14 +7,13 @@ the last full hash) before anything is loaded. A path outside the store needs an
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmctl.errors import ConfigError, UsageError
+from llmctl.errors import UsageError
+from llmctl.keys import ApiKey, load_api_keys
 from llmctl.netutil import is_loopback
 
 if TYPE_CHECKING:
@@ -22,16 +21,6 @@ if TYPE_CHECKING:
     from llmctl.models.store import Progress
     from llmctl.paths import Paths
     from llmctl.schema import Limits
-
-CREDENTIAL_NAME = "api-keys"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """One API key. `id` is a short hash: safe to log and to key rate limits by."""
-
-    secret: bytes = field(repr=False)
-    id: str
 
 
 @dataclass(frozen=True)
@@ -104,54 +93,6 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
-
-
-def key_id(secret: bytes) -> str:
-    return "key-" + hashlib.sha256(secret).hexdigest()[:12]
-
-
-def parse_api_keys(text: str) -> tuple[ApiKey, ...]:
-    """One key per line; blank lines and lines starting with '#' are ignored."""
-    keys: list[ApiKey] = []
-    seen: set[bytes] = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        secret = line.encode("utf-8")
-        if secret not in seen:
-            seen.add(secret)
-            keys.append(ApiKey(secret, key_id(secret)))
-    return tuple(keys)
-
-
-def load_api_keys(
-    flag_file: str | None, config_file: str | None, key_path: str, environ: dict[str, str] | None = None
-) -> tuple[tuple[ApiKey, ...], str | None]:
-    """systemd credential `api-keys` when present, else the flag's file, else the config's file."""
-    env = os.environ if environ is None else environ
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    candidates: list[tuple[Path, str]] = []
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
-        candidates.append((Path(cred_dir) / CREDENTIAL_NAME, "systemd credential"))
-    elif flag_file:
-        candidates.append((Path(flag_file).expanduser(), "--api-keys-file"))
-    elif config_file:
-        candidates.append((Path(config_file).expanduser(), key_path))
-    if not candidates:
-        return (), None
-    path, what = candidates[0]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: API keys file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what}: cannot read API keys file {path}: {exc}") from None
-    keys = parse_api_keys(text)
-    if not keys:
-        raise ConfigError(f"{what}: {path} holds no API keys (one per line)",
-                          hint="add a key, or drop the setting to serve without keys on loopback")
-    return keys, str(path)
 
 
 def resolve_settings(

@@ -74,10 +74,11 @@ class App:
     def __init__(self, tmp: Path, upstreams_yaml: str, routing_yaml: str, *, ledger: bool = True,
                  airgap: bool = False, clock=None) -> None:
         from llmctl.config import validate
+        from llmctl.keys import parse_api_keys
         from llmctl.schema import Limits
         from llmctl.serve.app import create_app
         from llmctl.serve.engine import Engine
-        from llmctl.serve.settings import ServeSettings, parse_api_keys
+        from llmctl.serve.settings import ServeSettings
         from llmctl.upstreams.config import routing_for
         from llmctl.upstreams.router import Router
         from llmctl.usage.ledger import Ledger

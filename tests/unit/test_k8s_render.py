@@ -331,7 +331,7 @@ def test_keys_are_files_from_a_secret_never_environment_variables(tmp_path: Path
 def test_the_pods_config_reads_every_key_from_the_mounted_secret(tmp_path: Path):
     """The ConfigMap's config is what serve runs with: the real loader and the real upstream key reader
     find every key in $CREDENTIALS_DIRECTORY and nowhere else."""
-    from llmctl.serve.settings import load_api_keys
+    from llmctl.keys import load_api_keys
     from llmctl.upstreams.config import routing_for
 
     result = _render(GPU)

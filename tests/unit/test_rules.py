@@ -97,19 +97,9 @@ def test_every_reader_uses_the_format(tmp_path: Path):
     assert routing_for(cfg, "chat", {}).upstreams[0].api_key == "k1"
     server_keys, source = load_api_keys(None, str(keys), "services.chat.api_keys_file", {})
     assert [k.secret for k in server_keys] == [b"k1", b"k2", b"k4"] and source == str(keys)
-    # serve still has its own copy until part B of issue 18 switches it to llmctl.keys: it must agree.
     from llmctl.serve import settings as serve_settings
 
-    assert [k.secret for k in serve_settings.parse_api_keys(KEY_FILE)] == [k.secret for k in server_keys]
-    assert serve_settings.CREDENTIAL_NAME == CREDENTIAL_NAME
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / CREDENTIAL_NAME).write_text("k-cred\n")
-    for args in [(str(keys), None), (None, str(keys)), (None, None)]:
-        for env in ({}, {"CREDENTIALS_DIRECTORY": str(creds)}):
-            ours = load_api_keys(*args, "services.chat.api_keys_file", env)
-            theirs = serve_settings.load_api_keys(*args, "services.chat.api_keys_file", env)
-            assert ([k.secret for k in ours[0]], ours[1]) == ([k.secret for k in theirs[0]], theirs[1])
+    assert serve_settings.load_api_keys is load_api_keys  # resolve_settings reads the keys with it
     # a key file health cannot use is that service's setup error (UNKNOWN), naming the setting
     keys.write_text("# none\n")
     (target,) = config_targets(cfg, [], environ={})
@@ -117,6 +107,33 @@ def test_every_reader_uses_the_format(tmp_path: Path):
         f"cannot read an API key: services.chat.api_keys_file: {keys} holds no API keys (one per line)")
     with pytest.raises(ConfigError, match=r"^upstreams\.up\.api_key_file: .* holds no API keys"):
         routing_for(cfg, "chat", {})
+
+
+def test_where_the_servers_keys_come_from(tmp_path: Path):
+    """The systemd credential `api-keys` wins over --api-keys-file, which wins over the config's file;
+    none of them: no keys (an open server)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / CREDENTIAL_NAME).write_text("k-cred\n")
+    flag, conf = tmp_path / "flag", tmp_path / "conf"
+    flag.write_text("k-flag\n")
+    conf.write_text("k-conf\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    where = "services.chat.api_keys_file"
+    for args, environ, secret, source in [
+        ((str(flag), str(conf)), env, b"k-cred", creds / CREDENTIAL_NAME),
+        ((None, None), env, b"k-cred", creds / CREDENTIAL_NAME),
+        ((str(flag), str(conf)), {}, b"k-flag", flag),
+        ((None, str(conf)), {}, b"k-conf", conf),
+        ((None, str(conf)), {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}, b"k-conf", conf),
+    ]:
+        keys, got = load_api_keys(*args, where, environ)
+        assert ([k.secret for k in keys], got) == ([secret], str(source)), (args, environ)
+    assert load_api_keys(None, None, where, {}) == ((), None)
+    with pytest.raises(ConfigError, match=r"^--api-keys-file: .*not found"):
+        load_api_keys(str(tmp_path / "nope"), str(conf), where, {})
+    with pytest.raises(ConfigError, match=r"^services\.chat\.api_keys_file: .*not found"):
+        load_api_keys(None, str(tmp_path / "nope"), where, {})
 
 
 # -- bind address -> the address a client on this host dials -----------------------------------------

@@ -1,27 +1,20 @@
-"""llmctl.serve's parts that need no server: API keys, the rate limiter, settings resolution."""
+"""llmctl.serve's parts that need no server: API keys (matching), the rate limiter, settings resolution."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
 from llmctl.config import load_config
-from llmctl.errors import ConfigError, IntegrityError, UsageError
+from llmctl.errors import IntegrityError, UsageError
+from llmctl.keys import parse_api_keys
 from llmctl.paths import resolve_paths
 from llmctl.serve.security import RateLimiter, match_key, presented_key, retry_after_header
-from llmctl.serve.settings import is_loopback, load_api_keys, parse_api_keys, resolve_settings
+from llmctl.serve.settings import is_loopback, resolve_settings
 
 # -- API keys ----------------------------------------------------------------------------------------
-
-
-def test_parse_api_keys_skips_blanks_comments_and_duplicates():
-    keys = parse_api_keys("# comment\n  sk-one  \n\nsk-two\nsk-one\n")
-    assert [k.secret for k in keys] == [b"sk-one", b"sk-two"]
-    assert all(k.id.startswith("key-") and "sk-" not in k.id for k in keys)
-    assert "sk-one" not in repr(keys)
 
 
 def test_presented_key_bearer_or_x_api_key():
@@ -39,24 +32,6 @@ def test_match_key():
     assert match_key(keys, b"sk-three") is None
     assert match_key(keys, b"sk-on") is None
     assert match_key(keys, None) is None
-
-
-def test_credentials_directory_wins(tmp_path: Path):
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "api-keys").write_text("sk-cred\n")
-    flag = tmp_path / "flag"
-    flag.write_text("sk-flag\n")
-    keys, source = load_api_keys(str(flag), None, "serve.api_keys_file", {"CREDENTIALS_DIRECTORY": str(creds)})
-    assert [k.secret for k in keys] == [b"sk-cred"] and source == str(creds / "api-keys")
-    keys, _ = load_api_keys(str(flag), None, "serve.api_keys_file", {})
-    assert [k.secret for k in keys] == [b"sk-flag"]
-    assert load_api_keys(None, None, "x", {}) == ((), None)
-
-
-def test_missing_keys_file_names_the_key_path(tmp_path: Path):
-    with pytest.raises(ConfigError, match="services.chat.api_keys_file"):
-        load_api_keys(None, str(tmp_path / "nope"), "services.chat.api_keys_file", {})
 
 
 def test_loopback():
