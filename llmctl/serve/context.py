@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llmctl.serve.engine import Scheduler
 from llmctl.serve.metrics import Metrics
+from llmctl.serve.pool import ModelPool
 from llmctl.serve.protocol import Limits
 from llmctl.serve.security import RateLimiter
 from llmctl.serve.settings import ServeSettings
@@ -23,7 +23,7 @@ from llmctl.serve.settings import ServeSettings
 @dataclass
 class ServerContext:
     settings: ServeSettings
-    engine: Scheduler
+    pool: ModelPool  # the models: each request leases its model's engine from the pool
     metrics: Metrics
     limiter: RateLimiter
     access_log: Callable[[dict], None]
@@ -34,6 +34,19 @@ class ServerContext:
     streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # concurrent /ready checks share one probe
+    # The pinned and preload models are loaded (the server sets it; an adopted engine: at once).
+    # Until then /health says 503 model_loading; a failed one: model_failed.
+    preloaded: bool = False
+    preload_error: str | None = None
+    _bounds: dict[str, Limits] = field(default_factory=dict)
+
+    def bounds_for(self, model: str) -> Limits:
+        """protocol.to_generation_request's bounds for one model (its name in the responses)."""
+        if model == self.bounds.model_name:
+            return self.bounds
+        if model not in self._bounds:
+            self._bounds[model] = replace(self.bounds, model_name=model)
+        return self._bounds[model]
 
 
 def context_of(request: Any) -> ServerContext:

@@ -65,6 +65,51 @@ class Metrics:
         self._gen_total = 0
         self._gen_seconds = 0.0
 
+    def add_models(self, names: list[str]) -> None:
+        """Per-model series, with a `model` label (the series above are the server's totals)."""
+        from prometheus_client import Counter, Gauge
+
+        r = self.registry
+        self.model_loaded = Gauge("llmctl_model_loaded", "1 while the model is loaded", ["model"], registry=r)
+        self.model_loads = Counter("llmctl_model_loads", "Times the model was loaded", ["model"], registry=r)
+        self.model_unloads = Counter("llmctl_model_unloads", "Times the model was unloaded: room (for another "
+                                     "model), keep_alive (idle), request (POST /models/unload)",
+                                     ["model", "reason"], registry=r)
+        self.model_load_failures = Counter("llmctl_model_load_failures", "Loads of the model that failed",
+                                           ["model"], registry=r)
+        self.model_last_load_seconds = Gauge("llmctl_model_last_load_seconds", "How long the model's last load "
+                                             "took", ["model"], registry=r)
+        self.model_requests = Counter("llmctl_model_requests", "Generations the model ran", ["model"], registry=r)
+        self.model_prompt_tokens = Counter("llmctl_model_prompt_tokens", "Prompt tokens the model processed",
+                                           ["model"], registry=r)
+        self.model_completion_tokens = Counter("llmctl_model_completion_tokens", "Tokens the model generated",
+                                               ["model"], registry=r)
+        for name in names:
+            self.info.labels(model=name).set(1)
+            self.model_loaded.labels(model=name).set(0)
+            self.model_loads.labels(model=name)
+            self.model_requests.labels(model=name)
+            self.model_prompt_tokens.labels(model=name)
+            self.model_completion_tokens.labels(model=name)
+
+    def observe_model_job(self, model: str, stats: JobStats) -> None:
+        self.model_requests.labels(model=model).inc()
+        self.model_prompt_tokens.labels(model=model).inc(stats.prompt_tokens)
+        self.model_completion_tokens.labels(model=model).inc(stats.completion_tokens)
+
+    def observe_model_event(self, event: str, model: str, **fields: object) -> None:
+        if event == "model_loaded":
+            self.model_loaded.labels(model=model).set(1)
+            self.model_loads.labels(model=model).inc()
+            seconds = fields.get("load_seconds")
+            if isinstance(seconds, (int, float)):
+                self.model_last_load_seconds.labels(model=model).set(seconds)
+        elif event == "model_unloaded":
+            self.model_loaded.labels(model=model).set(0)
+            self.model_unloads.labels(model=model, reason=str(fields.get("reason", "room"))).inc()
+        elif event == "model_load_failed":
+            self.model_load_failures.labels(model=model).inc()
+
     def observe_job(self, endpoint: str, stats: JobStats) -> None:
         if stats.queued_s is not None:
             self.queue_wait.observe(stats.queued_s)

@@ -71,6 +71,10 @@ class Conflict(EngineError):
     status, type, code = 409, "invalid_request_error", "model_busy"
 
 
+class Pinned(Conflict):
+    code = "model_pinned"
+
+
 class Loadable(Scheduler, Protocol):
     """A Scheduler the pool can start and stop (Engine is one)."""
 
@@ -137,6 +141,7 @@ class ModelEntry:
     unloads: int = 0
     error: str | None = None  # why the last load failed
     failures: int = 0  # loads that failed: a request that waited on one gets its error
+    external: bool = False  # an engine the pool's caller manages (ModelPool.adopt)
     anon_bytes: int = 0  # resident memory the load added besides the mapped file (KV, buffers)
     vram_bytes: int | None = None  # GPU memory the load added (nvidia-smi)
     done: collections.deque = field(default_factory=collections.deque)  # (time, completion tokens)
@@ -177,7 +182,7 @@ class ModelPool:
         for m in settings.served:
             s = settings.for_model(m)
             self.entries[m.name] = ModelEntry(m, s, estimate(s), m.name in self.pool.pinned)
-        self.default = settings.served[0].name
+        self.default = settings.served[0].name  # requests that name no model, health's probe
         self.single = len(self.entries) == 1
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -186,16 +191,33 @@ class ModelPool:
         # on_event(event, model, **fields): loads and unloads, for the log and the metrics
         self.on_event: Callable[..., None] | None = None
 
+    @classmethod
+    def adopt(cls, settings: ServeSettings, engine: Scheduler) -> ModelPool:
+        """A pool of one engine its caller made and starts (and stops): never loaded or unloaded
+        here. Its status follows the engine's state."""
+
+        def no_factory(_: ServeSettings) -> Loadable:
+            raise LoadFailed("this server's engine is managed by its caller")
+
+        pool = cls(settings.for_model(settings.served[0]), no_factory, estimate=lambda s: 0, measure=False)
+        entry = pool.entries[pool.default]
+        entry.engine, entry.pinned, entry.external, entry.state = engine, True, True, "loaded"
+        entry.last_used = pool._clock()
+        engine.on_done = functools.partial(pool._job_done, entry)
+        return pool
+
     # -- lookup -----------------------------------------------------------------------------------
 
-    def entry(self, name: str | None) -> ModelEntry:
+    def entry(self, name: str | None, *, strict: bool = False) -> ModelEntry:
         """The model a request names; no name is the default model. With one model served, any
-        name is that model (as llmctl serve always did); with several, an unknown name is 404."""
-        if name is None or self.single:
+        name is that model (as llmctl serve always did) unless `strict`; with several, an unknown
+        name is 404."""
+        if name is None or (self.single and not strict):
             return self.entries[self.default]
         entry = self.entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"The model '{name}' does not exist on this server "
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise ModelNotFound(f"The model '{shown}' does not exist on this server "
                                 f"(models: {', '.join(self.entries)}).")
         return entry
 
@@ -246,6 +268,15 @@ class ModelPool:
             entry.leases -= 1
             self._notify()
             raise
+
+    def try_lease(self, name: str | None = None) -> ModelEntry | None:
+        """A lease on the model when it is loaded and ready now (never loads anything); else None."""
+        entry = self.entry(name)
+        engine = entry.engine
+        if entry.state != "loaded" or engine is None or not engine.ready:
+            return None
+        entry.leases += 1
+        return entry
 
     def release(self, entry: ModelEntry) -> None:
         entry.leases -= 1
@@ -374,18 +405,18 @@ class ModelPool:
 
     async def load(self, name: str, timeout: float) -> ModelEntry:
         """Load a model now (POST /models/load); a loaded one is only marked used."""
-        entry = await self.acquire(name, timeout)
+        entry = await self.acquire(self.entry(name, strict=True).name, timeout)
         self.release(entry)
         return entry
 
     async def unload(self, name: str) -> bool:
         """Unload a model now (POST /models/unload). False when it was not loaded; 409 when it is
         pinned or busy (it is never unloaded while it has active sequences)."""
-        entry = self.entry(name)
+        entry = self.entry(name, strict=True)
         if entry.state == "unloaded":
             return False
         if entry.pinned:
-            raise Conflict(f"the model '{entry.name}' is pinned: it is never unloaded")
+            raise Pinned(f"the model '{entry.name}' is pinned: it is never unloaded")
         if entry.state != "loaded" or entry.active:
             raise Conflict(f"the model '{entry.name}' is busy ({entry.state}, {entry.active} active); "
                            "try again when its requests are done", retry_after=1.0)
@@ -424,7 +455,7 @@ class ModelPool:
         """Stop every engine (after the event loop ended); True when every worker stopped."""
         stopped = True
         for e in self.entries.values():
-            if e.engine is not None:
+            if e.engine is not None and not e.external:
                 stopped = e.engine.stop(timeout) and stopped
         return stopped
 
@@ -450,36 +481,51 @@ class ModelPool:
             with contextlib.suppress(Exception):
                 self.on_event(event, entry.name, level=level, **fields)
 
-    def status(self, *, resources_too: bool = True) -> dict[str, Any]:
-        """Every model's state and recent work, and the process's memory: `GET /status`."""
-        from llmctl.serve import resources
+    def state_of(self, entry: ModelEntry) -> str:
+        """loaded | loading | unloading | unloaded (an adopted engine: what its state says)."""
+        engine = entry.engine
+        if entry.external and engine is not None and engine.state != "ready":
+            return "loading" if engine.state == "loading" else "unloaded"
+        return entry.state
 
+    def ready_engine(self, name: str | None = None) -> Any:
+        """The model's engine when it is loaded and ready, else None (never loads anything)."""
+        entry = self.entry(name)
+        engine = entry.engine
+        return engine if entry.state == "loaded" and engine is not None and engine.ready else None
+
+    def engines(self) -> list[Any]:
+        return [e.engine for e in self.entries.values() if e.engine is not None]
+
+    def occupied_paths(self) -> list[Path]:
+        return [e.model.path for e in self.entries.values() if e.occupies]
+
+    def status(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every model's state and recent work (`GET /status`, `llmctl ps`). `snapshot`: the
+        process's memory (resources.snapshot of occupied_paths(), taken off the event loop)."""
         now = self._clock()
-        mapped = resources.mapped_rss([e.model.path for e in self.entries.values() if e.occupies]) \
-            if resources_too else {}
+        mapped = snapshot.get("mapped", {}) if snapshot else {}
         models = []
         for e in self.entries.values():
             self._trim(e, now)
             engine = e.engine
             tokens = sum(n for _, n in e.done)
             rss = None
-            if e.state in ("loaded", "unloading") and resources_too:
+            if snapshot and e.state in ("loaded", "unloading"):
                 rss = mapped.get(str(Path(e.model.path).resolve()), 0) + e.anon_bytes
-            busy = engine.running if engine is not None else 0
-            waiting = engine.waiting if engine is not None else 0
             models.append({
                 "id": e.name,
-                "status": e.state,
+                "status": self.state_of(e),
                 "pinned": e.pinned,
                 "default": e.name == self.default,
                 "path": str(e.model.path),
-                "estimate_bytes": e.estimate,
+                "estimate_bytes": e.estimate or None,
                 "rss_bytes": rss,
                 "vram_bytes": e.vram_bytes,
                 "n_ctx": e.settings.n_ctx,
                 "slots": slots_of(e.settings, engine),
-                "busy": busy,
-                "waiting": waiting,
+                "busy": engine.running if engine is not None else 0,
+                "waiting": engine.waiting if engine is not None else 0,
                 "requests_1m": len(e.done),
                 "tokens_1m": tokens,
                 "tokens_per_s_1m": round(tokens / WINDOW_S, 3),
@@ -497,9 +543,9 @@ class ModelPool:
             "memory_budget": self.pool.memory_budget,
             "keep_alive_s": self.pool.keep_alive_s,
         }
-        if resources_too:
-            doc["process"] = {"pid": os.getpid(), "rss_bytes": resources.process_rss(),
-                              "vram_bytes": resources.gpu_memory()}
+        if snapshot:
+            doc["process"] = {"pid": os.getpid(), "rss_bytes": snapshot.get("rss"),
+                              "vram_bytes": snapshot.get("vram")}
         return doc
 
 

@@ -66,3 +66,9 @@ def gpu_memory(pid: int | None = None) -> int | None:
         if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
             total = (total or 0) + int(parts[1]) * (1 << 20)  # MiB
     return total
+
+
+def snapshot(model_paths: Iterable[Path], *, gpu: bool = True) -> dict:
+    """The process's memory for `GET /status`: resident bytes, each model file's mapped resident
+    bytes, GPU memory (None without nvidia-smi). Blocking (smaps, nvidia-smi): run it off the loop."""
+    return {"rss": process_rss(), "mapped": mapped_rss(model_paths), "vram": gpu_memory() if gpu else None}
