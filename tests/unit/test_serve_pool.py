@@ -252,7 +252,7 @@ def test_a_failed_load_is_a_503_and_leaves_the_model_unloaded():
             await pool.acquire("b", 5)
         assert "bad file" in err.value.message and err.value.status == 503
         assert states(pool)["b"] == "unloaded" and pool.entries["b"].error == "ValueError: bad file"
-        assert pool.status(resources_too=False)["models"][1]["error"] == "ValueError: bad file"
+        assert pool.status()["models"][1]["error"] == "ValueError: bad file"
     run(main())
 
 
@@ -267,12 +267,12 @@ def test_unload_refuses_a_busy_model_and_status_tells_the_truth():
             await pool.unload("a")
         pool.entries["a"].engine.waiting = 0
         clock.now += 5
-        doc = pool.status(resources_too=False)
+        doc = pool.status()
         a, b = doc["models"]
         assert (a["id"], a["status"], a["default"], a["idle_s"], a["slots"], a["n_ctx"]) == ("a", "loaded", True, 5.0, 1, 512)
         assert (b["status"], b["idle_s"], b["rss_bytes"]) == ("unloaded", None, None)
         assert await pool.unload("a") is True
-        assert pool.status(resources_too=False)["models"][0]["status"] == "unloaded"
+        assert pool.status()["models"][0]["status"] == "unloaded"
     run(main())
 
 
