@@ -340,8 +340,9 @@ class ModelPool:
         """entry.state is "loading" (its room reserved); ends "loaded", or "unloaded" + LoadFailed."""
         from llmctl.serve import resources
 
-        rss0 = resources.process_rss() if self._measure else None
-        vram0 = resources.gpu_memory() if self._measure and entry.settings.n_gpu_layers else None
+        gpu = bool(entry.settings.n_gpu_layers)
+        # Measured off the loop (smaps, nvidia-smi): the process's memory before and after the load.
+        before = await asyncio.to_thread(resources.snapshot, [], gpu=gpu) if self._measure else None
         t0 = self._clock()
         self._event("model_loading", entry, estimate_bytes=entry.estimate)
         try:
@@ -367,14 +368,13 @@ class ModelPool:
         entry.loaded_at = entry.last_used = now
         entry.load_seconds = engine.load_seconds if engine.load_seconds is not None else now - t0
         entry.loads += 1
-        if self._measure:
-            rss1 = resources.process_rss()
-            mapped = sum(resources.mapped_rss([entry.model.path]).values())
-            if rss0 is not None and rss1 is not None:
-                entry.anon_bytes = max(0, rss1 - rss0 - mapped)
-            if vram0 is not None:
-                vram1 = resources.gpu_memory()
-                entry.vram_bytes = max(0, vram1 - vram0) if vram1 is not None else None
+        if before is not None:
+            after = await asyncio.to_thread(resources.snapshot, [entry.model.path], gpu=gpu)
+            mapped = sum(after["mapped"].values())
+            if before["rss"] is not None and after["rss"] is not None:
+                entry.anon_bytes = max(0, after["rss"] - before["rss"] - mapped)
+            if before["vram"] is not None and after["vram"] is not None:
+                entry.vram_bytes = max(0, after["vram"] - before["vram"])
         self._event("model_loaded", entry, load_seconds=round(entry.load_seconds, 3))
         self._notify()
 

@@ -47,8 +47,8 @@ def mapped_rss(paths: Iterable[Path], pid: int | None = None) -> dict[str, int]:
 
 
 def gpu_memory(pid: int | None = None) -> int | None:
-    """GPU memory the process uses in bytes, from `nvidia-smi`; None without one, or when the
-    process holds no GPU memory it lists."""
+    """GPU memory the process uses in bytes, from `nvidia-smi` (0 when it lists no memory of this
+    process); None without nvidia-smi, or when it fails."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
@@ -60,11 +60,11 @@ def gpu_memory(pid: int | None = None) -> int | None:
         return None
     if out.returncode != 0:
         return None
-    total = None
+    total = 0
     for line in out.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
-            total = (total or 0) + int(parts[1]) * (1 << 20)  # MiB
+            total += int(parts[1]) * (1 << 20)  # MiB
     return total
 
 

@@ -351,3 +351,24 @@ def test_settings_with_several_model_paths(write_config, tmp_path):
     (tmp_path / "x" / "a.gguf").hardlink_to(a)
     with pytest.raises(UsageError, match="two of the models to serve are named"):
         resolve_settings(load_config(), resolve_paths(), "chat", model=[str(a), str(tmp_path / "x" / "a.gguf")])
+
+
+def test_gpu_memory_reads_nvidia_smi(tmp_path, monkeypatch):
+    """nvidia-smi cannot run here (no GPU): a script in its place answers as it does
+    (`--query-compute-apps=pid,used_memory --format=csv,noheader,nounits`)."""
+    import os
+    import stat
+
+    from llmctl.serve import resources
+
+    assert resources.process_rss() > 0
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\necho '{os.getpid()}, 1024'\necho '1, 77'\necho '{os.getpid()}, 512'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert resources.gpu_memory() == 1536 << 20
+    assert resources.gpu_memory(pid=2) == 0
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert resources.gpu_memory() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert resources.gpu_memory() is None
