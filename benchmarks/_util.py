@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import subprocess
@@ -43,6 +44,11 @@ def steal_ticks() -> int:
             return int(f.readline().split()[8])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def steal_seconds() -> float:
+    """steal_ticks() in seconds."""
+    return steal_ticks() / os.sysconf("SC_CLK_TCK")
 
 
 def bootstrap_median(values: list[float], n: int = 5000, seed: int = 1) -> tuple[float, float]:

@@ -34,8 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import ratio_line  # noqa: E402
-from bench_import import steal_seconds  # noqa: E402  (main's _util.steal_ticks, once merged)
+from _util import ratio_line, steal_seconds  # noqa: E402
 
 TARGET_CPU_S = 0.25
 BARE = ("import http.client\n"

@@ -33,13 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from _util import ratio_line, summary  # noqa: E402
-
-
-def steal_seconds() -> float:
-    with open("/proc/stat") as fh:
-        fields = fh.readline().split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+from _util import ratio_line, steal_seconds, summary  # noqa: E402
 
 
 def main() -> None:

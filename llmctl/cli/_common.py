@@ -34,18 +34,32 @@ OPTIONS = GlobalOptions()
 #
 # --json        the command's result as JSON on stdout (a stable shape with schema_version). Printed
 #               whatever else is asked, --quiet included.
-# --quiet, -q   nothing on success but what --json asks for: no progress, no notes (errors and
-#               warnings still go to stderr). `llmctl health`: nothing when every service is OK.
+# --quiet, -q   nothing on success but the result --json (or bench's -o) asks for: no progress, no
+#               notes (errors and warnings still go to stderr). `llmctl health`: nothing when every
+#               service is OK.
 # --output-dir  a directory to write files into, instead of printing them.
 # -o, --output  an output *format* (`llmctl bench -o json`, llama-bench's meaning). No command takes
 #               -o for a directory: the render commands refuse it with the new spelling (below).
+# --api-key     the Bearer key sent to an endpoint given with --url (else $OPENAI_API_KEY); never printed.
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success but what --json asks for "
-                                        "(no progress, no notes).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success but the result --json or -o "
+                                        "asks for (no progress, no notes).")]
 OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", metavar="DIR", show_default=False,
                                                    help="Write the files into DIR (created if missing) instead of "
                                                    "printing them.")]
+
+
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
+                                               metavar="KEY", show_default=False,
+                                               help="With --url: the Bearer key the endpoint is sent (else "
+                                               "$OPENAI_API_KEY). Never printed.")]
+OUTPUT_FORMAT_DECLS = ("-o", "--output")
+
+
+def output_format_option(formats: str) -> Any:
+    """-o/--output FORMAT, declared here once; each command that prints several formats lists its own."""
+    return typer.Option(*OUTPUT_FORMAT_DECLS, metavar="FORMAT", help=formats)
 
 
 def _refuse_short_output(value: str | None) -> None:

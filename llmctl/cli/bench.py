@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import guard, info, load_config, print_table, resolve_paths
+from llmctl.cli._common import (ApiKeyOpt, JsonOpt, QuietOpt, guard, info, load_config, output_format_option,
+                                print_table, resolve_paths)
 from llmctl.errors import OperationFailed, UsageError
 
 HELP = ("Benchmark prompt processing and generation tokens/s of a model (llama-bench style) "
@@ -69,11 +70,10 @@ def main(
         help="llama.cpp's repacked/AMX weight buffers (default: on, except on AMX CPUs where ggml's AMX kernel"
              " crashes).")] = None,
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
-    output: Annotated[str, typer.Option(
-        "-o", "--output",
-        help="table, json, jsonl, csv, sql or md: exactly llama-bench's; json-full: llmctl's document (rows, "
-             "host record, gates). compare: table, md, csv or json.")] = "table",
-    json_out: Annotated[bool, typer.Option("--json", help="Same as -o json-full (compare: -o json).")] = False,
+    output: Annotated[str, output_format_option(
+        "table, json, jsonl, csv, sql or md: exactly llama-bench's; json-full: llmctl's document (rows, "
+        "host record, gates), which --json also prints. compare: table, md, csv or json (--json: json).")] = "table",
+    json_out: JsonOpt = False,
     min_pp: Annotated[float | None, typer.Option(
         "--min-pp", metavar="T/S", show_default=False,
         help="Gate: every pp result must reach this t/s.")] = None,
@@ -106,15 +106,13 @@ def main(
     api: Annotated[str | None, typer.Option(
         "--api", show_default=False,
         help="With --url: chat (/v1/chat/completions, the default) or completions (/v1/completions).")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="OPENAI_API_KEY", show_default=False,
-        help="With --url: bearer key (else $OPENAI_API_KEY). Never printed.")] = None,
+    api_key: ApiKeyOpt = None,
     prompt: Annotated[str | None, typer.Option(
         "--prompt", show_default=False,
         help="With --url: the prompt every request sends (default: a fixed story prompt).")] = None,
     timeout: Annotated[float | None, typer.Option(
         "--timeout", show_default=False, help="With --url: seconds per request (default 300).")] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress lines on stderr.")] = False,
+    quiet: QuietOpt = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show llama.cpp's own log lines.")] = False,
 ) -> None:
     """Measure like llama.cpp's llama-bench (pp = prompt processing, tg = generation) or a live endpoint;

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import JsonOpt, QuietOpt, complete_services, emit_json, guard
+from llmctl.cli._common import ApiKeyOpt, JsonOpt, QuietOpt, complete_services, emit_json, guard
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
@@ -89,11 +89,7 @@ def main(
     model: Annotated[
         str | None, typer.Option("--model", help="With --url: the model /v1/models must list (default: the first).")
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-                     help="With --url: Bearer key. Configured services use their api_keys_file.", show_default=False),
-    ] = None,
+    api_key: ApiKeyOpt = None,  # configured services send the first key of their api_keys_file
     timeout: Annotated[str | None, typer.Option("--timeout", metavar="SECONDS", help="Per probe; default: health.timeout_s.")] = None,
     retries: Annotated[str | None, typer.Option("--retries", metavar="N", help="Extra attempts; default: health.retries.")] = None,
     retry_delay: Annotated[

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from llmctl.serve import protocol
-from llmctl.serve.context import ServerContext
+from llmctl.serve.context import Fallback, ServerContext
 from llmctl.serve.engine import Job, Scheduler
 from llmctl.serve.gate import Gate, json_access_log
 from llmctl.serve.metrics import Metrics
@@ -32,13 +32,13 @@ from llmctl.serve.settings import ServeSettings
 
 def create_app(settings: ServeSettings, engine: Scheduler | ModelPool, *, metrics: Metrics | None = None,
                access_log: Callable[[dict], None] = json_access_log,
-               router: Any = None) -> tuple[Callable, ServerContext]:
+               router: Fallback | None = None) -> tuple[Callable, ServerContext]:
     """The ASGI app (gate + routes) and its shared context.
 
     `engine`: the server's ModelPool (llmctl.serve.pool: several models, loaded on demand), or
     one Scheduler its caller starts and stops (tests, benchmarks: adopted as a pool of one).
 
-    `router` (llmctl.upstreams.router.Router, wired in by the CLI) takes a generation that failed
+    `router` (a Fallback: llmctl.upstreams.router.Router, wired in by the CLI) takes a generation that failed
     locally before anything was sent (EngineError 5xx: queue full, queue timeout, loading, engine
     error, no room for the model) to an upstream, and sees every finished request's access record
     (the usage ledger)."""

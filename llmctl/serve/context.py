@@ -11,13 +11,35 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmctl.serve.engine import EngineError
 from llmctl.serve.metrics import Metrics
 from llmctl.serve.pool import ModelPool
 from llmctl.serve.protocol import Limits
 from llmctl.serve.security import RateLimiter
 from llmctl.serve.settings import ServeSettings
+
+
+class Fallback(Protocol):
+    """What serve needs of the upstream router (llmctl.upstreams.router.Router, which the CLI wires
+    in through llmctl.upstreams.wiring): serve does not import it."""
+
+    def attach(self, registry: Any) -> None:
+        """Register the router's metrics in the server's Prometheus registry."""
+
+    def observe(self, record: dict) -> None:
+        """Every finished request's access record (the route counters, the usage ledger)."""
+
+    async def handle(self, request: Request, endpoint: str, error: EngineError, info: dict) -> Response | None:
+        """A generation that failed here with a 5xx before anything was sent: an upstream's
+        response, an error response, or None (serve answers with its own error)."""
+
+    async def aclose(self) -> None:
+        """Close the upstream connections (at shutdown)."""
 
 
 @dataclass
@@ -28,7 +50,7 @@ class ServerContext:
     limiter: RateLimiter
     access_log: Callable[[dict], None]
     bounds: Limits  # what protocol.to_generation_request needs of the settings
-    router: Any = None  # llmctl.upstreams.router.Router, or None: no fallback (see create_app)
+    router: Fallback | None = None  # None: no fallback, no ledger (see create_app)
     shutting_down: bool = False
     active: int = 0  # /v1/ requests in progress: what the SIGTERM drain waits for
     streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams

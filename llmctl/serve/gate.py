@@ -24,6 +24,7 @@ from llmctl.serve.security import match_key, presented_key
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics", "/status", "/models/load", "/models/unload")
+ROUTE_HEADER = "x-llmctl-route"  # on every answer the router or the engine gave: local, or upstream:<name>
 TIMEOUT_KEY = "llmctl.timeout"  # set in the scope by the server's protocol when it cut a slow request
 
 
@@ -35,7 +36,7 @@ def json_access_log(record: dict) -> None:
 
 
 def utc_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- the gate ---------------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class Gate:
                 status[0] = message["status"]
                 if info.get("route"):  # which route served it: local, or upstream:<name>
                     message = {**message, "headers": [*message.get("headers", []),
-                                                      (b"x-llmctl-route", info["route"].encode("latin-1"))]}
+                                                      (ROUTE_HEADER.encode(), info["route"].encode("latin-1"))]}
             await send(message)
 
         t0 = time.perf_counter()
@@ -111,7 +112,7 @@ class Gate:
                     record[k] = info[k]
             try:
                 ctx.access_log(record)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a log line that cannot be written never fails the request
                 pass
 
     async def _handle(self, scope: dict, receive: Callable, send: Callable, path: str, client_ip: str,

@@ -30,7 +30,8 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # A JSON value of any type (the converter's "value" rule); only this module writes it.
 ANY_TYPE = "value"
@@ -255,7 +256,7 @@ class PatternCompiler:
             raise ValueError(f"is {len(pattern)} characters; the limit is {self.bounds.max_pattern}")
         try:
             parsed = P.parse(pattern)
-        except Exception as exc:  # re.error, OverflowError, RecursionError
+        except Exception as exc:  # noqa: BLE001 - re.error, OverflowError, RecursionError: whatever sre_parse raises
             raise ValueError(f"is not a regular expression: {exc}") from None
         if parsed.state.flags & ~(C.SRE_FLAG_UNICODE):
             raise ValueError("inline flags such as (?i) are not supported")

@@ -15,6 +15,8 @@ llama-server keep working:
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmctl.serve.engine import JobStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -59,7 +61,7 @@ class Metrics:
         self.info = Gauge("llmctl_model_info", "The served model", ["model"], registry=r)
         self.info.labels(model=model).set(1)
         self.ready = Gauge("llmctl_ready", "1 when the model is loaded and serving", registry=r)
-        self.gpu_offload = None  # created by set_gpu_offload, for GPU services
+        self.gpu_offload: Any = None  # a Gauge, created by set_gpu_offload, for GPU services
         self._prompt_total = 0
         self._prompt_seconds = 0.0
         self._gen_total = 0

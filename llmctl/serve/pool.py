@@ -55,7 +55,6 @@ class NoRoom(Unavailable):
     """Even unloading every unpinned model would not make room for this one."""
 
     code = "insufficient_memory"
-    retry_after = None
 
 
 class TooManyModels(NoRoom):
@@ -64,7 +63,6 @@ class TooManyModels(NoRoom):
 
 class LoadFailed(Unavailable):
     code = "model_load_failed"
-    retry_after = None
 
 
 class Conflict(EngineError):
@@ -292,7 +290,7 @@ class ModelPool:
         event = self._changed
         try:
             await asyncio.wait_for(event.wait(), min(remaining, 1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _notify(self) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmctl.apierror import safe_text
 from llmctl.serve.engine import BadRequest, GenerationRequest, NotReady
 
 if TYPE_CHECKING:
@@ -116,11 +117,6 @@ def _check_text(s: str, path: tuple) -> None:
     except UnicodeEncodeError:
         raise InvalidRequest("holds a lone UTF-16 surrogate (such as \\ud800), which is not text",
                              safe_text(param_path(path)) or None, code="invalid_encoding") from None
-
-
-def safe_text(text: str) -> str:
-    """`text` with anything that is not encodable (a lone surrogate) written as an escape."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # -- the models -------------------------------------------------------------------------------------------
@@ -448,11 +444,12 @@ def embedding_input(body: EmbeddingBody) -> str | list[str]:
         return value
     if not value:
         raise InvalidRequest("input: must not be empty", "input")
-    if not all(isinstance(v, str) for v in value):
+    texts = [v for v in value if isinstance(v, str)]
+    if len(texts) != len(value):
         raise InvalidRequest("input: token arrays are not supported for embeddings; send text", "input")
-    if len(value) > MAX_EMBEDDING_INPUTS:
-        raise InvalidRequest(f"input: has {len(value)} items; the limit is {MAX_EMBEDDING_INPUTS}", "input")
-    for i, v in enumerate(value):
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"input: has {len(texts)} items; the limit is {MAX_EMBEDDING_INPUTS}", "input")
+    for i, v in enumerate(texts):
         if not v:
             raise InvalidRequest(f"input[{i}]: must not be empty", f"input[{i}]")
-    return list(value)
+    return texts

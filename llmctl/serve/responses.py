@@ -2,19 +2,21 @@
 them), SSE events, the usage-only chunk that ends a stream, the model card.
 
 protocol.py reads requests; this module writes what goes back. No state: the routes, the gate and
-the streams build every body they send through these functions.
+the streams build every body they send through these functions. The error body, Retry-After and
+the SSE event are llmctl.apierror's (the upstream router writes the same ones).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.responses import JSONResponse
 
-from llmctl.serve import protocol
+from llmctl.apierror import error_body, error_event, error_response, sse
 from llmctl.serve.engine import EngineError
-from llmctl.serve.security import retry_after_header
+
+__all__ = ["SSE_DONE", "SSE_HEADERS", "engine_error_response", "error_body", "error_event", "error_response",
+           "model_card", "model_list", "sse", "usage_chunk"]
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no"))
@@ -24,29 +26,12 @@ SSE_DONE = b"data: [DONE]\n\n"
 # -- errors ------------------------------------------------------------------------------------------
 
 
-def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
-    # Text from a request may end up in a message or param: never let it make the error unwritable.
-    message = protocol.safe_text(message)
-    param = protocol.safe_text(param) if param is not None else None
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                   *, param: str | None = None, retry_after: float | None = None) -> JSONResponse:
-    headers = {"Retry-After": retry_after_header(retry_after)} if retry_after is not None else None
-    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
-
-
 def engine_error_response(exc: EngineError) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.type, exc.code, param=getattr(exc, "param", None),
                           retry_after=exc.retry_after)
 
 
 # -- streams -----------------------------------------------------------------------------------------
-
-
-def sse(data: dict) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
 def usage_chunk(last: dict) -> dict:

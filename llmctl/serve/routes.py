@@ -189,7 +189,7 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
             if not engine.ready:
                 raise NotReady("Loading model.")
             n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
-            if n > limit:
+            if limit is not None and n > limit:
                 raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
                                     f"(context {settings.n_ctx} minus max_tokens {greq.params['max_tokens']})")
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -17,9 +16,9 @@ def presented_key(headers: Mapping[str, str]) -> bytes | None:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip().encode("utf-8", "surrogateescape")
-    value = headers.get("x-api-key")
-    if value and value.strip():
-        return value.strip().encode("utf-8", "surrogateescape")
+    header = headers.get("x-api-key")
+    if header and header.strip():
+        return header.strip().encode("utf-8", "surrogateescape")
     return None
 
 
@@ -70,7 +69,3 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         full_after = self.burst / self.rate
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
-
-
-def retry_after_header(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))

@@ -24,15 +24,18 @@ import json
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmctl import sdnotify
 from llmctl.errors import OperationFailed
 from llmctl.schema import CONNECTION_OVERFLOW, FD_HEADROOM
 from llmctl.serve.engine import EngineError
 from llmctl.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from llmctl.serve.context import Fallback
 
 STUCK_AFTER_S = 120.0  # a worker without a token or an idle tick for this long is stuck
 
@@ -118,7 +121,7 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: i
         _deadline: asyncio.TimerHandle | None = None
         _phase: str | None = None
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
             if len(self.connections) > max_open:
                 held = full.allow()
@@ -244,7 +247,7 @@ class RunResult:
 
 
 def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
-        on_ready: Callable[[ServeSettings], None] | None = None, router: object = None) -> RunResult:
+        router: Fallback | None = None) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound. `router`: see create_app (upstream fallback and the usage ledger)."""
     import uvicorn
@@ -261,8 +264,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     app, ctx = create_app(settings, pool, router=router)
     for m in pool.entries.values():
         if pool.pool.memory_budget is not None and m.estimate > pool.pool.memory_budget:
-            warnings = (*warnings, f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more than "
-                                   f"memory_budget ({pool.pool.memory_budget >> 20} MiB): requests for it get 503")
+            warnings = (*warnings, (f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more "
+                                    f"than memory_budget ({pool.pool.memory_budget >> 20} MiB): requests for it get 503"))
     limits = settings.limits
     open_files = ensure_open_files(limits.open_files)
     served, max_open = connection_caps(settings, open_files)
@@ -290,8 +293,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     if served < limits.max_connections:
-        warnings = (*warnings, f"the open-file limit ({open_files}) allows {served} connections, not "
-                               f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)")
+        warnings = (*warnings, (f"the open-file limit ({open_files}) allows {served} connections, not "
+                                f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)"))
     failure: list[str] = []
 
     class Server(uvicorn.Server):
@@ -326,22 +329,20 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    # sd_notify from daemon threads: llmctl.sdnotify sends on a blocking socket, and a full
-    # notify queue (systemd busy, or a reader that is slow) must never stall the event loop
-    # nor, at exit, the interpreter.
-    last_ping: list[threading.Thread] = []
-
     def notify(*fields: str) -> None:
-        if fields == ("WATCHDOG=1",) and last_ping and last_ping[0].is_alive():
-            return  # the previous ping is still blocked: do not pile up more
-        t = threading.Thread(target=sdnotify.notify, args=fields, name="llmctl-sdnotify", daemon=True)
-        t.start()
-        if fields == ("WATCHDOG=1",):
-            last_ping[:] = [t]
+        """sd_notify, called on the event loop (and in the signal handler): llmctl.sdnotify never
+        blocks (a datagram systemd has no room for is dropped); a socket it may not write is a
+        warning, never an exception in the loop."""
+        try:
+            sdnotify.notify(*fields)
+        except OSError as exc:
+            log.warning(f"sd_notify {fields[0]}: {exc}")
 
     server = Server(config)  # uvicorn.Config applied log_config: our loggers write JSON now
     for line in warnings:
         log.warning(line)
+    if settings.api_keys_source is not None:  # where the keys came from; the keys are never logged
+        log.info(f"API keys: {len(settings.api_keys)} from {settings.api_keys_source}")
 
     async def supervise() -> None:
         """Load once listening (a busy port costs no model load): the pinned and preload models;
@@ -360,8 +361,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             notes = loading.result()
         except EngineError:
             entry = next((pool.entries[n] for n in settings.preload if pool.entries[n].error), None)
-            where = entry.model.path if entry is not None else settings.model_path
-            failure.append(f"could not load {where}: {entry.error if entry is not None else 'unknown error'}")
+            failed = entry.model.path if entry is not None else settings.model_path
+            failure.append(f"could not load {failed}: {entry.error if entry is not None else 'unknown error'}")
             log.error(failure[-1])
             ctx.preload_error = failure[-1]
             ctx.shutting_down = True
@@ -384,8 +385,6 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             log.info(f"ready: models {', '.join(pool.entries)} on {where} (loaded: {loaded})")
         names = settings.model_name if pool.single else ", ".join(pool.entries)
         notify("READY=1", f"STATUS=serving {names} on {settings.host}:{settings.port}")
-        if on_ready is not None:
-            on_ready(settings)
         reaper = asyncio.ensure_future(pool.reap())
         try:
             interval = sdnotify.watchdog_interval_s()
@@ -409,10 +408,9 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             await server.serve()
         finally:
             task.cancel()
-            closer = getattr(router, "aclose", None)
-            if closer is not None:
+            if router is not None:
                 with contextlib.suppress(Exception):
-                    await closer()
+                    await router.aclose()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 

@@ -155,10 +155,10 @@ def resolve_settings(
             raise UsageError(f"two of the models to serve are named '{m.name}'",
                              hint="import one under another name: llmctl models import PATH --name NAME")
         served.append(m)
-    names = [m.name for m in served]
+    served_names = [m.name for m in served]
     pinned: tuple[str, ...] = ()
     preload: tuple[str, ...] | None = None
-    if not refs or (service is not None and names == spec.served_models):
+    if not refs or (service is not None and served_names == spec.served_models):
         # The service's own models: its pool keys apply (--model with other models drops them).
         pinned, preload = tuple(spec.pinned), (tuple(spec.preload) if spec.preload is not None else None)
     cap = max_loaded or spec.max_loaded

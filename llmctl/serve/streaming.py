@@ -15,7 +15,7 @@ from typing import Any
 from llmctl.serve.context import ServerContext
 from llmctl.serve.engine import EngineError, Job
 from llmctl.serve.gate import release_stream
-from llmctl.serve.responses import SSE_DONE, SSE_HEADERS, error_body, sse, usage_chunk
+from llmctl.serve.responses import SSE_DONE, SSE_HEADERS, error_event, sse, usage_chunk
 
 
 class ClientGone(Exception):
@@ -86,7 +86,7 @@ class EventStream:
             except EngineError as exc:
                 self.info["error"] = exc.code
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": sse(error_body(exc.message, exc.type, exc.code))})
+                            "body": error_event(exc.message, exc.type, exc.code)})
             if self.watch.gone.is_set():
                 return
             if self.include_usage and last is not None and "usage" in last:
@@ -101,8 +101,8 @@ class EventStream:
             self.job.cancel()
             self.info["error"] = "cut_at_shutdown"
             with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "more_body": False, "body": sse(error_body(
-                    "The server is shutting down; this stream was cut.", "server_error", "shutting_down"))})
+                await send({"type": "http.response.body", "more_body": False, "body": error_event(
+                    "The server is shutting down; this stream was cut.", "server_error", "shutting_down")})
         finally:
             if not self.job.done:
                 self.job.cancel()

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from llmctl.apierror import error_event, error_response
 from llmctl.upstreams.circuit import CLOSED, STATE_VALUE, CircuitBreaker
 from llmctl.upstreams.config import RoutingConfig, Upstream
 
-ROUTE_HEADER = "x-llmctl-route"
 FORWARDED_HEADER = "x-llmctl-forwarded"  # on requests we send: the receiving llmctl never forwards them again
 RECORDED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
 
@@ -44,14 +45,6 @@ class Failed:
 
     def __str__(self) -> str:
         return self.reason
-
-
-def error_json(status: int, message: str, code: str, retry_after: float | None = None):
-    from starlette.responses import JSONResponse
-
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
-    return JSONResponse({"error": {"message": message, "type": "server_error", "param": None, "code": code}},
-                        status_code=status, headers=headers)
 
 
 def request_texts(body: Any) -> Iterator[str]:
@@ -78,6 +71,10 @@ def has_token_ids(body: Any) -> bool:
     if not isinstance(prompt, list):
         return False
     return any(isinstance(p, int) or isinstance(p, list) for p in prompt)
+
+
+def _circuit_value(breaker: CircuitBreaker) -> float:
+    return STATE_VALUE[breaker.state]
 
 
 class _ReadCounter:
@@ -137,7 +134,7 @@ class Router:
         state = Gauge("llmctl_upstream_circuit_state", "Circuit per upstream: 0 closed, 1 half-open, 2 open",
                       ["upstream"], registry=registry)
         for name, breaker in self.breakers.items():
-            state.labels(upstream=name).set_function(lambda b=breaker: STATE_VALUE[b.state])
+            state.labels(upstream=name).set_function(functools.partial(_circuit_value, breaker))
         self._m["cost"] = Counter("llmctl_route_cost_usd", "What the requests an upstream served cost, in USD, "
                                   "from its prices (the usage ledger's cost; local is free)", ["route"],
                                   registry=registry)
@@ -211,9 +208,9 @@ class Router:
         message = getattr(error, "message", str(error))
         if self.routing.airgap:
             info["error"] = "airgap"
-            return error_json(503, f"The local model cannot take this request ({code}: {message}) and airgap "
-                              "mode keeps every request on this host; try again later.", "local_unavailable_airgap",
-                              retry_after=getattr(error, "retry_after", None) or 1)
+            return error_response(503, f"The local model cannot take this request ({code}: {message}) and airgap "
+                                  "mode keeps every request on this host; try again later.", "server_error",
+                                  "local_unavailable_airgap", retry_after=getattr(error, "retry_after", None) or 1)
         if not self.routing.upstreams or request.headers.get(FORWARDED_HEADER):
             return None  # no fallback; nor for a request another llmctl forwarded (no loops)
         try:
@@ -241,8 +238,8 @@ class Router:
                 return result
             tried.append(f"{up.name}: {result}")
         info["error"] = "no_route"
-        return error_json(503, f"The local model cannot take this request ({code}) and no upstream could: "
-                          + "; ".join(tried), "no_route", retry_after=1)
+        return error_response(503, f"The local model cannot take this request ({code}) and no upstream could: "
+                              + "; ".join(tried), "server_error", "no_route", retry_after=1)
 
     async def _try(self, up: Upstream, breaker: CircuitBreaker, endpoint: str, body: dict, remote: str,
                    info: dict) -> Any:
@@ -442,9 +439,8 @@ class SSERelay:
                         await out(data)
             except httpx.HTTPError as exc:
                 self.info["error"] = "upstream_broke"
-                await out(b"data: " + json.dumps({"error": {
-                    "message": f"the upstream stream broke: {type(exc).__name__}", "type": "server_error",
-                    "param": None, "code": "upstream_broke"}}).encode() + b"\n\n")
+                await out(error_event(f"the upstream stream broke: {type(exc).__name__}", "server_error",
+                                      "upstream_broke"))
             await out(b"data: [DONE]\n\n", more=False)
         except OSError:  # the client left mid-write
             self.info["error"] = "client_disconnected"

@@ -5,14 +5,17 @@ usage ledger reaches the router as a callable)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llmctl.paths import Paths
     from llmctl.schema import Config
+    from llmctl.serve.settings import ServeSettings
+    from llmctl.upstreams.router import Router
+    from llmctl.usage.ledger import Ledger
 
 
-def build_router(cfg: Config, paths: Paths, settings: Any) -> tuple[Any, Any, list[str]]:
+def build_router(cfg: Config, paths: Paths, settings: ServeSettings) -> tuple[Router, Ledger | None, list[str]]:
     """(router, ledger or None, notes for the start-up log). Raises ConfigError for a missing key."""
     from llmctl.upstreams.config import routing_for
     from llmctl.upstreams.router import Router

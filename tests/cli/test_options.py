@@ -1,5 +1,5 @@
 """Shared options are declared once (llmctl/cli/_common.py) and mean the same thing in every command:
---json, --quiet/-q, --output-dir; -o is an output format (bench) and nothing else."""
+--json, --quiet/-q, --output-dir, --api-key; -o is an output format (bench) and nothing else."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from llmctl.cli import _common
 from llmctl.cli.app import app
 
 runner = CliRunner()
-# Part B of issue 18 moves these two onto the shared options; until then they are not checked here.
-NOT_YET = {("bench",), ("serve",)}
 NO_RESULT = {("serve",)}  # runs a server: prints no result
 
 
@@ -35,13 +33,13 @@ def _help_of(annotated) -> tuple[tuple[str, ...], str | None, bool]:
     return decls, info.help, bool(info.hidden)
 
 
-COMMANDS = [c for c in _commands() if c[0] not in NOT_YET]
+COMMANDS = list(_commands())
 
 
 def test_the_walk_sees_every_command():
     names = {" ".join(path) for path, _ in COMMANDS}
     assert {"health", "usage", "config show", "config check", "models pull", "models show", "systemd render",
-            "monitoring render", "k8s render"} <= names
+            "monitoring render", "k8s render", "bench", "serve"} <= names
 
 
 @pytest.mark.parametrize("path, cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
@@ -49,6 +47,7 @@ def test_shared_options_have_one_declaration(path, cmd):
     json_decls, json_help, _ = _help_of(_common.JsonOpt)
     quiet_decls, quiet_help, _ = _help_of(_common.QuietOpt)
     dir_decls, dir_help, _ = _help_of(_common.OutputDirOpt)
+    key_decls, key_help, _ = _help_of(_common.ApiKeyOpt)
     seen = set()
     for param in cmd.params:
         opts = set(param.opts) | set(param.secondary_opts)
@@ -58,8 +57,13 @@ def test_shared_options_have_one_declaration(path, cmd):
             assert (opts, param.help) == (set(quiet_decls), quiet_help)
         if "--output-dir" in opts:
             assert (opts, param.help, param.name) == (set(dir_decls), dir_help, "output_dir")
-        if "-o" in opts:  # only the hidden refusal: -o is an output format, and these have none
-            assert param.hidden and not param.expose_value, param
+        if "--api-key" in opts:
+            assert (opts, param.help, param.envvar) == (set(key_decls), key_help, "OPENAI_API_KEY")
+        if "-o" in opts:  # an output format, declared once; or, where there is none, the hidden refusal
+            if param.hidden:
+                assert not param.expose_value, param
+            else:
+                assert (opts, param.metavar, param.name) == (set(_common.OUTPUT_FORMAT_DECLS), "FORMAT", "output")
         seen |= opts
     if path not in NO_RESULT:
         assert "--json" in seen, f"{' '.join(path)} prints a result: it takes --json"

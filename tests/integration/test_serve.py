@@ -287,6 +287,8 @@ def test_access_log_is_json_without_prompts_or_keys(served, client):
     assert SECRET_MARKER not in text
     assert KEY not in text and BURST_KEY not in text
     assert any(r.get("key_id", "").startswith("key-") for r in access)
+    keys_file = served.home / "api-keys"
+    assert any(r.get("message") == f"API keys: 2 from {keys_file}" for r in records)  # where, not what
 
 
 def test_embeddings_are_off_unless_enabled(served):

@@ -351,8 +351,8 @@ HOSTILE = [
     b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
     b'{"messages": [{"content": "no role"}], "max_tokens": 2}',
     b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {}}',
-    b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object", '
-    b'"schema": {"enum": []}}}',
+    (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object", '
+     b'"schema": {"enum": []}}}'),
     b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}',
     b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
     b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',

@@ -1,6 +1,7 @@
 """One place per rule, and every caller uses it: the API-key file format, bind address -> the address
-a client on the host dials, service -> unit name. Each rule is pinned here once; the tests also
-check that the callers (health, the unit renderer, the upstreams, k8s render) agree with it.
+a client on the host dials, service -> unit name, OpenAI's error body with Retry-After. Each rule is
+pinned here once; the tests also check that the callers (health, the unit renderer, the upstreams,
+k8s render, serve) agree with it.
 (Names and hashes: tests/unit/test_text.py.)"""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from llmctl.apierror import error_body, error_event, error_response, retry_after_header
 from llmctl.config import validate
 from llmctl.errors import ConfigError, UsageError
 from llmctl.keys import (CREDENTIAL_NAME, credential_file, credential_name, first_key, first_key_shell,
@@ -207,3 +209,46 @@ def test_bad_unit_names_are_config_errors(unit: str):
         unit_name("chat", unit)
     with pytest.raises(ConfigError, match=r"services\.chat\.unit: "):
         validate({"services": {"chat": {"model": "smoke", "unit": unit}}})
+
+
+# -- OpenAI's error body and Retry-After -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wait", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (1.5, "2"),
+                                              (2.5, "3"), (59.5, "60")])
+def test_retry_after_is_whole_seconds_rounded_up(wait: float, header: str):
+    """A client that waits as told never comes back before the limit has passed."""
+    assert retry_after_header(wait) == header
+
+
+def test_the_error_body_and_who_writes_it():
+    """One body, one Retry-After rule: serve's gate and routes, its streams, and the upstream router."""
+    pytest.importorskip("starlette", reason="the server's stack: llmctl[serve]")
+    import asyncio
+    import json
+
+    from llmctl.serve.engine import QueueFull
+    from llmctl.serve.responses import engine_error_response
+    from llmctl.upstreams.config import RoutingConfig
+    from llmctl.upstreams.router import Router
+
+    assert error_body("Nope \ud800", "invalid_request_error", "bad", "messages[0].\udfff") == {"error": {
+        "message": "Nope \\ud800", "type": "invalid_request_error", "param": "messages[0].\\udfff", "code": "bad"}}
+    assert error_body("m", "server_error", None)["error"]["param"] is None
+    event = error_event("m", "server_error", "c")
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert json.loads(event[6:]) == error_body("m", "server_error", "c")
+    plain = error_response(400, "m")
+    assert plain.status_code == 400 and "retry-after" not in plain.headers
+    assert json.loads(plain.body) == error_body("m", "invalid_request_error", None)
+
+    served = engine_error_response(QueueFull("the queue is full", retry_after=2.5))
+    assert served.status_code == 503 and served.headers["retry-after"] == "3"
+    assert json.loads(served.body) == error_body("the queue is full", "server_error", "queue_full")
+
+    airgap = RoutingConfig(strategy="none", upstreams=(), airgap=True, privacy_headers=(), privacy_patterns=(),
+                           failures=3, cooldown_s=30.0, retries=0, backoff_initial_s=0.1, backoff_max_s=1.0)
+    routed = asyncio.run(Router(airgap, served_model="m").handle(None, "chat", QueueFull("full", retry_after=2.5), {}))
+    assert routed.status_code == 503 and routed.headers["retry-after"] == "3"
+    assert set(json.loads(routed.body)["error"]) == {"message", "type", "param", "code"}
+    assert json.loads(routed.body)["error"]["code"] == "local_unavailable_airgap"

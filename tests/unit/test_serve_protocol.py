@@ -196,6 +196,43 @@ def test_unknown_fields_are_accepted_and_not_passed_on():
     assert "frobnicate" not in req.params and "grammar" not in req.params
 
 
+def test_the_prompt_budget_is_the_context_less_max_tokens_within_the_cap():
+    """max_prompt_tokens (what the engine checks on the formatted prompt) = n_ctx - max_tokens, and no
+    more than the server's max_prompt_tokens; no room at all is a 400 on max_tokens."""
+    assert translate({"prompt": "x", "max_tokens": 12}).max_prompt_tokens == 512 - 12
+    assert translate({"messages": MSG}).max_prompt_tokens == 512 - 64
+    capped = P.Limits(model_name="smoke", n_ctx=512, max_tokens=64, max_prompt_tokens=100)
+    body = P.validate_completion(P.parse_body(b'{"prompt": "x", "max_tokens": 12}'))
+    assert P.to_generation_request(body, capped, N_VOCAB).max_prompt_tokens == 100
+    full = P.Limits(model_name="smoke", n_ctx=64, max_tokens=64, max_prompt_tokens=None)
+    with pytest.raises(P.InvalidRequest) as info:
+        P.to_generation_request(P.validate_completion({"prompt": "x"}), full, N_VOCAB)
+    assert info.value.param == "max_tokens" and "no room for a prompt" in info.value.message
+    ids = P.validate_completion({"prompt": [1] * 101})
+    with pytest.raises(P.InvalidRequest) as info:
+        P.to_generation_request(ids, capped, N_VOCAB)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "prompt"
+
+
+def test_the_translation_is_pure():
+    """The same body gives the same request, and the body is left as it was (the router forwards it)."""
+    data = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}]}], "stop": "x",
+            "logit_bias": {"5": 1}, "stream": True}
+    snapshot = json.loads(json.dumps(data))
+    body = P.validate_chat(data)
+    first, second = P.to_generation_request(body, LIMITS, N_VOCAB), P.to_generation_request(body, LIMITS, N_VOCAB)
+    assert first == second and first.stream is True and first.endpoint == "chat"
+    assert data == snapshot
+
+
+def test_limits_of_the_settings():
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(model_name="chat", n_ctx=2048, limits=SimpleNamespace(max_tokens=256,
+                                                                                      max_prompt_tokens=1000))
+    assert P.Limits.of(settings) == P.Limits("chat", 2048, 256, 1000)  # type: ignore[arg-type]
+
+
 def test_max_tokens_defaults_and_is_capped():
     assert translate({"prompt": "x"}).params["max_tokens"] == 64
     assert translate({"prompt": "x", "max_tokens": 3}).params["max_tokens"] == 3
