@@ -9,13 +9,17 @@ in the same run.
   model, or a swapper that starts a server per model).
 - C (fresh python): a bare `python -c` that imports llama_cpp, loads the model as serve does
   (llmctl.serve.engine.load_llama) and generates one token: the least a fresh Python process costs.
+- D (fresh llama-server): llama.cpp's own llama-server, built against the installed
+  llama-cpp-python's libraries (llamacpp_build.build_llama_server(), cached), started on the model
+  to its first one-token completion: how llama-swap switches (one llama-server per model). The real
+  anchor; `--no-llama-server` leaves it out, `--llama-server PATH` uses that binary.
 
-Rounds are A B C C B A (ABBA over three); a round's ratio is A's mean over B's (and over C's); the
+Rounds are A B C D D C B A (ABBA); a round's ratio is A's mean over B's (over C's, over D's); the
 figure is the median of the rounds' ratios. `--aa` times A against A (the machine's own noise).
 Load average and steal time are printed with the figures. Same settings everywhere: n_ctx 256,
-llama.cpp's default threads.
+llama.cpp's default threads, one slot.
 
-Usage: python benchmarks/bench_model_switch.py [--rounds 5] [--aa]
+Usage: python benchmarks/bench_model_switch.py [--rounds 5] [--aa] [--no-llama-server | --llama-server PATH]
 """
 
 from __future__ import annotations
@@ -130,7 +134,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--aa", action="store_true", help="time the switch against itself (noise)")
+    ap.add_argument("--llama-server", metavar="PATH", help="this llama-server binary instead of building one")
+    ap.add_argument("--no-llama-server", action="store_true", help="leave the llama-server anchor out")
     args = ap.parse_args()
+    binary: Path | None = None
+    repack: list[str] = []
+    if not args.no_llama_server and not args.aa:
+        import llamacpp_build
+
+        binary = Path(args.llama_server) if args.llama_server else llamacpp_build.build_llama_server()
+        repack = llamacpp_build.llama_server_repack_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-switch-"))
     try:
@@ -164,10 +177,27 @@ def main() -> None:
                                check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 return time.perf_counter() - t0
 
+            def fresh_llama_server() -> float:
+                assert binary is not None
+                port = free_port()
+                t0 = time.perf_counter()
+                proc = subprocess.Popen([str(binary), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port),
+                                         "-np", "1", "-c", str(N_CTX), "-fa", "off", "--no-jinja",
+                                         "--chat-template", "gemma", *repack],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    u = f"http://127.0.0.1:{port}"
+                    wait_healthy(proc, u)
+                    one_token(u, "smoke")
+                    return time.perf_counter() - t0
+                finally:
+                    stop(proc)
+
             switch()  # the first switch also pays one-time costs (the second model's first page-ins)
             steal0, load0 = steal_ticks(), os.getloadavg()[0]
-            samples: dict[str, list[float]] = {"switch": [], "fresh_serve": [], "fresh_python": []}
-            ratios_serve, ratios_python = [], []
+            samples: dict[str, list[float]] = {"switch": [], "fresh_serve": [], "fresh_python": [],
+                                               "fresh_llama_server": []}
+            ratios_serve, ratios_python, ratios_server = [], [], []
             for _ in range(args.rounds):
                 if args.aa:
                     a1, a2, a3, a4 = switch(), switch(), switch(), switch()
@@ -176,12 +206,17 @@ def main() -> None:
                     ratios_serve.append((a1 + a4) / (a2 + a3))
                     continue
                 a1, b1, c1 = switch(), fresh_serve(), fresh_python()
+                if binary is not None:
+                    d1, d2 = fresh_llama_server(), fresh_llama_server()
+                    samples["fresh_llama_server"] += [d1, d2]
                 c2, b2, a2 = fresh_python(), fresh_serve(), switch()
                 samples["switch"] += [a1, a2]
                 samples["fresh_serve"] += [b1, b2]
                 samples["fresh_python"] += [c1, c2]
                 ratios_serve.append((a1 + a2) / (b1 + b2))
                 ratios_python.append((a1 + a2) / (c1 + c2))
+                if binary is not None:
+                    ratios_server.append((a1 + a2) / (d1 + d2))
             steal_s = (steal_ticks() - steal0) / os.sysconf("SC_CLK_TCK")
         finally:
             stop(server)
@@ -196,6 +231,9 @@ def main() -> None:
             return
         print(ratio_line("model_switch_vs_fresh_serve", statistics.median(ratios_serve), "< 1"))
         print(ratio_line("model_switch_vs_fresh_python", statistics.median(ratios_python), "< 1"))
+        if ratios_server:
+            print(ratio_line("model_switch_vs_fresh_llama_server", statistics.median(ratios_server),
+                             "< 1: llama-swap's way, in C++"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
