@@ -86,9 +86,10 @@ class Loadable(Scheduler, Protocol):
 
 
 def slots_of(settings: ServeSettings, engine: Any = None) -> int:
-    """Sequences a model's engine runs at once: the engine's own count when it has one (a batching
-    engine), else the settings' (`slots`), else 1 (the one-at-a-time Engine)."""
-    for source, attr in ((engine, "n_slots"), (engine, "slots"), (settings, "slots"), (settings, "n_slots")):
+    """Sequences a model's engine runs at once (each with its own n_ctx of KV): the engine's own
+    count when it has one (a batching engine's `parallel`), else the settings' (`parallel`), else 1
+    (the one-at-a-time Engine)."""
+    for source, attr in ((engine, "parallel"), (settings, "parallel")):
         value = getattr(source, attr, None) if source is not None else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -188,6 +189,8 @@ class ModelPool:
         self.on_job_done: Callable[[str, Job], None] | None = None
         # on_event(event, model, **fields): loads and unloads, for the log and the metrics
         self.on_event: Callable[..., None] | None = None
+        # on_engine(model, engine): a new engine, before it starts (the server attaches its metrics)
+        self.on_engine: Callable[[str, Any], None] | None = None
 
     @classmethod
     def adopt(cls, settings: ServeSettings, engine: Scheduler) -> ModelPool:
@@ -346,6 +349,8 @@ class ModelPool:
         try:
             engine = self._factory(entry.settings)
             engine.on_done = functools.partial(self._job_done, entry)
+            if self.on_engine is not None:
+                self.on_engine(entry.name, engine)
             entry.engine = engine
             engine.start()
             while not engine.loaded.is_set():

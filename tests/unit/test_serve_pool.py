@@ -372,3 +372,14 @@ def test_gpu_memory_reads_nvidia_smi(tmp_path, monkeypatch):
     assert resources.gpu_memory() is None
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     assert resources.gpu_memory() is None
+
+
+def test_slots_come_from_the_engine_or_the_settings_parallel():
+    from types import SimpleNamespace
+
+    from llmctl.serve.pool import slots_of
+
+    s = settings(("a",))
+    assert slots_of(s) == 1  # the one-at-a-time engine
+    assert slots_of(SimpleNamespace(parallel=4)) == 4  # a batching engine's settings: KV for each slot
+    assert slots_of(s, SimpleNamespace(parallel=8)) == 8
