@@ -101,6 +101,10 @@ FD_HEADROOM = 128
 CONNECTION_OVERFLOW = 64
 
 
+# Slots of one `llmctl serve` (llama.cpp sequences in one context); each holds a full n_ctx of KV.
+MAX_PARALLEL = 64
+
+
 class Limits(Strict):
     """Bounds on what one client can ask of `llmctl serve`."""
 
@@ -139,6 +143,8 @@ class ServiceSpec(Strict):
     port: Port = 8000
     n_ctx: int = Field(4096, ge=64)
     n_batch: int = Field(512, ge=1)
+    parallel: int = Field(4, ge=1, le=MAX_PARALLEL)  # slots: requests decoded together, n_ctx each
+    swa_full: bool = True  # sliding-window models: full-size KV for those layers (prefix reuse) or window only
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)  # -1 = all layers
     gpu: bool = False

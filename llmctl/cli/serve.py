@@ -61,6 +61,11 @@ def main(
         typer.Option("--chat-format", help="llama-cpp-python chat format (overrides the service's and the model's).",
                      show_default=False),
     ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option("--parallel", help="Slots: requests decoded together, each with its own n_ctx of "
+                     "KV cache (default 4, or the service's).", show_default=False),
+    ] = None,
 ) -> None:
     """Serve a verified model on an OpenAI-compatible HTTP endpoint.
 
@@ -76,7 +81,7 @@ def main(
     settings = resolve_settings(
         loaded, paths, target, model=model, host=host, port=port, api_keys_file=api_keys_file,
         allow_unverified=allow_unverified, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, threads=threads,
-        chat_format=chat_format, max_loaded=max_loaded,
+        chat_format=chat_format, parallel=parallel, max_loaded=max_loaded,
     )
     try:
         import llama_cpp  # noqa: F401

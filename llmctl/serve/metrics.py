@@ -9,12 +9,19 @@ llama-server keep working:
     llmctl_completion_tokens_total                    llamacpp:tokens_predicted_total
     llmctl_prompt_throughput_tokens_per_second        llamacpp:prompt_tokens_seconds
     llmctl_generation_throughput_tokens_per_second    llamacpp:predicted_tokens_seconds
-    llmctl_requests_processing                        llamacpp:requests_processing
+    llmctl_requests_processing                        llamacpp:requests_processing   (busy slots)
     llmctl_requests_deferred                          llamacpp:requests_deferred
+    llmctl_kv_cache_usage_ratio                       llamacpp:kv_cache_usage_ratio
+    llmctl_decode_calls_total                         llamacpp:n_decode_total
+    llmctl_batch_sequences (histogram: _sum, _count)  llamacpp:n_busy_slots_per_decode (sum / count)
+
+The engine's own (no llama-server counterpart): llmctl_batch_tokens (tokens per llama_decode) and
+llmctl_prompt_tokens_cached_total (prompt tokens served from a slot's KV cache, not decoded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from llmctl.serve.engine import JobStats
@@ -22,6 +29,8 @@ from llmctl.serve.engine import JobStats
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+BATCH_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+BATCH_SEQ_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
@@ -62,6 +71,8 @@ class Metrics:
         self.info.labels(model=model).set(1)
         self.ready = Gauge("llmctl_ready", "1 when the model is loaded and serving", registry=r)
         self.gpu_offload: Any = None  # a Gauge, created by set_gpu_offload, for GPU services
+        self._batch: tuple[Callable[[Any], None], Callable[[int], None]] | None = None  # attach_engine's hooks
+        self._engines: Callable[[], list[Any]] = list
         self._prompt_total = 0
         self._prompt_seconds = 0.0
         self._gen_total = 0
@@ -131,6 +142,39 @@ class Metrics:
             self._gen_total += stats.completion_tokens - 1
             self._gen_seconds += gen_s
             self.predicted_tps.set(self._gen_total / self._gen_seconds)
+
+    def attach_engine(self, engine: Any, engines: Callable[[], list[Any]] | None = None) -> None:
+        """The batching engine's own series: per-step batch sizes, decode calls, cache reuse, KV use.
+        Its callbacks run on the engine's worker thread (prometheus_client is thread-safe).
+        Several models: called for each engine the pool loads; `engines` lists the live ones (the
+        KV usage is their mean), and the series are the server's totals."""
+        if self._batch is None:
+            from prometheus_client import Counter, Gauge, Histogram
+
+            r = self.registry
+            tokens = Histogram("llmctl_batch_tokens", "Tokens in each llama_decode (prompt chunks and next tokens)",
+                               buckets=BATCH_TOKEN_BUCKETS, registry=r)
+            seqs = Histogram("llmctl_batch_sequences", "Requests (slots) in each llama_decode",
+                             buckets=BATCH_SEQ_BUCKETS, registry=r)
+            decodes = Counter("llmctl_decode_calls", "llama_decode calls", registry=r)
+            cached = Counter("llmctl_prompt_tokens_cached", "Prompt tokens served from a slot's KV cache, not decoded",
+                             registry=r)
+            Gauge("llmctl_kv_cache_usage_ratio", "Share of the KV cache cells holding tokens (busy and idle slots)",
+                  registry=r).set_function(self._kv_usage)
+            Gauge("llmctl_slots", "Slots: requests the engine decodes together", registry=r).set(engine.parallel)
+
+            def on_step(step: Any) -> None:
+                tokens.observe(step.tokens)
+                seqs.observe(step.sequences)
+                decodes.inc()
+
+            self._batch = (on_step, cached.inc)
+        self._engines = engines or (lambda: [engine])
+        engine.on_step, engine.on_cached = self._batch
+
+    def _kv_usage(self) -> float:
+        usages = [e.kv_usage for e in self._engines() if hasattr(e, "kv_usage")]
+        return sum(usages) / len(usages) if usages else 0.0
 
     def set_gpu_offload(self, active: bool) -> None:
         """GPU services only (a CPU service exports no such series): 1 when llama.cpp can offload

@@ -253,8 +253,8 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     import uvicorn
 
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
-    from llmctl.serve.pool import ModelPool
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.pool import ModelPool, slots_of
 
     from prometheus_client import Counter
 
@@ -262,6 +262,7 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     pool = ModelPool(settings, Engine)
     pool.on_event = model_logger(log)
     app, ctx = create_app(settings, pool, router=router)
+    pool.on_engine = lambda name, engine: ctx.metrics.attach_engine(engine, engines=pool.engines)
     for m in pool.entries.values():
         if pool.pool.memory_budget is not None and m.estimate > pool.pool.memory_budget:
             warnings = (*warnings, (f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more "
@@ -383,6 +384,12 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         else:
             loaded = ", ".join(e.name for e in pool.loaded()) or "none yet"
             log.info(f"ready: models {', '.join(pool.entries)} on {where} (loaded: {loaded})")
+        if engine is not None:
+            kv = getattr(engine, "kv_bytes", None)
+            log.info(f"{slots_of(settings, engine)} slots of {settings.n_ctx} tokens: "
+                     + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this"
+                        + (", for each model loaded at once)" if not pool.single else ")")
+                        if kv else "KV cache size unknown"))
         names = settings.model_name if pool.single else ", ".join(pool.entries)
         notify("READY=1", f"STATUS=serving {names} on {settings.host}:{settings.port}")
         reaper = asyncio.ensure_future(pool.reap())

@@ -67,6 +67,8 @@ class ServeSettings:
     shutdown_timeout_s: float
     limits: Limits
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For uvicorn believes; () = nobody's
+    parallel: int = 4  # slots: requests decoded together, each with its own n_ctx
+    swa_full: bool = True  # sliding-window layers keep every position (prefix reuse) or the window only
     # Several models: every one (the first is model_name's), and how many may be loaded at once.
     # () is the one model above. Each model's engine gets for_model(m): these settings, its file.
     models: tuple[ServedModel, ...] = ()
@@ -110,12 +112,13 @@ def resolve_settings(
     threads: int | None = None,
     chat_format: str | None = None,
     max_loaded: int | None = None,
+    parallel: int | None = None,
     environ: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> ServeSettings:
     """`model`: one model or several (`--model A --model B`); they replace the service's."""
     from llmctl.models.store import Store
-    from llmctl.schema import ServiceSpec
+    from llmctl.schema import MAX_PARALLEL, ServiceSpec
 
     cfg = loaded.config
     refs = [model] if isinstance(model, str) else list(dict.fromkeys(model or []))
@@ -141,6 +144,8 @@ def resolve_settings(
         raise UsageError("--n-ctx: must be at least 64")
     if threads is not None and threads < 1:
         raise UsageError("--threads: must be at least 1")
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel: must be 1-{MAX_PARALLEL}")
     if n_gpu_layers is not None and n_gpu_layers < -1:
         raise UsageError("--n-gpu-layers: must be -1 (all) or more")
     if max_loaded is not None and max_loaded < 1:
@@ -193,6 +198,8 @@ def resolve_settings(
         shutdown_timeout_s=spec.shutdown_timeout_s,
         limits=spec.limits,
         trusted_proxies=tuple(spec.trusted_proxies),
+        parallel=parallel or spec.parallel,
+        swa_full=spec.swa_full,
         models=tuple(served) if len(served) > 1 else (),
         pool=PoolSettings(max_loaded=cap, memory_budget=spec.memory_budget, pinned=pinned,
                           keep_alive_s=spec.keep_alive_s, preload=preload),

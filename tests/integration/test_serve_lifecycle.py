@@ -110,6 +110,7 @@ services:
     model: smoke
     port: {free_port()}
     n_ctx: 1024
+    parallel: 1  # one slot: the stream below keeps it busy, so the next request waits in the queue
     api_keys_file: {keys}
     shutdown_timeout_s: 3
     limits:

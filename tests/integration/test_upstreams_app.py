@@ -36,35 +36,51 @@ class Clock:
 
 
 class BrokenModel:
-    """Stands in for llama_cpp.Llama: fails every generation while `fail` is set."""
+    """Stands in for the engine's llama.cpp backend (llmctl.serve.backend.Backend): every decode
+    fails while `fail` is set; else each request is answered "local" and ends."""
+
+    LOCAL, END = 1, 2
+    metadata: dict = {}  # no chat template in the "GGUF": the engine falls back to llama-2's format
+    bos = eos = -1
+    n_vocab = 1000
+    n_batch = 64
 
     def __init__(self) -> None:
         self.fail = True
-        self.generate = self.eval = None  # the engine wraps these; this stand-in never calls them
-        self.n_batch = 64
 
-    def tokenize(self, data: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
-        return list(range(len(data.split()) + 1))
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return list(range(3, len(text.split()) + 4))
 
-    def n_vocab(self) -> int:
-        return 1000
+    def token_text(self, token: int) -> str:
+        return ""
 
-    def _answer(self, stream: bool, chat: bool):
+    def piece(self, token: int) -> bytes:
+        return b"local" if token == self.LOCAL else b""
+
+    def is_eog(self, token: int) -> bool:
+        return token == self.END
+
+    def decode(self, tokens, positions, seqs, logits) -> None:
         if self.fail:
             raise RuntimeError("the model crashed")
-        if stream:
-            key = "delta" if chat else None
-            return iter([{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "smoke",
-                          "choices": [{"index": 0, key or "text": {"content": "local"} if chat else "local",
-                                       "finish_reason": "stop"}]}])
-        choice = {"index": 0, "message": {"role": "assistant", "content": "local"}, "finish_reason": "stop"}
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "smoke", "choices": [choice]}
 
-    def create_chat_completion(self, stream: bool = False, **kw):
-        return self._answer(stream, True)
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return True
 
-    def create_completion(self, stream: bool = False, **kw):
-        return self._answer(stream, False)
+    def seq_pos_min(self, seq: int) -> int:
+        return 0
+
+    def sampler(self, spec):
+        answer = iter([self.LOCAL, self.END])
+
+        class Sampler:
+            def sample(self, index: int) -> int:
+                return next(answer)
+
+            def close(self) -> None:
+                pass
+
+        return Sampler()
 
     def close(self) -> None:
         pass
@@ -77,7 +93,7 @@ class App:
         from llmctl.keys import parse_api_keys
         from llmctl.schema import Limits
         from llmctl.serve.app import create_app
-        from llmctl.serve.engine import Engine
+        from llmctl.serve.batch import Engine
         from llmctl.serve.settings import ServeSettings
         from llmctl.upstreams.config import routing_for
         from llmctl.upstreams.router import Router

@@ -39,6 +39,7 @@ services:
     model: smoke
     port: {port}
     n_ctx: 1024
+    parallel: 1  # one slot and no queue: one long stream makes the local engine full
     api_keys_file: {keys}
     shutdown_timeout_s: 3
     limits:

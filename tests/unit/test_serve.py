@@ -107,8 +107,9 @@ services:
     assert (s.service, s.model_name, s.port, s.n_ctx, s.chat_format) == ("chat", "smoke", 8123, 2048, "chatml")
     assert s.verified and s.model_path == smoke_model and s.limits.max_tokens == 64
     assert s.auth_enabled and s.api_keys_source == str(keys)
-    s = _settings("chat", port=9000, n_ctx=512, chat_format="gemma")
-    assert (s.port, s.n_ctx, s.chat_format) == (9000, 512, "gemma")
+    assert (s.parallel, s.swa_full) == (4, True)  # the defaults: four slots, full sliding-window KV
+    s = _settings("chat", port=9000, n_ctx=512, chat_format="gemma", parallel=2)
+    assert (s.port, s.n_ctx, s.chat_format, s.parallel) == (9000, 512, "gemma", 2)
     s = _settings(None)  # the only service
     assert s.service == "chat"
 
@@ -158,7 +159,8 @@ def test_tampered_model_is_an_integrity_error(home):
 
 @pytest.mark.model
 @pytest.mark.parametrize("kw, flag", [({"port": 0}, "--port"), ({"n_ctx": 10}, "--n-ctx"),
-                                      ({"threads": 0}, "--threads"), ({"n_gpu_layers": -2}, "--n-gpu-layers")])
+                                      ({"threads": 0}, "--threads"), ({"n_gpu_layers": -2}, "--n-gpu-layers"),
+                                      ({"parallel": 0}, "--parallel"), ({"parallel": 65}, "--parallel")])
 def test_bad_flags(smoke_model, kw, flag):
     with pytest.raises(UsageError, match=flag):
         _settings("smoke", **kw)

@@ -4,6 +4,7 @@ pin down deterministically (the model still loading)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -18,7 +19,7 @@ def test_health_is_503_while_loading_then_200(smoke_model):
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine, load_llama
+    from llmctl.serve.batch import Engine, load_backend
     from llmctl.serve.settings import resolve_settings
 
     settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256)
@@ -26,7 +27,7 @@ def test_health_is_503_while_loading_then_200(smoke_model):
 
     def held_loader(s):  # the real loader, held back until the test has looked at "loading"
         assert release.wait(120)
-        return load_llama(s)
+        return load_backend(s)
 
     engine = Engine(settings, loader=held_loader)
     records: list[dict] = []
@@ -67,7 +68,8 @@ def test_cancel_during_prompt_processing_leaves_the_model_consistent(smoke_model
 
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
-    from llmctl.serve.engine import EngineError, Engine, GenerationRequest
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import EngineError, GenerationRequest
     from llmctl.serve.settings import resolve_settings
 
     settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=512), n_batch=16)
@@ -114,7 +116,7 @@ def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
     from llmctl.config import load_config
     from llmctl.paths import resolve_paths
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
+    from llmctl.serve.batch import Engine
     from llmctl.serve.settings import resolve_settings
 
     base = resolve_settings(load_config(), resolve_paths(), "smoke")
@@ -136,3 +138,117 @@ def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
     assert codes == [200, 200, 200, 429]
     assert other == 200
     assert health == 503
+
+
+def test_the_engine_reports_each_tokens_logprobs(smoke_model):
+    """params["logprobs"] = k (what issue 14's protocol will pass): each generated token's logprob and
+    the k most likely, computed from that step's logits; streamed with the chunk that carries the
+    token's text, all at once when not streamed."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    engine = Engine(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256))
+    engine.start()
+    assert engine.loaded.wait(120) and engine.state == "ready"
+    params = {"prompt": "1, 2, 3, 4,", "max_tokens": 5, "temperature": 0.0, "logprobs": 3}
+
+    async def run(stream: bool) -> list[dict]:
+        job = await engine.submit(GenerationRequest("completion", dict(params), stream=stream))
+        await job.wait_started(60)
+        return [item async for item in job]
+
+    try:
+        whole = asyncio.run(run(False))[-1]
+        chunks = asyncio.run(run(True))
+    finally:
+        assert engine.stop(30)
+    entries = whole["choices"][0]["logprobs"]["content"]
+    assert len(entries) == whole["usage"]["completion_tokens"] == 5
+    assert "".join(e["token"] for e in entries) == whole["choices"][0]["text"]
+    for e in entries:
+        assert e["logprob"] <= 0 and bytes(e["bytes"]).decode() == e["token"]
+        top = [t["logprob"] for t in e["top_logprobs"]]
+        assert len(top) == 3 and top == sorted(top, reverse=True)
+        assert e["top_logprobs"][0]["token"] == e["token"]  # greedy: the most likely one was drawn
+    streamed = [e for c in chunks for e in ((c["choices"][0].get("logprobs") or {}).get("content") or [])]
+    assert [e["token"] for e in streamed] == [e["token"] for e in entries]
+
+
+def test_bias_and_penalties_applied_in_python_draw_what_llama_cpps_samplers_draw(smoke_model):
+    """sampling.ChainSampler applies logit_bias and the penalties to the step's logits itself (llama.cpp's
+    penalty sampler looks the whole vocabulary up); the same chain with llama.cpp's own samplers draws
+    the same tokens, step after step, with the same seed."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.backend import Backend
+    from llmctl.serve.sampling import ChainSampler, SamplingSpec
+    from llmctl.serve.settings import resolve_settings
+
+    settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256), parallel=1)
+    backend = Backend(settings)
+    try:
+        for params in ({"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3,
+                        "logit_bias": {236764: 5.0, 1: -100.0}, "temperature": 0.9, "seed": 11},
+                       {"repeat_penalty": 1.5, "temperature": 0.0}):
+            spec = SamplingSpec.of(params, "chat")
+            ours, theirs = ChainSampler(backend, spec), ChainSampler(backend, spec, native_penalties=True)
+            tokens = backend.tokenize("Repeat after me: la la la la la", add_bos=True)
+            backend.clear()
+            backend.decode(tokens, list(range(len(tokens))), [0] * len(tokens), [False] * (len(tokens) - 1) + [True])
+            index, drawn = len(tokens) - 1, []
+            for step in range(40):
+                reference = theirs.sample(index)  # reads the logits; ours then changes them in place
+                assert ours.sample(index) == reference, (params, step, drawn)
+                drawn.append(reference)
+                backend.decode([reference], [len(tokens) + step], [0], [True])
+                index = 0
+            assert len(set(drawn)) > 3  # the penalties were at work: not one token over and over
+            ours.close()
+            theirs.close()
+    finally:
+        backend.close()
+
+
+def test_requests_arriving_together_decode_their_shared_prefix_once(smoke_model):
+    """Three requests with the same long prefix at once: one slot decodes it, the others copy its KV
+    (the engine's donor path) and decode only their own ending; each answer is what it is alone."""
+    from llmctl.config import load_config
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.batch import Engine
+    from llmctl.serve.engine import GenerationRequest
+    from llmctl.serve.settings import resolve_settings
+
+    settings = resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=1024)
+    prefix = "Here is a list of facts about numbers and days of the week that you should read carefully. " * 12
+    endings = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "A, B, C, D, E,"]
+
+    def run(prompts: list[str]) -> tuple[list[str], list[int]]:
+        engine = Engine(settings)
+        cached: list[int] = []
+        engine.on_cached = cached.append
+        engine.start()
+        assert engine.loaded.wait(120) and engine.state == "ready"
+
+        async def one(prompt: str) -> str:
+            job = await engine.submit(GenerationRequest("completion", {"prompt": prompt, "max_tokens": 4,
+                                                                      "temperature": 0.0}))
+            await job.wait_started(60)
+            return [item async for item in job][-1]["choices"][0]["text"]
+
+        async def together() -> list[str]:
+            return list(await asyncio.gather(*[one(p) for p in prompts]))
+
+        try:
+            return asyncio.run(together()), cached
+        finally:
+            assert engine.stop(30)
+
+    prompts = [prefix + e for e in endings]
+    alone = [run([p])[0][0] for p in prompts]
+    answers, cached = run(prompts)
+    assert answers == alone
+    prefix_tokens = len(prefix.split())  # at least one token a word
+    assert len(cached) == 2 and all(n >= prefix_tokens for n in cached), cached
