@@ -43,19 +43,47 @@ from _util import bootstrap_median, ratio_line, steal_ticks  # noqa: E402
 
 
 class InstantModel:
-    """Stands in for llama_cpp.Llama in mode stub: answers at once."""
+    """Stands in for the engine's llama.cpp backend (llmctl.serve.backend.Backend) in mode stub:
+    every request is answered "ok" in one token, so a request costs only the HTTP path."""
 
-    generate = eval = None  # the engine wraps these; this stand-in never calls them
+    OK, END = 1, 2
+    metadata: dict = {}
+    bos = eos = -1
+    n_vocab = 1000
     n_batch = 512
 
-    def tokenize(self, data: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
-        return [0, 1, 2]
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return [3, 4, 5]
 
-    def create_chat_completion(self, stream: bool = False, **kw):
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "stub",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    def token_text(self, token: int) -> str:
+        return ""
 
-    create_completion = create_chat_completion
+    def piece(self, token: int) -> bytes:
+        return b"ok" if token == self.OK else b""
+
+    def is_eog(self, token: int) -> bool:
+        return token == self.END
+
+    def decode(self, tokens, positions, seqs, logits) -> None:
+        pass
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return True
+
+    def seq_pos_min(self, seq: int) -> int:
+        return 0
+
+    def sampler(self, spec):
+        answer = iter([self.OK, self.END])
+
+        class Sampler:
+            def sample(self, index: int) -> int:
+                return next(answer, InstantModel.END)
+
+            def close(self) -> None:
+                pass
+
+        return Sampler()
 
     def close(self) -> None:
         pass
@@ -77,7 +105,7 @@ def child(port: int, mode: str, home: str, cpu: int | None) -> None:
     from llmctl.config import validate
     from llmctl.schema import Limits
     from llmctl.serve.app import create_app
-    from llmctl.serve.engine import Engine
+    from llmctl.serve.batch import Engine
     from llmctl.serve.settings import ServeSettings
     from llmctl.upstreams.config import routing_for
     from llmctl.upstreams.router import Router

@@ -116,8 +116,8 @@ class Backend:
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = self._C.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-            return bytes(buf[:n])
-        return bytes(self._piece[:n])
+            return buf.raw[:n]
+        return self._piece.raw[:n]
 
     def token_text(self, token: int) -> str:
         if token < 0:

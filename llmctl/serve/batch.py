@@ -228,7 +228,7 @@ class Engine:
         if self._on_state is not None:
             try:
                 self._on_state(state)
-            except Exception:  # an observer must never kill the worker
+            except Exception:  # noqa: BLE001 - an observer must never kill the worker
                 pass
 
     # -- submitting (event loop) ------------------------------------------------------------------
@@ -313,7 +313,7 @@ class Engine:
             if model is not None:
                 try:
                     model.close()
-                except Exception:
+                except Exception:  # noqa: BLE001 - closing at shutdown: nothing left to report to
                     pass
         self._embedder = self._backend = None
 

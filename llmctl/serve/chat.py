@@ -32,10 +32,38 @@ class ChatTemplate:
         self._formatter = formatter
 
     def format(self, messages: list[dict[str, Any]]) -> FormattedChat:
+        if self.name == "gemma":
+            messages = fold_system_into_first_user(messages)
         result = self._formatter(messages=messages)
         stop = result.stop
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
         return FormattedChat(result.prompt, tuple(s for s in stops if s), not result.added_special)
+
+
+def fold_system_into_first_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gemma has no system turn. llama-cpp-python's `gemma` format drops system messages without a
+    word; Gemma's own chat template (and llama-server) puts the system text at the head of the first
+    user turn, followed by a blank line. Do that."""
+    system = [m for m in messages if m.get("role") == "system"]
+    if not system:
+        return messages
+    text = "\n\n".join(_text_of(m.get("content")) for m in system)
+    rest = [m for m in messages if m.get("role") != "system"]
+    for i, m in enumerate(rest):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                merged: Any = [{"type": "text", "text": text + "\n\n"}, *content]
+            else:
+                merged = text + "\n\n" + (content or "")
+            return [*rest[:i], {**m, "content": merged}, *rest[i + 1:]]
+    return [{"role": "user", "content": text}, *rest]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content or ""
 
 
 def _formatter_of(handler: Any) -> Any:

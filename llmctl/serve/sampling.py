@@ -115,7 +115,7 @@ class ChainSampler:
                 if spec.logit_bias:
                     arr = (C.llama_logit_bias * len(spec.logit_bias))()
                     for i, (token, bias) in enumerate(spec.logit_bias):
-                        arr[i].token, arr[i].bias = token, bias
+                        arr[i].token, arr[i].bias = token, bias  # type: ignore[assignment]  # ctypes fields take ints
                     add(C.llama_sampler_init_logit_bias(backend.n_vocab, len(spec.logit_bias), arr))
                     self._bias_ids = self._bias_ids[:0]
                 if penalize:
