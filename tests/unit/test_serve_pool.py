@@ -269,7 +269,7 @@ def test_unload_refuses_a_busy_model_and_status_tells_the_truth():
         clock.now += 5
         doc = pool.status()
         a, b = doc["models"]
-        assert (a["id"], a["status"], a["default"], a["idle_s"], a["slots"], a["n_ctx"]) == ("a", "loaded", True, 5.0, 1, 512)
+        assert (a["id"], a["status"], a["default"], a["idle_s"], a["slots"], a["n_ctx"]) == ("a", "loaded", True, 5.0, 4, 512)
         assert (b["status"], b["idle_s"], b["rss_bytes"]) == ("unloaded", None, None)
         assert await pool.unload("a") is True
         assert pool.status()["models"][0]["status"] == "unloaded"
@@ -295,7 +295,7 @@ def test_estimate_counts_the_kv_cache_from_the_gguf_header(tmp_path):
                             "key_length": 256, "value_length": 256})
     s = ServeSettings(**{**settings(("m",)).__dict__, "model_path": path, "n_ctx": 1024})
     size = path.stat().st_size
-    kv = 18 * 1 * (256 + 256) * 2 * 1024
+    kv = 18 * 1 * (256 + 256) * 2 * 1024 * 4  # four slots (parallel), each with n_ctx of its own
     assert estimate_bytes(s) == size + kv + max(64 * MiB, 16 * 512 * 640 * 4)
 
 
@@ -380,6 +380,6 @@ def test_slots_come_from_the_engine_or_the_settings_parallel():
     from llmctl.serve.pool import slots_of
 
     s = settings(("a",))
-    assert slots_of(s) == 1  # the one-at-a-time engine
-    assert slots_of(SimpleNamespace(parallel=4)) == 4  # a batching engine's settings: KV for each slot
-    assert slots_of(s, SimpleNamespace(parallel=8)) == 8
+    assert slots_of(s) == s.parallel == 4  # the settings' parallel: KV for each slot
+    assert slots_of(SimpleNamespace(n_ctx=512)) == 1  # an engine that says nothing: one at a time
+    assert slots_of(s, SimpleNamespace(parallel=8)) == 8  # the engine's own count first
