@@ -97,8 +97,9 @@ def slots_of(settings: ServeSettings, engine: Any = None) -> int:
 
 
 # Compute buffers llama.cpp allocates beside weights and KV: bounded below, growing with the batch and
-# the model's width. Measured on the smoke model (CPU, n_ctx 512): 302 MiB resident after loading,
-# 311 MiB after a first completion; estimated 314 MiB (241 file + 9 KV + 64 buffers).
+# the model's width. Measured on the smoke model (CPU, n_ctx 512, 4 slots, the batching engine):
+# 332 MiB resident after loading, 334 MiB after two completions; estimated 341 MiB (241 file +
+# 36 KV + 64 buffers).
 MIN_OVERHEAD_BYTES = 64 << 20
 
 
