@@ -50,25 +50,31 @@ class GgufInfo:
     key_length: int | None = None
     value_length: int | None = None
 
-    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int | None:
-        """What one token takes in the KV cache (f16 by default, llama.cpp's), or None when the
-        header does not say. Sliding-window layers are counted as full ones (an upper bound)."""
-        if not self.block_count or not self.head_count:
+    def kv_bytes_per_token(self) -> int | None:
+        """What one token takes in the KV cache (kv_bytes_per_token), or None when the header
+        does not say."""
+        if not self.block_count or not self.head_count or not self.embedding_length:
             return None
-        kv_heads = self.head_count_kv or self.head_count
-        if self.key_length and self.value_length:
-            width = kv_heads * (self.key_length + self.value_length)
-        elif self.embedding_length:
-            width = 2 * kv_heads * (self.embedding_length // self.head_count)
-        else:
-            return None
-        return self.block_count * width * bytes_per_value
+        return kv_bytes_per_token(self.block_count, self.head_count, self.head_count_kv, self.embedding_length,
+                                  self.key_length, self.value_length)
 
     @property
     def quantization(self) -> str | None:
         if self.file_type is None:
             return None
         return FILE_TYPES.get(self.file_type, f"type {self.file_type}")
+
+
+def kv_bytes_per_token(layers: int, heads: int, kv_heads: int | None, embedding_length: int,
+                       key_length: int | None = None, value_length: int | None = None) -> int:
+    """The f16 K and V bytes one token takes in every layer's cache (llama.cpp's default cache
+    type): layers x kv_heads x (key + value head size) x 2. kv_heads defaults to heads, the head
+    sizes to embedding_length / heads. Sliding-window layers count as full ones (swa_full). The one
+    rule: serve's start-up line (serve/backend.py) and the pool's estimate (serve/pool.py) use it."""
+    kv = kv_heads or heads
+    k = key_length or embedding_length // heads
+    v = value_length or embedding_length // heads
+    return layers * kv * (k + v) * 2
 
 
 # The smallest encoding of a key-value pair (an empty key, a type, a one-byte value) and of a tensor

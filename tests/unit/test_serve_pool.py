@@ -297,6 +297,13 @@ def test_estimate_counts_the_kv_cache_from_the_gguf_header(tmp_path):
     size = path.stat().st_size
     kv = 18 * 1 * (256 + 256) * 2 * 1024 * 4  # four slots (parallel), each with n_ctx of its own
     assert estimate_bytes(s) == size + kv + max(64 * MiB, 16 * 512 * 640 * 4)
+    # one rule with what serve logs at start (from llama.cpp's view of the same header)
+    from llmctl.serve.backend import kv_bytes_per_token
+
+    meta = {"general.architecture": "llama", "llama.block_count": "18", "llama.attention.head_count": "4",
+            "llama.attention.head_count_kv": "1", "llama.embedding_length": "640",
+            "llama.attention.key_length": "256", "llama.attention.value_length": "256"}
+    assert kv_bytes_per_token(meta) * 1024 * 4 == kv
 
 
 # -- the config keys and the settings ------------------------------------------------------------------
