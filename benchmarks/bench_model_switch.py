@@ -7,8 +7,9 @@ in the same run.
 - B (fresh serve): `llmctl serve smoke` started from nothing, to its first one-token completion
   answered (what switching costs without several models per server: restart the unit on the other
   model, or a swapper that starts a server per model).
-- C (fresh python): a bare `python -c` that imports llama_cpp, loads the model as serve does
-  (llmctl.serve.engine.load_llama) and generates one token: the least a fresh Python process costs.
+- C (fresh python): a bare `python -c` that imports llama_cpp, loads the model with
+  llama-cpp-python's high-level Llama (llmctl.serve.engine.load_llama: one sequence, no slots) and
+  generates one token: the least a fresh Python process costs.
 - D (fresh llama-server): llama.cpp's own llama-server, built against the installed
   llama-cpp-python's libraries (llamacpp_build.build_llama_server(), cached), started on the model
   to its first one-token completion: how llama-swap switches (one llama-server per model). The real
@@ -16,8 +17,8 @@ in the same run.
 
 Rounds are A B C D D C B A (ABBA); a round's ratio is A's mean over B's (over C's, over D's); the
 figure is the median of the rounds' ratios. `--aa` times A against A (the machine's own noise).
-Load average and steal time are printed with the figures. Same settings everywhere: n_ctx 256,
-llama.cpp's default threads, one slot.
+Load average and steal time are printed with the figures. Same settings everywhere: n_ctx 256 per
+slot, serve's default 4 slots (llama-server: -np 4 -c 1024), llama.cpp's default threads.
 
 Usage: python benchmarks/bench_model_switch.py [--rounds 5] [--aa] [--no-llama-server | --llama-server PATH]
 """
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from _util import ratio_line, steal_ticks  # noqa: E402
 
 N_CTX = 256
+SLOTS = 4  # llmctl serve's default parallel
 FRESH_PYTHON = """
 import sys
 from types import SimpleNamespace
@@ -91,7 +93,7 @@ def start(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
     env.update(LLMCTL_HOME=str(home), LLMCTL_CONFIG=str(home / "config.yaml"), NO_COLOR="1")
     proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", *args, "--port", str(port),
-                             "--n-ctx", str(N_CTX)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--n-ctx", str(N_CTX), "--parallel", str(SLOTS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=ROOT)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -182,7 +184,7 @@ def main() -> None:
                 port = free_port()
                 t0 = time.perf_counter()
                 proc = subprocess.Popen([str(binary), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port),
-                                         "-np", "1", "-c", str(N_CTX), "-fa", "off", "--no-jinja",
+                                         "-np", str(SLOTS), "-c", str(SLOTS * N_CTX), "-fa", "off", "--no-jinja",
                                          "--chat-template", "gemma", *repack],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
