@@ -128,9 +128,18 @@ class Limits(Strict):
 
 
 class ServiceSpec(Strict):
-    """One inference server (one systemd unit, one `llmctl serve`)."""
+    """One inference server (one systemd unit, one `llmctl serve`).
+
+    Several models: `models: [a, b]` (then `model`, the default one that health probes, is the
+    first unless given; given, it is served too). The pool keys bound what is loaded at once."""
 
     model: str
+    models: list[str] = []  # every model this server serves, loaded on demand (llmctl.serve.pool)
+    max_loaded: int | None = Field(None, ge=1)  # loaded at once; None: as many as memory_budget allows
+    memory_budget: int | None = Field(None, ge=1)  # bytes (or a size: 6G): estimated weights + KV of the loaded
+    pinned: list[str] = []  # never unloaded (loaded at start)
+    keep_alive_s: PositiveFloat | None = None  # unload a model idle this long; None: only to make room
+    preload: list[str] | None = None  # loaded at start; None: the default model
     host: str = "127.0.0.1"
     port: Port = 8000
     n_ctx: int = Field(4096, ge=64)
@@ -153,6 +162,44 @@ class ServiceSpec(Strict):
     memory_max: str | None = "8G"  # systemd MemoryMax=
     unit: str | None = None  # systemd unit name; default llmctl-<service>.service
     limits: Limits = Limits()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") is None and isinstance(data.get("models"), list) \
+                and data["models"] and isinstance(data["models"][0], str):
+            data = {**data, "model": data["models"][0]}
+        return data
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        from llmctl.text import size_bytes
+
+        if isinstance(v, str):
+            n = size_bytes(v)
+            if n is None:
+                raise ValueError("must be a number of bytes or a size such as 512M or 8G")
+            return n
+        return v
+
+    @model_validator(mode="after")
+    def _pool(self) -> ServiceSpec:
+        served = self.served_models
+        if len(self.models) != len(set(self.models)):
+            raise ValueError("models: a model is named twice")
+        for key in ("pinned", "preload"):
+            for name in getattr(self, key) or []:
+                if name not in served:
+                    raise ValueError(f"{key}: {name!r} is not a model of this service ({', '.join(served)})")
+        if self.max_loaded is not None and len(self.pinned) > self.max_loaded:
+            raise ValueError(f"pinned: {len(self.pinned)} models are pinned but max_loaded is {self.max_loaded}")
+        return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """Every model the server serves; the first is the default (health probes it)."""
+        return list(dict.fromkeys([self.model, *self.models]))
 
     @field_validator("trusted_proxies")
     @classmethod

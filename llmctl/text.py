@@ -44,6 +44,18 @@ def check_pattern(kind: str, value: object) -> bool:
     return isinstance(value, str) and PATTERNS[kind].fullmatch(value) is not None
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_bytes(value: str) -> int | None:
+    """A systemd size (PATTERNS["size"]: 512M, 8G, 1.5G; K, M, G, T are powers of 1024) in bytes,
+    or None when `value` is not one."""
+    m = PATTERNS["size"].fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 def is_name(value: object) -> bool:
     """A model, service or upstream name: [a-z0-9][a-z0-9._-]{0,63}, the whole string."""
     return check_pattern("name", value)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from llmctl import __version__
-from llmctl.cli import bench, config, health, k8s, models, monitoring, serve, systemd, usage
+from llmctl.cli import bench, config, health, k8s, models, monitoring, ps, serve, systemd, usage
 from llmctl.cli._common import OPTIONS
 
 app = typer.Typer(
@@ -68,6 +68,7 @@ app.add_typer(k8s.app, name="k8s")
 app.command("health", help=health.HELP, context_settings=health.CONTEXT_SETTINGS)(health.main)
 app.command("bench", help=bench.HELP)(bench.main)
 app.command("serve", help=serve.HELP)(serve.main)
+app.command("ps", help=ps.HELP)(ps.main)
 app.command("usage", help=usage.HELP)(usage.main)
 app.add_typer(config.app, name="config")
 

@@ -24,9 +24,16 @@ def main(
         ),
     ] = None,
     model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Serve this model instead of the service's (name or path).",
+        list[str] | None,
+        typer.Option("--model", "-m", help="Serve this model instead of the service's (name or path); repeat it "
+                     "to serve several on one port, loaded on demand (the first is the default).",
                      show_default=False),
+    ] = None,
+    max_loaded: Annotated[
+        int | None,
+        typer.Option("--max-loaded", help="With several models: how many may be loaded at once (the least "
+                     "recently used idle one is unloaded to make room; default: the service's max_loaded, "
+                     "else no cap).", show_default=False),
     ] = None,
     host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1, or the service's).",
                                              show_default=False)] = None,
@@ -63,7 +70,8 @@ def main(
     """Serve a verified model on an OpenAI-compatible HTTP endpoint.
 
     Endpoints: /v1/chat/completions, /v1/completions (SSE streaming or not), /v1/models,
-    /v1/embeddings (when enabled), /health, /ready, /metrics. Logs are JSON lines on stderr.
+    /v1/embeddings (when enabled), /health, /ready, /metrics, /status (what `llmctl ps` shows),
+    POST /models/load and /models/unload. Logs are JSON lines on stderr.
     SIGTERM drains in-flight requests for shutdown_timeout_s, then exits 0.
     """
     from llmctl.serve.settings import resolve_settings
@@ -73,7 +81,7 @@ def main(
     settings = resolve_settings(
         loaded, paths, target, model=model, host=host, port=port, api_keys_file=api_keys_file,
         allow_unverified=allow_unverified, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, threads=threads,
-        chat_format=chat_format, parallel=parallel,
+        chat_format=chat_format, parallel=parallel, max_loaded=max_loaded,
     )
     try:
         import llama_cpp  # noqa: F401
@@ -85,8 +93,9 @@ def main(
         raise UsageError(f"llmctl serve needs the [serve] extra ({exc.name} is missing)",
                          hint="pip install 'llmctl[serve]'") from None
     warnings = []
-    if not settings.verified:
-        warnings.append(f"serving {settings.model_path}, a file outside the verified store (--allow-unverified)")
+    for served in settings.served:
+        if not served.verified:
+            warnings.append(f"serving {served.path}, a file outside the verified store (--allow-unverified)")
     if not settings.auth_enabled and not settings.loopback:
         warnings.append(f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
                         "the model (set --api-keys-file)")

@@ -360,6 +360,10 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     spec: ServiceSpec = config.services[service]
     where = f"services.{service}"
     model = spec.model
+    if len(spec.served_models) > 1:
+        raise ConfigError(f"{where}.models: k8s render serves one model per pod (its init container pulls it); "
+                          "several models in one server are for systemd units",
+                          hint="give each model its own service")
     model_spec = config.models.get(model)
     if model_spec is None and model != SMOKE_NAME:
         raise ConfigError(f"{where}.model: '{model}' is not in models: (a pod pulls the model the config names)")

@@ -29,6 +29,9 @@ FILE_TYPES: dict[int, str] = {
 # value type -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# <arch>.* keys read besides general.*: the context length, and the attention's shape (KV size).
+_SHAPE_KEYS = (".context_length", ".block_count", ".attention.head_count", ".embedding_length",
+               ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,39 @@ class GgufInfo:
     name: str | None
     context_length: int | None
     file_type: int | None
+    # The shape of the attention (what the KV cache takes per token); None when not in the header.
+    block_count: int | None = None
+    head_count: int | None = None
+    head_count_kv: int | None = None  # None also when it varies per layer (an array)
+    embedding_length: int | None = None
+    key_length: int | None = None
+    value_length: int | None = None
+
+    def kv_bytes_per_token(self) -> int | None:
+        """What one token takes in the KV cache (kv_bytes_per_token), or None when the header
+        does not say."""
+        if not self.block_count or not self.head_count or not self.embedding_length:
+            return None
+        return kv_bytes_per_token(self.block_count, self.head_count, self.head_count_kv, self.embedding_length,
+                                  self.key_length, self.value_length)
 
     @property
     def quantization(self) -> str | None:
         if self.file_type is None:
             return None
         return FILE_TYPES.get(self.file_type, f"type {self.file_type}")
+
+
+def kv_bytes_per_token(layers: int, heads: int, kv_heads: int | None, embedding_length: int,
+                       key_length: int | None = None, value_length: int | None = None) -> int:
+    """The f16 K and V bytes one token takes in every layer's cache (llama.cpp's default cache
+    type): layers x kv_heads x (key + value head size) x 2. kv_heads defaults to heads, the head
+    sizes to embedding_length / heads. Sliding-window layers count as full ones (swa_full). The one
+    rule: serve's start-up line (serve/backend.py) and the pool's estimate (serve/pool.py) use it."""
+    kv = kv_heads or heads
+    k = key_length or embedding_length // heads
+    v = value_length or embedding_length // heads
+    return layers * kv * (k + v) * 2
 
 
 # The smallest encoding of a key-value pair (an empty key, a type, a one-byte value) and of a tensor
@@ -123,8 +153,10 @@ class _Reader:
             raise UsageError(f"{self.path}: unknown GGUF array type {itype}")
 
 
-def read_gguf_info(path: Path) -> GgufInfo:
-    """Read the header of a GGUF file; raise UsageError when it is not one."""
+def read_gguf_info(path: Path, *, file_type: bool = True) -> GgufInfo:
+    """Read the header of a GGUF file; raise UsageError when it is not one. `file_type=False`:
+    stop at the tokenizer's keys (llama.cpp's converter writes general.file_type after them, so
+    reading it means skipping over every token: the estimate of serve's pool does not need it)."""
     path = Path(path)
     with open(path, "rb") as fh:
         r = _Reader(fh, path)
@@ -140,8 +172,10 @@ def read_gguf_info(path: Path) -> GgufInfo:
         arch: str | None = None
         for _ in range(kv_count):
             key = r.string()
+            if key.startswith("tokenizer.") and arch and (not file_type or "general.file_type" in kv):
+                break  # the tokenizer's arrays (large) follow the model's keys: nothing wanted is left
             vtype = r.scalar("<I")
-            wanted = key.startswith("general.") or key.endswith(".context_length")
+            wanted = key.startswith("general.") or key.endswith(_SHAPE_KEYS)
             if not wanted and vtype == _ARRAY:
                 r.skip_array()
                 continue
@@ -154,9 +188,14 @@ def read_gguf_info(path: Path) -> GgufInfo:
             if key == "general.architecture":
                 arch = str(val)
             # Stop early once everything needed is known: the tokenizer arrays come later and are large.
-            if arch and f"{arch}.context_length" in kv and "general.file_type" in kv and "general.name" in kv:
+            if arch and "general.file_type" in kv and "general.name" in kv and all(f"{arch}{k}" in kv for k in _SHAPE_KEYS):
                 break
     ctx = kv.get(f"{arch}.context_length") if arch else None
+
+    def shape(key: str) -> int | None:
+        value = kv.get(f"{arch}{key}") if arch else None
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
     ft = kv.get("general.file_type")
     name = kv.get("general.name")
     return GgufInfo(
@@ -166,6 +205,12 @@ def read_gguf_info(path: Path) -> GgufInfo:
         name=str(name) if name is not None else None,
         context_length=int(ctx) if isinstance(ctx, int) else None,
         file_type=int(ft) if isinstance(ft, int) else None,
+        block_count=shape(".block_count"),
+        head_count=shape(".attention.head_count"),
+        head_count_kv=shape(".attention.head_count_kv"),
+        embedding_length=shape(".embedding_length"),
+        key_length=shape(".attention.key_length"),
+        value_length=shape(".attention.value_length"),
     )
 
 

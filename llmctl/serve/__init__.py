@@ -1,7 +1,11 @@
-"""`llmctl serve`: an OpenAI-compatible HTTP server for one verified model.
+"""`llmctl serve`: an OpenAI-compatible HTTP server for verified models (one, or several on demand).
 
     settings.py   flags + config -> ServeSettings (resolves and verifies the model, loads API keys)
     engine.py     the scheduler: one worker thread owns the Llama; jobs in, chunks out
+    pool.py       the models: which are loaded, loading on demand, unloading to make room (max_loaded,
+                  memory_budget, pinned, keep_alive_s, preload); each model has its own engine
+    resources.py  resident memory (psutil, per model file) and GPU memory (nvidia-smi) of the process
+    ps.py         `llmctl ps`'s core: reads /status of the servers (httpx only)
     security.py   API keys (constant-time) and the token-bucket rate limiter
     metrics.py    Prometheus metrics in a per-app registry (llama.cpp's names where they overlap)
     protocol.py   OpenAI's request bodies: validated, then translated to the engine's GenerationRequest

@@ -201,6 +201,8 @@ class Backend:
 
 def kv_bytes_per_token(metadata: dict[str, str]) -> int | None:
     """f16 K+V bytes one token takes in every layer's cache (None when the GGUF does not say)."""
+    from llmctl.models.gguf import kv_bytes_per_token as rule
+
     arch = metadata.get("general.architecture", "")
     try:
         layers = int(metadata[f"{arch}.block_count"])
@@ -211,4 +213,4 @@ def kv_bytes_per_token(metadata: dict[str, str]) -> int | None:
         v = int(metadata.get(f"{arch}.attention.value_length", embd // heads))
     except (KeyError, ValueError, ZeroDivisionError):
         return None
-    return layers * kv_heads * (k + v) * 2
+    return rule(layers, heads, kv_heads, embd, k, v)

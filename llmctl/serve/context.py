@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmctl.serve.engine import EngineError, Scheduler
+from llmctl.serve.engine import EngineError
 from llmctl.serve.metrics import Metrics
+from llmctl.serve.pool import ModelPool
 from llmctl.serve.protocol import Limits
 from llmctl.serve.security import RateLimiter
 from llmctl.serve.settings import ServeSettings
@@ -44,7 +45,7 @@ class Fallback(Protocol):
 @dataclass
 class ServerContext:
     settings: ServeSettings
-    engine: Scheduler
+    pool: ModelPool  # the models: each request leases its model's engine from the pool
     metrics: Metrics
     limiter: RateLimiter
     access_log: Callable[[dict], None]
@@ -55,14 +56,35 @@ class ServerContext:
     streams: int = 0  # streaming requests admitted (waiting or sending), bounded by max_concurrent_streams
     started_at: float = field(default_factory=time.time)
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # concurrent /ready checks share one probe
-    tool_format_: str | None = None  # see tool_format()
+    # The pinned and preload models are loaded (the server sets it; an adopted engine: at once).
+    # Until then /health says 503 model_loading; a failed one: model_failed.
+    preloaded: bool = False
+    preload_error: str | None = None
+    _bounds: dict[str, Limits] = field(default_factory=dict)
+    _tool_formats: dict[str, str] = field(default_factory=dict)  # per model: see tool_format_for
 
-    def tool_format(self) -> str:
-        """The model's tool format (llmctl.serve.tools.FORMATS): the config's, else the one its GGUF's
-        chat template defines (read once); generic when a named chat_format replaces that template."""
-        if self.tool_format_ is None:
-            self.tool_format_ = self.settings.tool_format or _detect_tool_format(self.settings)
-        return self.tool_format_
+    def bounds_for(self, model: str) -> Limits:
+        """protocol.to_generation_request's bounds for one model (its name in the responses)."""
+        if model == self.bounds.model_name:
+            return self.bounds
+        if model not in self._bounds:
+            self._bounds[model] = replace(self.bounds, model_name=model)
+        return self._bounds[model]
+
+    def tool_format_for(self, settings: ServeSettings) -> str:
+        """A model's tool format (llmctl.serve.tools.FORMATS): the config's, else the one its GGUF's
+        chat template defines (read once per model); generic when a named chat_format replaces that
+        template."""
+        name = settings.model_name
+        if name not in self._tool_formats:
+            self._tool_formats[name] = settings.tool_format or _detect_tool_format(settings)
+        return self._tool_formats[name]
+
+
+def context_of(request: Any) -> ServerContext:
+    """The server's context, from a Starlette request (create_app put it on the app)."""
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
 
 
 def _detect_tool_format(settings: ServeSettings) -> str:
@@ -76,9 +98,3 @@ def _detect_tool_format(settings: ServeSettings) -> str:
         return detect_format(read_gguf_string(settings.model_path, "tokenizer.chat_template"))
     except (OSError, LlmctlError):
         return "generic"
-
-
-def context_of(request: Any) -> ServerContext:
-    """The server's context, from a Starlette request (create_app put it on the app)."""
-    ctx: ServerContext = request.app.state.ctx
-    return ctx

@@ -23,7 +23,7 @@ from llmctl.serve.responses import error_response
 from llmctl.serve.security import match_key, presented_key
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-             "/health", "/ready", "/metrics")
+             "/health", "/ready", "/metrics", "/status", "/models/load", "/models/unload")
 ROUTE_HEADER = "x-llmctl-route"  # on every answer the router or the engine gave: local, or upstream:<name>
 TIMEOUT_KEY = "llmctl.timeout"  # set in the scope by the server's protocol when it cut a slow request
 

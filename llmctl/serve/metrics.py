@@ -21,6 +21,7 @@ llmctl_prompt_tokens_cached_total (prompt tokens served from a slot's KV cache, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from llmctl.serve.engine import JobStats
@@ -70,10 +71,57 @@ class Metrics:
         self.info.labels(model=model).set(1)
         self.ready = Gauge("llmctl_ready", "1 when the model is loaded and serving", registry=r)
         self.gpu_offload: Any = None  # a Gauge, created by set_gpu_offload, for GPU services
+        self._batch: tuple[Callable[[Any], None], Callable[[int], None]] | None = None  # attach_engine's hooks
+        self._engines: Callable[[], list[Any]] = list
         self._prompt_total = 0
         self._prompt_seconds = 0.0
         self._gen_total = 0
         self._gen_seconds = 0.0
+
+    def add_models(self, names: list[str]) -> None:
+        """Per-model series, with a `model` label (the series above are the server's totals)."""
+        from prometheus_client import Counter, Gauge
+
+        r = self.registry
+        self.model_loaded = Gauge("llmctl_model_loaded", "1 while the model is loaded", ["model"], registry=r)
+        self.model_loads = Counter("llmctl_model_loads", "Times the model was loaded", ["model"], registry=r)
+        self.model_unloads = Counter("llmctl_model_unloads", "Times the model was unloaded: room (for another "
+                                     "model), keep_alive (idle), request (POST /models/unload)",
+                                     ["model", "reason"], registry=r)
+        self.model_load_failures = Counter("llmctl_model_load_failures", "Loads of the model that failed",
+                                           ["model"], registry=r)
+        self.model_last_load_seconds = Gauge("llmctl_model_last_load_seconds", "How long the model's last load "
+                                             "took", ["model"], registry=r)
+        self.model_requests = Counter("llmctl_model_requests", "Generations the model ran", ["model"], registry=r)
+        self.model_prompt_tokens = Counter("llmctl_model_prompt_tokens", "Prompt tokens the model processed",
+                                           ["model"], registry=r)
+        self.model_completion_tokens = Counter("llmctl_model_completion_tokens", "Tokens the model generated",
+                                               ["model"], registry=r)
+        for name in names:
+            self.info.labels(model=name).set(1)
+            self.model_loaded.labels(model=name).set(0)
+            self.model_loads.labels(model=name)
+            self.model_requests.labels(model=name)
+            self.model_prompt_tokens.labels(model=name)
+            self.model_completion_tokens.labels(model=name)
+
+    def observe_model_job(self, model: str, stats: JobStats) -> None:
+        self.model_requests.labels(model=model).inc()
+        self.model_prompt_tokens.labels(model=model).inc(stats.prompt_tokens)
+        self.model_completion_tokens.labels(model=model).inc(stats.completion_tokens)
+
+    def observe_model_event(self, event: str, model: str, **fields: object) -> None:
+        if event == "model_loaded":
+            self.model_loaded.labels(model=model).set(1)
+            self.model_loads.labels(model=model).inc()
+            seconds = fields.get("load_seconds")
+            if isinstance(seconds, (int, float)):
+                self.model_last_load_seconds.labels(model=model).set(seconds)
+        elif event == "model_unloaded":
+            self.model_loaded.labels(model=model).set(0)
+            self.model_unloads.labels(model=model, reason=str(fields.get("reason", "room"))).inc()
+        elif event == "model_load_failed":
+            self.model_load_failures.labels(model=model).inc()
 
     def observe_job(self, endpoint: str, stats: JobStats) -> None:
         if stats.queued_s is not None:
@@ -95,30 +143,38 @@ class Metrics:
             self._gen_seconds += gen_s
             self.predicted_tps.set(self._gen_total / self._gen_seconds)
 
-    def attach_engine(self, engine: Any) -> None:
+    def attach_engine(self, engine: Any, engines: Callable[[], list[Any]] | None = None) -> None:
         """The batching engine's own series: per-step batch sizes, decode calls, cache reuse, KV use.
-        Its callbacks run on the engine's worker thread (prometheus_client is thread-safe)."""
-        from prometheus_client import Counter, Gauge, Histogram
+        Its callbacks run on the engine's worker thread (prometheus_client is thread-safe).
+        Several models: called for each engine the pool loads; `engines` lists the live ones (the
+        KV usage is their mean), and the series are the server's totals."""
+        if self._batch is None:
+            from prometheus_client import Counter, Gauge, Histogram
 
-        r = self.registry
-        tokens = Histogram("llmctl_batch_tokens", "Tokens in each llama_decode (prompt chunks and next tokens)",
-                           buckets=BATCH_TOKEN_BUCKETS, registry=r)
-        seqs = Histogram("llmctl_batch_sequences", "Requests (slots) in each llama_decode",
-                         buckets=BATCH_SEQ_BUCKETS, registry=r)
-        decodes = Counter("llmctl_decode_calls", "llama_decode calls", registry=r)
-        cached = Counter("llmctl_prompt_tokens_cached", "Prompt tokens served from a slot's KV cache, not decoded",
-                         registry=r)
-        Gauge("llmctl_kv_cache_usage_ratio", "Share of the KV cache cells holding tokens (busy and idle slots)",
-              registry=r).set_function(lambda: engine.kv_usage)
-        Gauge("llmctl_slots", "Slots: requests the engine decodes together", registry=r).set(engine.parallel)
+            r = self.registry
+            tokens = Histogram("llmctl_batch_tokens", "Tokens in each llama_decode (prompt chunks and next tokens)",
+                               buckets=BATCH_TOKEN_BUCKETS, registry=r)
+            seqs = Histogram("llmctl_batch_sequences", "Requests (slots) in each llama_decode",
+                             buckets=BATCH_SEQ_BUCKETS, registry=r)
+            decodes = Counter("llmctl_decode_calls", "llama_decode calls", registry=r)
+            cached = Counter("llmctl_prompt_tokens_cached", "Prompt tokens served from a slot's KV cache, not decoded",
+                             registry=r)
+            Gauge("llmctl_kv_cache_usage_ratio", "Share of the KV cache cells holding tokens (busy and idle slots)",
+                  registry=r).set_function(self._kv_usage)
+            Gauge("llmctl_slots", "Slots: requests the engine decodes together", registry=r).set(engine.parallel)
 
-        def on_step(step: Any) -> None:
-            tokens.observe(step.tokens)
-            seqs.observe(step.sequences)
-            decodes.inc()
+            def on_step(step: Any) -> None:
+                tokens.observe(step.tokens)
+                seqs.observe(step.sequences)
+                decodes.inc()
 
-        engine.on_step = on_step
-        engine.on_cached = cached.inc
+            self._batch = (on_step, cached.inc)
+        self._engines = engines or (lambda: [engine])
+        engine.on_step, engine.on_cached = self._batch
+
+    def _kv_usage(self) -> float:
+        usages = [e.kv_usage for e in self._engines() if hasattr(e, "kv_usage")]
+        return sum(usages) / len(usages) if usages else 0.0
 
     def set_gpu_offload(self, active: bool) -> None:
         """GPU services only (a CPU service exports no such series): 1 when llama.cpp can offload

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from llmctl import sdnotify
 from llmctl.errors import OperationFailed
 from llmctl.schema import CONNECTION_OVERFLOW, FD_HEADROOM
+from llmctl.serve.engine import EngineError
 from llmctl.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -227,6 +228,18 @@ def log_config(level: str = "info") -> dict:
     }
 
 
+def model_logger(log: logging.Logger) -> Callable[..., None]:
+    """The pool's events (loading, loaded, unloading, unloaded, load failed) as log lines."""
+
+    def on_event(event: str, model: str, level: str = "info", **fields: object) -> None:
+        what = event.removeprefix("model_").replace("_", " ")
+        extra = ", ".join(f"{k} {v}" for k, v in fields.items())
+        log.log(logging.ERROR if level == "error" else logging.INFO,
+                f"model '{model}' {what}" + (f" ({extra})" if extra else ""))
+
+    return on_event
+
+
 @dataclass(frozen=True)
 class RunResult:
     exit_code: int
@@ -241,13 +254,19 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
 
     from llmctl.serve.app import create_app
     from llmctl.serve.batch import Engine
+    from llmctl.serve.pool import ModelPool, slots_of
 
     from prometheus_client import Counter
 
     log = logging.getLogger("llmctl.serve")
-    engine = Engine(settings)
-    app, ctx = create_app(settings, engine, router=router)
-    ctx.metrics.attach_engine(engine)
+    pool = ModelPool(settings, Engine)
+    pool.on_event = model_logger(log)
+    app, ctx = create_app(settings, pool, router=router)
+    pool.on_engine = lambda name, engine: ctx.metrics.attach_engine(engine, engines=pool.engines)
+    for m in pool.entries.values():
+        if pool.pool.memory_budget is not None and m.estimate > pool.pool.memory_budget:
+            warnings = (*warnings, (f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more "
+                                    f"than memory_budget ({pool.pool.memory_budget >> 20} MiB): requests for it get 503"))
     limits = settings.limits
     open_files = ensure_open_files(limits.open_files)
     served, max_open = connection_caps(settings, open_files)
@@ -327,46 +346,67 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         log.info(f"API keys: {len(settings.api_keys)} from {settings.api_keys_source}")
 
     async def supervise() -> None:
-        """Load once listening (a busy port costs no model load); READY=1 once loaded;
-        WATCHDOG=1 while the worker is healthy."""
+        """Load once listening (a busy port costs no model load): the pinned and preload models;
+        READY=1 once loaded; WATCHDOG=1 while every loaded model's worker is healthy."""
         while not server.started:
             if server.should_exit:
                 return
             await asyncio.sleep(0.01)
-        engine.start()
-        while not engine.loaded.is_set():
+        loading = asyncio.ensure_future(pool.preload())
+        while not loading.done():
             if server.should_exit:
+                loading.cancel()
                 return
-            if engine.loaded.is_set() and engine.state == "failed":
-                break
             await asyncio.sleep(0.05)
-        if engine.state == "failed":
-            err = engine.error
-            failure.append(f"could not load {settings.model_path}: {type(err).__name__}: {err}")
+        try:
+            notes = loading.result()
+        except EngineError:
+            entry = next((pool.entries[n] for n in settings.preload if pool.entries[n].error), None)
+            failed = entry.model.path if entry is not None else settings.model_path
+            failure.append(f"could not load {failed}: {entry.error if entry is not None else 'unknown error'}")
             log.error(failure[-1])
+            ctx.preload_error = failure[-1]
             ctx.shutting_down = True
             server.should_exit = True
             return
-        ctx.metrics.load_seconds.set(engine.load_seconds or 0.0)
-        if engine.gpu_offload is not None:
-            ctx.metrics.set_gpu_offload(engine.gpu_offload)
-        log.info(f"ready: model '{settings.model_name}' on http://{settings.host}:{settings.port} "
-                 f"(loaded in {engine.load_seconds:.2f}s)")
-        kv = engine.kv_bytes
-        log.info(f"{engine.parallel} slots of {settings.n_ctx} tokens: "
-                 + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this)"
-                    if kv else "KV cache size unknown"))
-        notify("READY=1", f"STATUS=serving {settings.model_name} on {settings.host}:{settings.port}")
-        interval = sdnotify.watchdog_interval_s()
-        if interval is None:
-            return
-        stuck_after = max(STUCK_AFTER_S, 4 * interval)
-        while not server.should_exit:
-            if engine.alive(stuck_after):
-                notify("WATCHDOG=1")
-            else:
-                log.error("the engine's worker is not making progress; not petting the watchdog")
-            await asyncio.sleep(interval)
+        for line in notes:
+            log.error(line)
+        ctx.preloaded = True
+        default = pool.entries[pool.default]
+        engine = default.engine
+        if engine is not None:
+            ctx.metrics.load_seconds.set(default.load_seconds or 0.0)
+            if getattr(engine, "gpu_offload", None) is not None:
+                ctx.metrics.set_gpu_offload(engine.gpu_offload)
+        where = f"http://{settings.host}:{settings.port}"
+        if pool.single and default.load_seconds is not None:
+            log.info(f"ready: model '{settings.model_name}' on {where} (loaded in {default.load_seconds:.2f}s)")
+        else:
+            loaded = ", ".join(e.name for e in pool.loaded()) or "none yet"
+            log.info(f"ready: models {', '.join(pool.entries)} on {where} (loaded: {loaded})")
+        if engine is not None:
+            kv = getattr(engine, "kv_bytes", None)
+            log.info(f"{slots_of(settings, engine)} slots of {settings.n_ctx} tokens: "
+                     + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this"
+                        + (", for each model loaded at once)" if not pool.single else ")")
+                        if kv else "KV cache size unknown"))
+        names = settings.model_name if pool.single else ", ".join(pool.entries)
+        notify("READY=1", f"STATUS=serving {names} on {settings.host}:{settings.port}")
+        reaper = asyncio.ensure_future(pool.reap())
+        try:
+            interval = sdnotify.watchdog_interval_s()
+            if interval is None:
+                await reaper
+                return
+            stuck_after = max(STUCK_AFTER_S, 4 * interval)
+            while not server.should_exit:
+                if all(e.alive(stuck_after) for e in pool.engines() if e.state == "ready"):
+                    notify("WATCHDOG=1")
+                else:
+                    log.error("a model's worker is not making progress; not petting the watchdog")
+                await asyncio.sleep(interval)
+        finally:
+            reaper.cancel()
 
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(accept_error_handler(log))
@@ -387,7 +427,7 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         if exc.code not in (0, None):
             raise OperationFailed(f"could not listen on {settings.host}:{settings.port}",
                                   hint="is another server using the port? see the log line above") from None
-    stopped = engine.stop(5.0)  # the running job was cancelled with its request: this is quick
+    stopped = pool.close(5.0)  # the running jobs were cancelled with their requests: this is quick
     if not stopped:
         log.warning("the model worker did not stop in time; exiting anyway")
     if failure:

@@ -221,8 +221,11 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
     for name in chosen:
         spec = config.services[name]
         unit = unit_name(name, spec)
-        model = model_file(config, spec.model, options.paths, models_dir)
-        argv = [*base, "serve", name, "--model", str(model)]
+        # Every model the service serves, each by its file (one --model each; the first is the default).
+        model_files = [model_file(config, ref, options.paths, models_dir) for ref in spec.served_models]
+        argv = [*base, "serve", name]
+        for path in model_files:
+            argv += ["--model", str(path)]
         hosts = [spec.host]
         ctx = {
             "header": _header("#", options.config_path, f"service '{name}'"),
@@ -257,11 +260,12 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         }
         if system:
             for label, p in (("the llmctl path", options.llmctl), ("the config file", options.config_path),
-                             ("the model", str(model))):
+                             *(("the model", str(f)) for f in model_files)):
                 if p.startswith(("/home/", "/root/", "/run/user/")):
                     warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides "
                                     f"from {unit}")
-        warnings += _readable_warnings(unit, name, spec.model, options, system)
+        for ref in spec.served_models:
+            warnings += _readable_warnings(unit, name, ref, options, system)
         content = env.render("systemd", "server.service.j2", ctx)
         files.append(RenderedFile(unit, "service", _unit_rel(unit, system), content, service=name))
 

@@ -14,7 +14,7 @@ from llmctl import __version__
 from llmctl.cli.app import app
 
 runner = CliRunner()
-GROUPS = ["models", "systemd", "monitoring", "k8s", "health", "bench", "serve", "config", "usage"]
+GROUPS = ["models", "systemd", "monitoring", "k8s", "health", "bench", "serve", "ps", "config", "usage"]
 HEAVY = ["httpx", "huggingface_hub", "llama_cpp", "jinja2", "prometheus_client", "yaml", "pydantic",
          "fastapi", "uvicorn", "filelock", "psutil"]
 

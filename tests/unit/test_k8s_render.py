@@ -508,6 +508,7 @@ def test_templates_cannot_print_a_value_without_the_yaml_filter():
     ({"a": {"model": "smoke", "public_health": False}}, "services.a.public_health: must be true"),
     ({"a": {"model": "smoke", "memory_max": None}}, "services.a.memory_max: Kubernetes needs a memory limit"),
     ({"a": {"model": "nope"}}, "services.a.model: 'nope' is not in models:"),
+    ({"a": {"models": ["smoke", "other"]}}, "services.a.models: k8s render serves one model per pod"),
 ])
 def test_bad_services_are_refused_naming_the_key(services, message):
     with pytest.raises(ConfigError, match=message) as exc:

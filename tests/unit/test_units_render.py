@@ -99,6 +99,17 @@ def test_exec_start_uses_absolute_paths_and_the_store_layout(home: Path):
     assert gpu[-1] == "/var/lib/llmctl/models/llama-1b/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 
 
+def test_exec_start_names_every_model_of_a_multi_model_service(home: Path, tmp_path: Path):
+    config = tmp_path / "multi.yaml"
+    config.write_text("version: 1\nmodels:\n  llama-1b:\n    repo: bartowski/Llama-3.2-1B-Instruct-GGUF\n"
+                      "    file: Llama-3.2-1B-Instruct-Q4_K_M.gguf\n"
+                      "services:\n  multi:\n    models: [smoke, llama-1b]\n    max_loaded: 1\n")
+    unit = _render(config, home).get("llmctl-multi.service").content
+    assert _unit(unit, "ExecStart")[0].split()[4:] == [
+        "serve", "multi", "--model", "/var/lib/llmctl/models/smoke/gemma-3-270m-q4_k_m.gguf",
+        "--model", "/var/lib/llmctl/models/llama-1b/Llama-3.2-1B-Instruct-Q4_K_M.gguf"]
+
+
 def test_exec_start_uses_the_lock_entrys_path_when_installed(home: Path):
     (home / "models.lock").write_text(json.dumps({"version": 1, "models": {"llama-1b": {
         "file": "Llama-3.2-1B-Instruct-Q4_K_M.gguf", "path": "llama-1b/renamed.gguf", "size": 1,
