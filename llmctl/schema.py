@@ -146,6 +146,7 @@ class ServiceSpec(Strict):
     n_batch: int = Field(512, ge=1)
     parallel: int = Field(4, ge=1, le=MAX_PARALLEL)  # slots: requests decoded together, n_ctx each
     swa_full: bool = True  # sliding-window models: full-size KV for those layers (prefix reuse) or window only
+    prompt_cache_mib: int = Field(1024, ge=0)  # host memory for evicted slots' prompt KV (llama-server's --cache-ram); 0: off
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)  # -1 = all layers
     gpu: bool = False

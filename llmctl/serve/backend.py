@@ -183,6 +183,22 @@ class Backend:
     def seq_pos_min(self, seq: int) -> int:
         return int(self._C.llama_memory_seq_pos_min(self.memory, seq))
 
+    def state_save(self, seq: int) -> tuple[Any, int]:
+        """A copy of the sequence's KV (keys, values, positions) for the host prompt cache: the
+        buffer and the bytes used in it (kept as a ctypes array: no second copy to load it back)."""
+        size = int(self._C.llama_state_seq_get_size(self.ctx, seq))
+        buf = (ctypes.c_uint8 * size)()
+        return buf, int(self._C.llama_state_seq_get_data(self.ctx, buf, size, seq))
+
+    def state_load(self, seq: int, state: tuple[Any, int]) -> bool:
+        """Replace the sequence's KV with a saved copy; False when llama.cpp refuses it (no room)."""
+        buf, n = state
+        self.seq_rm(seq, 0, -1)
+        if int(self._C.llama_state_seq_set_data(self.ctx, buf, n, seq)) > 0:
+            return True
+        self.seq_rm(seq, 0, -1)
+        return False
+
     def clear(self) -> None:
         self._C.llama_memory_clear(self.memory, True)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmctl.serve.promptcache import MIN_SAVE, PromptCache, common_prefix
 from llmctl.serve.engine import (
     _END,
     BadRequest,
@@ -117,14 +118,6 @@ def _deliver(items: list[tuple[Job, Any]]) -> None:
             job._chunks.put_nowait(item)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Engine:
     """`parallel` slots over one llama.cpp context; implements the Scheduler protocol."""
 
@@ -162,6 +155,7 @@ class Engine:
         self._embedder: Any = None
         self._chat: Any = None
         self._slots = [Slot(i) for i in range(self.parallel)]
+        self._prompt_cache = PromptCache(settings.prompt_cache_mib * 2**20)
         self._queue: deque[Job] = deque()
         self._outbox: list[tuple[Job, Any]] = []  # (job, chunk | error | _END | _Callback), in order
         self._lock = threading.Lock()
@@ -432,7 +426,7 @@ class Engine:
         spec = SamplingSpec.of(params, req.endpoint)
         sampler = self._backend.sampler(spec)  # BadRequest for a grammar llama.cpp refuses
         slot = self._pick_slot(tokens)
-        reuse = common_prefix(slot.cache, tokens)
+        reuse = self._from_host_cache(slot, tokens, common_prefix(slot.cache, tokens))
         if reuse >= len(tokens):
             reuse = len(tokens) - 1  # one token to decode, for the logits of the first sample
         if reuse > 0 and (self._backend.seq_pos_min(slot.id) > 0 or not self._backend.seq_rm(slot.id, reuse, -1)):
@@ -459,6 +453,27 @@ class Engine:
         slot.donor = None
         self._find_donor(slot, reuse)
         return slot, tokens, reuse
+
+    def _from_host_cache(self, slot: Slot, tokens: list[int], reuse: int) -> int:
+        """The host prompt cache (llmctl/serve/promptcache.py): save the slot's cached prompt before
+        it is lost, and load a saved one that shares a longer prefix with `tokens` than the slot
+        does. Returns the tokens of `tokens` the slot now holds."""
+        cache, backend = self._prompt_cache, self._backend
+        if cache.budget <= 0 or not hasattr(backend, "state_save"):
+            return reuse
+        found = cache.best(tokens)
+        load = found is not None and found[2] >= reuse + MIN_SHARED
+        if ((load or len(slot.cache) - reuse >= MIN_SAVE) and cache.wants(slot.cache)
+                and backend.seq_pos_min(slot.id) <= 0):  # a window-only SWA cache is no use to save
+            cache.put(slot.cache, backend.state_save(slot.id))
+        if found is None or not load:
+            return reuse
+        key, state, n = found
+        if not backend.state_load(slot.id, state):
+            slot.cache = []
+            return 0
+        slot.cache = list(key)
+        return n
 
     def _find_donor(self, slot: Slot, reuse: int) -> None:
         """Another slot that holds, or is decoding, a longer prefix of this prompt (requests that

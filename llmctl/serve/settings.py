@@ -70,6 +70,7 @@ class ServeSettings:
     tool_format: str | None = None  # llmctl.serve.tools.FORMATS; None: detected from the GGUF's chat template
     parallel: int = 4  # slots: requests decoded together, each with its own n_ctx
     swa_full: bool = True  # sliding-window layers keep every position (prefix reuse) or the window only
+    prompt_cache_mib: int = 1024  # host memory for the prompt KV of evicted slots (0: off)
     # Several models: every one (the first is model_name's), and how many may be loaded at once.
     # () is the one model above. Each model's engine gets for_model(m): these settings, its file.
     models: tuple[ServedModel, ...] = ()
@@ -202,6 +203,7 @@ def resolve_settings(
         tool_format=spec.tool_format,
         parallel=parallel or spec.parallel,
         swa_full=spec.swa_full,
+        prompt_cache_mib=spec.prompt_cache_mib,
         models=tuple(served) if len(served) > 1 else (),
         pool=PoolSettings(max_loaded=cap, memory_budget=spec.memory_budget, pinned=pinned,
                           keep_alive_s=spec.keep_alive_s, preload=preload),

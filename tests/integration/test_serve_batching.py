@@ -101,6 +101,28 @@ def test_a_shared_prefix_is_served_from_the_cache(served):
     assert second.usage.prompt_tokens > cached  # usage counts the whole prompt, cached or not
 
 
+def test_a_prefix_evicted_from_every_slot_comes_back_from_the_host_cache(served):
+    """More distinct prompts than slots overwrite a slot that held a long prompt; its KV was saved in host
+    memory first (promptcache.py) and a request sharing it decodes only the rest. The restored KV is
+    the same bytes as the slot held: the answer equals the one served from the slot itself."""
+    c = client(served)
+
+    def ask():
+        return c.chat.completions.create(model="smoke", max_tokens=6, temperature=0, messages=[
+            {"role": "user", "content": SHARED + " Do you sell screws?"}])
+
+    ask()
+    from_slot = ask()  # the whole prompt cached in its slot: only the last token decoded
+    for i in range(PARALLEL + 1):  # every slot taken by another prompt (least recently used first)
+        c.completions.create(model="smoke", prompt=f"{i} {CLEAR_PROMPTS[i % len(CLEAR_PROMPTS)]}", max_tokens=2,
+                             temperature=0)
+    cached0 = metric(scrape(served), "llmctl_prompt_tokens_cached_total")
+    from_host = ask()
+    cached = metric(scrape(served), "llmctl_prompt_tokens_cached_total") - cached0
+    assert cached >= from_host.usage.prompt_tokens - 1 > 100
+    assert from_host.choices[0].message.content == from_slot.choices[0].message.content
+
+
 def test_a_client_that_leaves_frees_its_slot_and_its_kv(served):
     kv0 = metric(scrape(served), "llmctl_kv_cache_usage_ratio")
     with httpx.Client(timeout=120) as h, h.stream("POST", served.url + "/v1/completions", json={
