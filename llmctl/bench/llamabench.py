@@ -139,7 +139,7 @@ def value_string(field: str, value: Any) -> str:
     if kind == "BOOL" or isinstance(value, bool):
         return "1" if value else "0"
     if kind == "FLOAT":
-        return "%f" % float(value)
+        return f"{float(value):f}"
     if kind == "INT":
         return str(int(value))
     return str(value)
@@ -153,7 +153,7 @@ def _json_string(value: str) -> str:
         elif ch == "\\":
             out.append("\\\\")
         elif ord(ch) <= 0x1F:
-            out.append("\\u%04x" % ord(ch))
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
@@ -170,7 +170,7 @@ def _json_value(field: str, text: str) -> str:
 
 def _g(value: float) -> str:
     """C++ `ostream << double` (6 significant digits, %g)."""
-    return "%g" % value
+    return f"{value:g}"
 
 
 def _strings(row: Mapping[str, Any]) -> list[str]:

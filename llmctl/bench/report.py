@@ -130,8 +130,8 @@ def host_lines(report: BenchReport) -> list[str]:
     ram = f"{h.ram_bytes / 1024**3:.1f} GiB" if h.ram_bytes else "?"
     lines = [
         f"host: {h.cpu_model}, {h.cpu_cores_physical} cores / {h.cpu_cores_logical} threads, RAM {ram}, GPU {gpu}",
-        f"      {h.os} (kernel {h.kernel}), Python {h.python}, llmctl {h.llmctl_version}, "
-        f"llama-cpp-python {h.llama_cpp_python_version or '-'}",
+        (f"      {h.os} (kernel {h.kernel}), Python {h.python}, llmctl {h.llmctl_version}, "
+         f"llama-cpp-python {h.llama_cpp_python_version or '-'}"),
     ]
     if h.simd:
         lines.append(f"      build features: {' '.join(h.simd)}")

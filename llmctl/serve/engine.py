@@ -155,7 +155,7 @@ class Job:
     async def wait_started(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.cancel()
             raise QueueTimeout(f"no model slot within {timeout:g}s; try again later") from None
 

@@ -11,7 +11,7 @@ import pytest
 
 from llmctl.bench import gates as G
 from llmctl.bench import llamabench as LB
-from llmctl.bench.report import engine_markdown, render
+from llmctl.bench.report import render
 from llmctl.bench.results import (
     BenchReport, EndpointResult, EngineResult, HostInfo, Latency, mean, percentile, sample_stddev,
 )

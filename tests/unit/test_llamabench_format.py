@@ -84,7 +84,7 @@ def test_every_format_reads_back_the_same_rows(tmp_path):
 def test_statistics_are_llama_benchs():
     for rec, r in zip(json.loads((DATA / "run1.json").read_text()), results_from(DATA / "run1.json")):
         assert (r.avg_ns, r.stddev_ns) == (rec["avg_ns"], rec["stddev_ns"])
-        assert "%f" % r.avg_ts == "%f" % rec["avg_ts"] and "%f" % r.stddev_ts == "%f" % rec["stddev_ts"]
+        assert f"{r.avg_ts:f}" == f"{rec['avg_ts']:f}" and f"{r.stddev_ts:f}" == f"{rec['stddev_ts']:f}"
 
 
 def test_hostile_strings_stay_valid():
