@@ -37,13 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import ratio_line, steal_seconds  # noqa: E402
 
 TARGET_CPU_S = 0.25
-BARE = ("import http.client\n"
-        "try:\n"
-        "    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n"
-        "    c.request('GET', '/health')\n"
-        "    c.getresponse().read()\n"
-        "except OSError:\n"
-        "    pass\n")
+BARE = (
+    "import http.client\n"
+    "try:\n"
+    "    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n"
+    "    c.request('GET', '/health')\n"
+    "    c.getresponse().read()\n"
+    "except OSError:\n"
+    "    pass\n"
+)
 
 
 def closed_port() -> int:
@@ -56,8 +58,16 @@ def run(argv: Sequence[str], env: dict[str, str], expect: tuple[int, ...]) -> tu
     """(CPU seconds, max RSS MiB) of one fresh process."""
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawn(argv[0], list(argv), env, file_actions=[
-            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
+        pid = os.posix_spawn(
+            argv[0],
+            list(argv),
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2),
+            ],
+        )
     finally:
         os.close(devnull)
     _, status, usage = os.wait4(pid, 0)
@@ -70,8 +80,10 @@ def run(argv: Sequence[str], env: dict[str, str], expect: tuple[int, ...]) -> tu
 def describe(label: str, samples: list[tuple[float, float]]) -> str:
     cpu = [c for c, _ in samples]
     rss = [r for _, r in samples]
-    return (f"{label:34s} CPU median {statistics.median(cpu) * 1000:6.1f} ms  min {min(cpu) * 1000:6.1f} ms   "
-            f"max RSS median {statistics.median(rss):5.1f} MiB  (n={len(samples)})")
+    return (
+        f"{label:34s} CPU median {statistics.median(cpu) * 1000:6.1f} ms  min {min(cpu) * 1000:6.1f} ms   "
+        f"max RSS median {statistics.median(rss):5.1f} MiB  (n={len(samples)})"
+    )
 
 
 def main() -> None:
@@ -105,8 +117,11 @@ def main() -> None:
             return run(bare, env, (0,))
 
         first, second = (b, b) if args.aa else (a, b)
-        names = ("bare probe (A/A, first arm)", "bare probe (A/A, second arm)") if args.aa else (
-            "llmctl health" + (" (first run)" if args.first else ""), "bare http.client probe")
+        names = (
+            ("bare probe (A/A, first arm)", "bare probe (A/A, second arm)")
+            if args.aa
+            else ("llmctl health" + (" (first run)" if args.first else ""), "bare http.client probe")
+        )
         run(health, env, (2,))  # warm-up: the page cache, and the cached plan unless --first
         b()
         samples: dict[str, list[tuple[float, float]]] = {names[0]: [], names[1]: []}
@@ -119,26 +134,45 @@ def main() -> None:
             ratios.append((x1[0] + x2[0]) / (y1[0] + y2[0]))
         extra = {}
         if args.help_too:
-            extra["llmctl --help"] = [run([args.python, "-P", "-m", "llmctl", "--help"], env, (0,))
-                                      for _ in range(args.rounds)]
-            extra["llmctl health --help"] = [run([args.python, "-P", "-m", "llmctl", "health", "--help"], env, (0,))
-                                             for _ in range(args.rounds)]
+            extra["llmctl --help"] = [
+                run([args.python, "-P", "-m", "llmctl", "--help"], env, (0,)) for _ in range(args.rounds)
+            ]
+            extra["llmctl health --help"] = [
+                run([args.python, "-P", "-m", "llmctl", "health", "--help"], env, (0,)) for _ in range(args.rounds)
+            ]
         load1, steal1 = os.getloadavg()[0], steal_seconds()
-        cached = ("n/a" if args.aa else "no (--first)" if args.first else
-                  "yes" if plan.is_file() else "no: this llmctl wrote none")
+        cached = (
+            "n/a"
+            if args.aa
+            else "no (--first)"
+            if args.first
+            else "yes"
+            if plan.is_file()
+            else "no: this llmctl wrote none"
+        )
 
-    print(f"python {args.python}" + (f", PYTHONPATH {args.pythonpath}" if args.pythonpath else "")
-          + f"; {args.rounds} ABBA rounds; closed port {port}; plan cached: {cached}")
+    print(
+        f"python {args.python}"
+        + (f", PYTHONPATH {args.pythonpath}" if args.pythonpath else "")
+        + f"; {args.rounds} ABBA rounds; closed port {port}; plan cached: {cached}"
+    )
     for label, values in (*samples.items(), *extra.items()):
         print(describe(label, values))
     print(f"load average {load0:.1f} -> {load1:.1f}, steal {steal1 - steal0:.1f} s, {os.cpu_count()} CPUs")
     cpu_a = statistics.median(c for c, _ in samples[names[0]])
-    print(ratio_line(f"CPU {names[0]} / {names[1]} (median of {args.rounds} paired rounds)",
-                     statistics.median(ratios), "about 1" if args.aa else "informational"))
+    print(
+        ratio_line(
+            f"CPU {names[0]} / {names[1]} (median of {args.rounds} paired rounds)",
+            statistics.median(ratios),
+            "about 1" if args.aa else "informational",
+        )
+    )
     if not args.aa:
         verdict = "met" if cpu_a <= TARGET_CPU_S else "NOT met"
-        print(f"CPU {names[0]}: {cpu_a:.3f} s (median of {len(samples[names[0]])} runs; target <= "
-              f"{TARGET_CPU_S} s: {verdict})")
+        print(
+            f"CPU {names[0]}: {cpu_a:.3f} s (median of {len(samples[names[0]])} runs; target <= "
+            f"{TARGET_CPU_S} s: {verdict})"
+        )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,30 @@ def smoke_path(env: dict) -> Path:
 
 def llmctl_tg(n_gen: int, reps: int, threads: int, n_ctx: int, env: dict) -> list[float]:
     out = subprocess.run(
-        [sys.executable, "-m", "llmctl", "bench", "smoke", "-p", "0", "-n", str(n_gen), "-r", str(reps),
-         "-t", str(threads), "--ctx", str(n_ctx), "-o", "json", "-q"],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            "-m",
+            "llmctl",
+            "bench",
+            "smoke",
+            "-p",
+            "0",
+            "-n",
+            str(n_gen),
+            "-r",
+            str(reps),
+            "-t",
+            str(threads),
+            "--ctx",
+            str(n_ctx),
+            "-o",
+            "json",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     return list(json.loads(out)[0]["samples_ts"])  # -o json: llama-bench's array of rows
 
@@ -72,8 +93,15 @@ def plain_loop(path: Path, threads: int, n_ctx: int, repack: bool):
 
     L.llama_model_default_params = model_params
     try:
-        llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=2048, n_threads=threads, n_threads_batch=threads,
-                              swa_full=False, verbose=False)
+        llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_batch=2048,
+            n_threads=threads,
+            n_threads_batch=threads,
+            swa_full=False,
+            verbose=False,
+        )
     finally:
         L.llama_model_default_params = default_params
     bos = llm.token_bos()
@@ -93,9 +121,22 @@ def plain_loop(path: Path, threads: int, n_ctx: int, repack: bool):
 
 def plain_tg(path: Path, n_gen: int, reps: int, threads: int, n_ctx: int, env: dict) -> list[float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--plain-child", str(path), "--n-gen", str(n_gen), "--reps", str(reps),
-         "--threads", str(threads)],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            __file__,
+            "--plain-child",
+            str(path),
+            "--n-gen",
+            str(n_gen),
+            "--reps",
+            str(reps),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -106,8 +147,9 @@ def engine_figures(argv: list[str], env: dict) -> dict[str, float]:
     from llmctl.bench.llamabench import test_name
 
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
-    return {test_name(r["n_prompt"], r["n_gen"], r["n_depth"]): statistics.median(r["samples_ts"])
-            for r in json.loads(out)}
+    return {
+        test_name(r["n_prompt"], r["n_gen"], r["n_depth"]): statistics.median(r["samples_ts"]) for r in json.loads(out)
+    }
 
 
 def versus_llama_bench(args, path: Path, env: dict, repack: bool) -> None:
@@ -116,16 +158,54 @@ def versus_llama_bench(args, path: Path, env: dict, repack: bool) -> None:
         from llamacpp_build import build_llama_bench
 
         args.llama_bench = str(build_llama_bench())
-    common = ["-p", str(args.n_prompt), "-n", str(args.n_gen), "-r", str(args.reps), "-t", str(args.threads),
-              "-d", f"0,{args.depth}" if args.depth else "0"]
+    common = [
+        "-p",
+        str(args.n_prompt),
+        "-n",
+        str(args.n_gen),
+        "-r",
+        str(args.reps),
+        "-t",
+        str(args.threads),
+        "-d",
+        f"0,{args.depth}" if args.depth else "0",
+    ]
     if args.pg:
         common += ["-pg", args.pg]
-    theirs_argv = [args.llama_bench, "-m", str(path), *common, "-ngl", "0", "-fa", "0",
-                   "--repack", "1" if repack else "0", "-o", "json"]
-    ours_argv = [sys.executable, "-m", "llmctl", "bench", str(path), *common, "-ngl", "0", "-fa", "0",
-                 "--repack" if repack else "--no-repack", "-o", "json", "-q"]
-    arms = {"llama-bench (A/A)" if args.aa else "llmctl bench": theirs_argv if args.aa else ours_argv,
-            "llama-bench": theirs_argv}
+    theirs_argv = [
+        args.llama_bench,
+        "-m",
+        str(path),
+        *common,
+        "-ngl",
+        "0",
+        "-fa",
+        "0",
+        "--repack",
+        "1" if repack else "0",
+        "-o",
+        "json",
+    ]
+    ours_argv = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "bench",
+        str(path),
+        *common,
+        "-ngl",
+        "0",
+        "-fa",
+        "0",
+        "--repack" if repack else "--no-repack",
+        "-o",
+        "json",
+        "-q",
+    ]
+    arms = {
+        "llama-bench (A/A)" if args.aa else "llmctl bench": theirs_argv if args.aa else ours_argv,
+        "llama-bench": theirs_argv,
+    }
     a_name, b_name = list(arms)
     runs: dict[str, list[dict[str, float]]] = {a_name: [], b_name: []}
     loads: list[float] = []
@@ -139,20 +219,31 @@ def versus_llama_bench(args, path: Path, env: dict, repack: bool) -> None:
             steal[name] += steal_ticks() - s0
         print(f"round {rnd + 1}/{args.rounds} done (load {loads[-1]:.1f})", file=sys.stderr)
     tick = os.sysconf("SC_CLK_TCK")
-    print(f"model: {path.name}, threads {args.threads}, repack {'on' if repack else 'off'}, flash attention off, "
-          f"{args.rounds} rounds (ABBA) x {args.reps} repetitions")
-    print(f"machine: {os.cpu_count()} CPUs, 1-min load at each run: median {statistics.median(loads):.1f} "
-          f"(min {min(loads):.1f}, max {max(loads):.1f}); steal {steal[a_name] / tick:.1f} s during {a_name}, "
-          f"{steal[b_name] / tick:.1f} s during {b_name}")
+    print(
+        f"model: {path.name}, threads {args.threads}, repack {'on' if repack else 'off'}, flash attention off, "
+        f"{args.rounds} rounds (ABBA) x {args.reps} repetitions"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, 1-min load at each run: median {statistics.median(loads):.1f} "
+        f"(min {min(loads):.1f}, max {max(loads):.1f}); steal {steal[a_name] / tick:.1f} s during {a_name}, "
+        f"{steal[b_name] / tick:.1f} s during {b_name}"
+    )
     for test in runs[b_name][0]:
         a = [r[test] for r in runs[a_name]]
         b = [r[test] for r in runs[b_name]]
         ratios = [x / y for x, y in zip(a, b)]
         low, high = bootstrap_median(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
-        print(f"{test:>16}: {a_name} median {statistics.median(a):8.2f} t/s, {b_name} median "
-              f"{statistics.median(b):8.2f} t/s, paired ratios {' '.join(f'{x:.2f}' for x in ratios)}")
-        print(ratio_line(f"{a_name} {test} t/s / llama-bench {test} t/s (95% CI {low:.3f}-{high:.3f})",
-                         statistics.median(ratios), "0.95-1.05"))
+        print(
+            f"{test:>16}: {a_name} median {statistics.median(a):8.2f} t/s, {b_name} median "
+            f"{statistics.median(b):8.2f} t/s, paired ratios {' '.join(f'{x:.2f}' for x in ratios)}"
+        )
+        print(
+            ratio_line(
+                f"{a_name} {test} t/s / llama-bench {test} t/s (95% CI {low:.3f}-{high:.3f})",
+                statistics.median(ratios),
+                "0.95-1.05",
+            )
+        )
 
 
 def main() -> None:
@@ -165,8 +256,13 @@ def main() -> None:
     ap.add_argument("--pg", default="32,8", help="with --llama-bench: the pp+tg test (-pg), '' for none")
     ap.add_argument("--depth", type=int, default=128, help="with --llama-bench: every test again at this depth (-d)")
     ap.add_argument("--aa", action="store_true", help="with --llama-bench: llama-bench against itself (noise)")
-    ap.add_argument("--llama-bench", metavar="PATH", nargs="?", const="build",
-                    help="compare with llama.cpp's llama-bench instead (no PATH: build it, see llamacpp_build.py)")
+    ap.add_argument(
+        "--llama-bench",
+        metavar="PATH",
+        nargs="?",
+        const="build",
+        help="compare with llama.cpp's llama-bench instead (no PATH: build it, see llamacpp_build.py)",
+    )
     ap.add_argument("--plain-child", metavar="GGUF", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n_ctx = 256 if args.n_gen < 256 else args.n_gen + 1
@@ -189,15 +285,22 @@ def main() -> None:
     for rnd in range(args.rounds):
         ours += llmctl_tg(args.n_gen, args.reps, args.threads, n_ctx, env)
         plain += plain_tg(path, args.n_gen, args.reps, args.threads, n_ctx, env)
-        print(f"round {rnd + 1}/{args.rounds}: llmctl bench {statistics.median(ours):.2f} t/s, "
-              f"plain loop {statistics.median(plain):.2f} t/s (medians so far)", file=sys.stderr)
+        print(
+            f"round {rnd + 1}/{args.rounds}: llmctl bench {statistics.median(ours):.2f} t/s, "
+            f"plain loop {statistics.median(plain):.2f} t/s (medians so far)",
+            file=sys.stderr,
+        )
     m_ours, m_plain = statistics.median(ours), statistics.median(plain)
-    print(f"model: {path.name}, threads {args.threads}, n_ctx {n_ctx}, tg{args.n_gen}, "
-          f"repack {'on' if repack else 'off'}")
-    print(f"llmctl bench tg{args.n_gen}:   median {m_ours:8.2f} t/s  (n={len(ours)}, "
-          f"min {min(ours):.2f}, max {max(ours):.2f})")
-    print(f"plain Llama.generate: median {m_plain:8.2f} t/s  (n={len(plain)}, "
-          f"min {min(plain):.2f}, max {max(plain):.2f})")
+    print(
+        f"model: {path.name}, threads {args.threads}, n_ctx {n_ctx}, tg{args.n_gen}, repack {'on' if repack else 'off'}"
+    )
+    print(
+        f"llmctl bench tg{args.n_gen}:   median {m_ours:8.2f} t/s  (n={len(ours)}, "
+        f"min {min(ours):.2f}, max {max(ours):.2f})"
+    )
+    print(
+        f"plain Llama.generate: median {m_plain:8.2f} t/s  (n={len(plain)}, min {min(plain):.2f}, max {max(plain):.2f})"
+    )
     print(ratio_line("llmctl bench tg t/s / plain llama-cpp-python loop tg t/s", m_ours / m_plain, ">= 1.0"))
 
 

@@ -30,8 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _util import bootstrap_median, ratio_line  # noqa: E402
 
 PROMPT = "Tell a short story about a lighthouse keeper and a storm."
-SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string"}},
-          "required": ["title", "story"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string"}},
+    "required": ["title", "story"],
+    "additionalProperties": False,
+}
 
 
 def once(client, max_tokens: int, grammar: bool) -> tuple[float, float]:
@@ -41,9 +45,15 @@ def once(client, max_tokens: int, grammar: bool) -> tuple[float, float]:
         kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "story", "schema": SCHEMA}}
     t0 = time.perf_counter()
     times: list[float] = []
-    for chunk in client.chat.completions.create(model="smoke", messages=[{"role": "user", "content": PROMPT}],
-                                                max_tokens=max_tokens, temperature=0.8, seed=7, stream=True,
-                                                **kw):
+    for chunk in client.chat.completions.create(
+        model="smoke",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=max_tokens,
+        temperature=0.8,
+        seed=7,
+        stream=True,
+        **kw,
+    ):
         if chunk.choices and chunk.choices[0].delta.content:
             times.append(time.perf_counter())
     if len(times) < 2:
@@ -72,10 +82,14 @@ def measure(client, rounds: int, max_tokens: int, b_grammar: bool) -> dict[str, 
 def report(server: str, name: str, m: dict[str, list[float]], max_tokens: int) -> float:
     med = statistics.median
     print(f"{server}: decode tokens/s, {max_tokens} tokens, {len(m['ratio'])} rounds (median [min-max]):")
-    print(f"  {'plain':24s} {med(m['plain']):8.1f}  [{min(m['plain']):.1f}-{max(m['plain']):.1f}]"
-          f"  first token {med(m['ttft_plain']) * 1000:.0f} ms")
-    print(f"  {name:24s} {med(m['other']):8.1f}  [{min(m['other']):.1f}-{max(m['other']):.1f}]"
-          f"  first token {med(m['ttft_other']) * 1000:.0f} ms")
+    print(
+        f"  {'plain':24s} {med(m['plain']):8.1f}  [{min(m['plain']):.1f}-{max(m['plain']):.1f}]"
+        f"  first token {med(m['ttft_plain']) * 1000:.0f} ms"
+    )
+    print(
+        f"  {name:24s} {med(m['other']):8.1f}  [{min(m['other']):.1f}-{max(m['other']):.1f}]"
+        f"  first token {med(m['ttft_other']) * 1000:.0f} ms"
+    )
     lo, hi = bootstrap_median(m["ratio"])
     print(f"  paired ratios: {', '.join(f'{x:.3f}' for x in m['ratio'])}  (95% CI of the median {lo:.3f}-{hi:.3f})")
     return med(m["ratio"])
@@ -87,8 +101,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--aa", action="store_true", help="plain against plain: the machine's noise")
-    ap.add_argument("--llama-server", metavar="PATH", nargs="?", const="build",
-                    help="also measure llama-server's grammar cost, the anchor (PATH, or built by llamacpp_build)")
+    ap.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        nargs="?",
+        const="build",
+        help="also measure llama-server's grammar cost, the anchor (PATH, or built by llamacpp_build)",
+    )
     args = ap.parse_args()
 
     import subprocess
@@ -109,26 +128,43 @@ def main() -> None:
         print("assembling the smoke model ...", file=sys.stderr)
         ensure_smoke(Store(Paths("home", store_root, store_root, store_root / "state", store_root / "cache")))
         service = f"n_threads: {args.threads}" if args.threads else ""
-        server = start_smoke(home / "serve", store_root, n_ctx=1024, service=service,
-                             limits="rate_limit_rpm: 0\nmax_tokens: 512")
+        server = start_smoke(
+            home / "serve", store_root, n_ctx=1024, service=service, limits="rate_limit_rpm: 0\nmax_tokens: 512"
+        )
         anchor: subprocess.Popen | None = None
         try:
             name = "plain (A/A)" if args.aa else "json_schema grammar"
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
-            ours = report("llmctl serve", name, measure(client, args.rounds, args.max_tokens, not args.aa),
-                          args.max_tokens)
+            ours = report(
+                "llmctl serve", name, measure(client, args.rounds, args.max_tokens, not args.aa), args.max_tokens
+            )
             print(ratio_line(f"llmctl serve decode tokens/s {name} / plain", ours, "~1.0" if args.aa else ">= 0.9"))
             if args.llama_server:
                 import llamacpp_build
 
-                binary = (llamacpp_build.build_llama_server() if args.llama_server == "build"
-                          else Path(args.llama_server))
+                binary = (
+                    llamacpp_build.build_llama_server() if args.llama_server == "build" else Path(args.llama_server)
+                )
                 port = free_port()
                 model = store_root / "models" / "smoke" / SMOKE_FILE
-                argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", "1",
-                        "-c", "1024", "--chat-template", "gemma", "--no-jinja",
-                        *(["-t", str(args.threads)] if args.threads else []),
-                        *llamacpp_build.llama_server_repack_args()]
+                argv = [
+                    str(binary),
+                    "-m",
+                    str(model),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "-np",
+                    "1",
+                    "-c",
+                    "1024",
+                    "--chat-template",
+                    "gemma",
+                    "--no-jinja",
+                    *(["-t", str(args.threads)] if args.threads else []),
+                    *llamacpp_build.llama_server_repack_args(),
+                ]
                 anchor = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for _ in range(1200):
                     try:
@@ -139,10 +175,10 @@ def main() -> None:
                     if anchor.poll() is not None:
                         raise SystemExit(f"llama-server exited {anchor.returncode}")
                     time.sleep(0.1)  # polling interval
-                lc = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
-                                   timeout=600)
-                theirs = report("llama-server", name, measure(lc, args.rounds, args.max_tokens, not args.aa),
-                                args.max_tokens)
+                lc = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+                theirs = report(
+                    "llama-server", name, measure(lc, args.rounds, args.max_tokens, not args.aa), args.max_tokens
+                )
                 print(ratio_line(f"llama-server decode tokens/s {name} / plain", theirs, "(the anchor)"))
                 print(ratio_line("grammar cost: llmctl's ratio / llama-server's", ours / theirs, ">= 0.9"))
         finally:

@@ -63,12 +63,16 @@ def main() -> None:
                     t0 = time.perf_counter()
                     proc = subprocess.run(
                         [sys.executable, "-m", "llmctl", "health", "--no-restart"],
-                        env=env, capture_output=True, text=True, cwd=ROOT,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
                     )
                     elapsed = time.perf_counter() - t0
                     if proc.returncode != expect:
                         raise SystemExit(f"unexpected exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
                     return elapsed
+
                 return _once
 
             candidates = {
@@ -84,15 +88,19 @@ def main() -> None:
             s.stop()
 
     worst_case = (args.retries + 1) * args.timeout + args.retries * args.retry_delay
-    print(f"probe policy: timeout {args.timeout:g}s, retries {args.retries}, delay {args.retry_delay:g}s"
-          f" -> a hung endpoint costs {worst_case:g}s plus process start")
+    print(
+        f"probe policy: timeout {args.timeout:g}s, retries {args.retries}, delay {args.retry_delay:g}s"
+        f" -> a hung endpoint costs {worst_case:g}s plus process start"
+    )
     for name, samples in res.items():
         print(f"{name:22s} {summary(samples)}")
     twenty = statistics.median(res["20 endpoints, 5 hung"])
     one = statistics.median(res["1 hung endpoint"])
     start = statistics.median(res["1 healthy endpoint"])
-    print(f"a serial checker would spend about 5 x {one - start:.1f} s = {5 * (one - start):.1f} s on the hung"
-          f" endpoints alone; this run spent {twenty - start:.1f} s beyond a healthy run")
+    print(
+        f"a serial checker would spend about 5 x {one - start:.1f} s = {5 * (one - start):.1f} s on the hung"
+        f" endpoints alone; this run spent {twenty - start:.1f} s beyond a healthy run"
+    )
     print(ratio_line("20 endpoints (5 hung) / 1 hung endpoint", twenty / one, "about 1, <= 1.5"))
 
 

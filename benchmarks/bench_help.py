@@ -41,6 +41,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
                 return time.perf_counter() - t0
+
             return _once
 
         candidates = {

@@ -61,8 +61,14 @@ def main() -> None:
         print(f"file: {blob.stat().st_size} bytes, mode {args.mode}{' (A/A)' if args.aa else ''}")
         (tmp / "config.yaml").write_text("version: 1\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCTL_", "HF_", "OLLAMA_"))}
-        env.update({"OLLAMA_MODELS": str(ollama), "HF_HUB_CACHE": str(tmp / "no-hf"),
-                    "LLMCTL_HOME": str(tmp / "home"), "LLMCTL_CONFIG": str(tmp / "config.yaml")})
+        env.update(
+            {
+                "OLLAMA_MODELS": str(ollama),
+                "HF_HUB_CACHE": str(tmp / "no-hf"),
+                "LLMCTL_HOME": str(tmp / "home"),
+                "LLMCTL_CONFIG": str(tmp / "config.yaml"),
+            }
+        )
         extra = ["--copy"] if args.mode == "copy" else []
 
         def timed(argv: list[str], cleanup: Path) -> float:
@@ -76,15 +82,18 @@ def main() -> None:
             return dt
 
         def llmctl() -> float:
-            return timed([sys.executable, "-m", "llmctl", "models", "import", "ollama:gemma3:270m", "--quiet",
-                          *extra], tmp / "home")
+            return timed(
+                [sys.executable, "-m", "llmctl", "models", "import", "ollama:gemma3:270m", "--quiet", *extra],
+                tmp / "home",
+            )
 
         def baseline() -> float:
             if args.mode == "link":
                 return timed(["openssl", "dgst", "-sha256", str(blob)], tmp / "none")
             dst = tmp / "copy.gguf"
-            return timed(["sh", "-c", 'cp "$1" "$2" && openssl dgst -sha256 "$2" && sync "$2"', "sh",
-                          str(blob), str(dst)], dst)
+            return timed(
+                ["sh", "-c", 'cp "$1" "$2" && openssl dgst -sha256 "$2" && sync "$2"', "sh", str(blob), str(dst)], dst
+            )
 
         a_name = "baseline (A)" if args.aa else f"llmctl models import{' --copy' if extra else ''}"
         b_name = "baseline (B)" if args.aa else ("openssl dgst" if args.mode == "link" else "cp + openssl dgst + sync")
@@ -104,8 +113,10 @@ def main() -> None:
         load1, steal1 = os.getloadavg()[0], steal_seconds()
     for name, s in samples.items():
         print(f"{name:32s} {summary(s)}")
-    print(f"load average {load0:.1f} -> {load1:.1f}, steal {steal1 - steal0:.1f} s, "
-          f"{os.cpu_count()} CPUs; pair ratios {' '.join(f'{r:.3f}' for r in ratios)}")
+    print(
+        f"load average {load0:.1f} -> {load1:.1f}, steal {steal1 - steal0:.1f} s, "
+        f"{os.cpu_count()} CPUs; pair ratios {' '.join(f'{r:.3f}' for r in ratios)}"
+    )
     target = "~ 1.0" if args.aa else ("<= 2.0" if args.mode == "link" else "<= 1.2")
     print(ratio_line(f"{a_name} / {b_name}", statistics.median(ratios), target))
 

@@ -125,21 +125,42 @@ def child(port: int, mode: str, home: str, cpu: int | None) -> None:
         model_path = Path(home) / "stub.gguf"
         loader = lambda s: InstantModel()  # noqa: E731
     settings = ServeSettings(
-        service=None, model_name="smoke", model_path=model_path, verified=True, host="127.0.0.1", port=port,
-        n_ctx=512, n_batch=512, n_threads=1, n_gpu_layers=0, flash_attn=False,
-        chat_format="gemma" if mode == "smoke" else None, embeddings=False, api_keys=(), api_keys_source=None,
-        public_health=True, public_metrics=True, shutdown_timeout_s=2,
-        limits=Limits(max_tokens=1, rate_limit_rpm=0, queue_length=64))
+        service=None,
+        model_name="smoke",
+        model_path=model_path,
+        verified=True,
+        host="127.0.0.1",
+        port=port,
+        n_ctx=512,
+        n_batch=512,
+        n_threads=1,
+        n_gpu_layers=0,
+        flash_attn=False,
+        chat_format="gemma" if mode == "smoke" else None,
+        embeddings=False,
+        api_keys=(),
+        api_keys_source=None,
+        public_health=True,
+        public_metrics=True,
+        shutdown_timeout_s=2,
+        limits=Limits(max_tokens=1, rate_limit_rpm=0, queue_length=64),
+    )
     engine = Engine(settings, loader=loader) if loader else Engine(settings)
     ledger = Ledger(Path(home) / f"usage-{port}.db")
     # The wiring `llmctl serve` does (upstreams/wiring.py), with the recorder switchable.
-    router = Router(routing_for(validate({}), None, {}), served_model="smoke", max_tokens=1,
-                    recorder=None, dropped=lambda: ledger.dropped)
+    router = Router(
+        routing_for(validate({}), None, {}),
+        served_model="smoke",
+        max_tokens=1,
+        recorder=None,
+        dropped=lambda: ledger.dropped,
+    )
     app, _ = create_app(settings, engine, access_log=lambda record: None, router=router)
     engine.start()
     engine.loaded.wait()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False)
+    )
 
     def control() -> None:
         for line in sys.stdin:
@@ -180,7 +201,9 @@ class Connection:
         head, _, rest = self.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(v) for k, _, v in (x.partition(b":") for x in lines[1:]) if k.strip().lower() == b"content-length")
+        length = next(
+            int(v) for k, _, v in (x.partition(b":") for x in lines[1:]) if k.strip().lower() == b"content-length"
+        )
         while len(rest) < length:
             rest += self._recv()
         self.buffer = rest[length:]
@@ -200,10 +223,13 @@ class Connection:
 
 
 def prepared_request(port: int) -> bytes:
-    body = json.dumps({"model": "smoke", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
-                       "temperature": 0}).encode()
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    body = json.dumps(
+        {"model": "smoke", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    ).encode()
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def one_round(connections: list[Connection], n: int, end: Callable[[], object] = lambda: None) -> float:
@@ -238,10 +264,22 @@ def recording_cost(n: int = 20000) -> float:
     from llmctl.upstreams.router import Router
     from llmctl.usage.ledger import Ledger
 
-    record = {"ts": "2026-01-01T00:00:00.000Z", "event": "access", "request_id": "abc", "client": "127.0.0.1",
-              "method": "POST", "path": "/v1/chat/completions", "status": 200, "duration_ms": 3.2,
-              "key_id": "key-0123456789ab", "stream": False, "prompt_tokens": 12, "completion_tokens": 1,
-              "route": "local", "model": "smoke"}
+    record = {
+        "ts": "2026-01-01T00:00:00.000Z",
+        "event": "access",
+        "request_id": "abc",
+        "client": "127.0.0.1",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "duration_ms": 3.2,
+        "key_id": "key-0123456789ab",
+        "stream": False,
+        "prompt_tokens": 12,
+        "completion_tokens": 1,
+        "route": "local",
+        "model": "smoke",
+    }
     with tempfile.TemporaryDirectory() as d:
         ledger = Ledger(Path(d) / "usage.db", maxsize=n + 10)
         router = Router(routing_for(validate({}), None, {}), served_model="smoke", recorder=ledger.record)
@@ -285,8 +323,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=150, help="ABBA pairs of rounds (one round per arm each)")
     ap.add_argument("--requests", type=int, default=200, help="requests per round")
     ap.add_argument("--clients", type=int, default=4, help="keep-alive connections, one client thread each")
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
-                    help="server on CPU 0, client on CPU 1")
+    ap.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="server on CPU 0, client on CPU 1",
+    )
     ap.add_argument("--aa", action="store_true", help="A/A check: both arms off; shows the noise of this design")
     ap.add_argument("--home", help="an LLMCTL_HOME whose store has the smoke model (mode smoke); default: a temp dir")
     ap.add_argument("--child", nargs=4, metavar=("PORT", "MODE", "HOME", "CPU"), help=argparse.SUPPRESS)
@@ -306,8 +348,14 @@ def main() -> None:
         root = Path(home)
         ensure_smoke(Store(Paths("home", root, root, root / "state", root / "cache")))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(port), args.mode, home, "0" if args.pin else "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(port), args.mode, home, "0" if args.pin else "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+        bufsize=1,
+    )
 
     def ask(command: str) -> str:
         proc.stdin.write(command + "\n")
@@ -328,7 +376,7 @@ def main() -> None:
         cpu = {a: 0.0, b: 0.0}
         steal = {a: 0, b: 0}
         for i in range(args.pairs):
-            for arm in ((a, b) if i % 2 == 0 else (b, a)):
+            for arm in (a, b) if i % 2 == 0 else (b, a):
                 ask(arm)
                 c0, s0 = float(ask("cpu")), steal_ticks()
                 rps[arm].append(one_round(connections, args.requests, lambda: ask("flush")))
@@ -339,20 +387,29 @@ def main() -> None:
         n = args.pairs * (args.requests // args.clients * args.clients)
         for arm in (a, b):
             samples = sorted(rps[arm])
-            print(f"ledger {arm:4s}  median {statistics.median(samples):7.1f} req/s  min {samples[0]:7.1f}  "
-                  f"p90 {samples[int(0.9 * (len(samples) - 1))]:7.1f}  max {samples[-1]:7.1f}  "
-                  f"server CPU {cpu[arm] / n * 1e6:6.1f} us/request  "
-                  f"steal {steal[arm] / os.sysconf('SC_CLK_TCK'):5.1f} s  (n={len(samples)}, mode {args.mode})")
+            print(
+                f"ledger {arm:4s}  median {statistics.median(samples):7.1f} req/s  min {samples[0]:7.1f}  "
+                f"p90 {samples[int(0.9 * (len(samples) - 1))]:7.1f}  max {samples[-1]:7.1f}  "
+                f"server CPU {cpu[arm] / n * 1e6:6.1f} us/request  "
+                f"steal {steal[arm] / os.sysconf('SC_CLK_TCK'):5.1f} s  (n={len(samples)}, mode {args.mode})"
+            )
         paired = [x / y for x, y in zip(rps[a], rps[b])]
         low, high = bootstrap_median(paired)
         total = sum(1 / r for r in rps[b]) / sum(1 / r for r in rps[a])  # equal requests per round
         print(f"ratio of total throughput {total:.3f}; server CPU per request {b} / {a}: {cpu[b] / cpu[a]:.3f}")
         label = "A/A check: off / off" if args.aa else "ledger on / off"
-        print(ratio_line(f"requests/s {label} ({args.mode}, median of {len(paired)} paired rounds, "
-                         f"95% CI {low:.3f}-{high:.3f})", statistics.median(paired), "~ 1.0" if args.aa else ">= 0.98"))
+        print(
+            ratio_line(
+                f"requests/s {label} ({args.mode}, median of {len(paired)} paired rounds, 95% CI {low:.3f}-{high:.3f})",
+                statistics.median(paired),
+                "~ 1.0" if args.aa else ">= 0.98",
+            )
+        )
         per_call = recording_cost()
-        print(f"recording one request in process: {per_call * 1e6:.1f} us of CPU (router.observe + ledger.record, "
-              f"writer thread included) = {per_call / (cpu['off'] / n):.2%} of the server's CPU per request")
+        print(
+            f"recording one request in process: {per_call * 1e6:.1f} us of CPU (router.observe + ledger.record, "
+            f"writer thread included) = {per_call / (cpu['off'] / n):.2%} of the server's CPU per request"
+        )
     finally:
         proc.stdin.close()
         try:

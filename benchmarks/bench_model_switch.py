@@ -92,9 +92,25 @@ def start(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
     env.update(LLMCTL_HOME=str(home), LLMCTL_CONFIG=str(home / "config.yaml"), NO_COLOR="1")
-    proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", *args, "--port", str(port),
-                             "--n-ctx", str(N_CTX), "--parallel", str(SLOTS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmctl",
+            "serve",
+            *args,
+            "--port",
+            str(port),
+            "--n-ctx",
+            str(N_CTX),
+            "--parallel",
+            str(SLOTS),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -117,8 +133,11 @@ def wait_healthy(proc: subprocess.Popen, url: str, deadline_s: float = 300.0) ->
 def one_token(url: str, model: str) -> None:
     import httpx
 
-    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 1,
-                                                  "temperature": 0}, timeout=300)
+    r = httpx.post(
+        url + "/v1/completions",
+        json={"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+        timeout=300,
+    )
     r.raise_for_status()
 
 
@@ -175,18 +194,42 @@ def main() -> None:
 
             def fresh_python() -> float:
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-c", FRESH_PYTHON.format(n_ctx=N_CTX), str(model_file)],
-                               check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, "-c", FRESH_PYTHON.format(n_ctx=N_CTX), str(model_file)],
+                    check=True,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 return time.perf_counter() - t0
 
             def fresh_llama_server() -> float:
                 assert binary is not None
                 port = free_port()
                 t0 = time.perf_counter()
-                proc = subprocess.Popen([str(binary), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port),
-                                         "-np", str(SLOTS), "-c", str(SLOTS * N_CTX), "-fa", "off", "--no-jinja",
-                                         "--chat-template", "gemma", *repack],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    [
+                        str(binary),
+                        "-m",
+                        str(model_file),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "-np",
+                        str(SLOTS),
+                        "-c",
+                        str(SLOTS * N_CTX),
+                        "-fa",
+                        "off",
+                        "--no-jinja",
+                        "--chat-template",
+                        "gemma",
+                        *repack,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 try:
                     u = f"http://127.0.0.1:{port}"
                     wait_healthy(proc, u)
@@ -197,8 +240,12 @@ def main() -> None:
 
             switch()  # the first switch also pays one-time costs (the second model's first page-ins)
             steal0, load0 = steal_ticks(), os.getloadavg()[0]
-            samples: dict[str, list[float]] = {"switch": [], "fresh_serve": [], "fresh_python": [],
-                                               "fresh_llama_server": []}
+            samples: dict[str, list[float]] = {
+                "switch": [],
+                "fresh_serve": [],
+                "fresh_python": [],
+                "fresh_llama_server": [],
+            }
             ratios_serve, ratios_python, ratios_server = [], [], []
             for _ in range(args.rounds):
                 if args.aa:
@@ -222,20 +269,28 @@ def main() -> None:
             steal_s = (steal_ticks() - steal0) / os.sysconf("SC_CLK_TCK")
         finally:
             stop(server)
-        print(f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; steal {steal_s:.1f} s; "
-              f"{os.cpu_count()} CPUs; n_ctx {N_CTX}; {args.rounds} rounds")
+        print(
+            f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; steal {steal_s:.1f} s; "
+            f"{os.cpu_count()} CPUs; n_ctx {N_CTX}; {args.rounds} rounds"
+        )
         for name, values in samples.items():
             if values:
-                print(f"{name:13s} median {statistics.median(values):7.3f} s  min {min(values):7.3f} s  "
-                      f"(n={len(values)})")
+                print(
+                    f"{name:13s} median {statistics.median(values):7.3f} s  min {min(values):7.3f} s  (n={len(values)})"
+                )
         if args.aa:
             print(ratio_line("model_switch_aa", statistics.median(ratios_serve), "1.0: the noise"))
             return
         print(ratio_line("model_switch_vs_fresh_serve", statistics.median(ratios_serve), "< 1"))
         print(ratio_line("model_switch_vs_fresh_python", statistics.median(ratios_python), "< 1"))
         if ratios_server:
-            print(ratio_line("model_switch_vs_fresh_llama_server", statistics.median(ratios_server),
-                             "< 1: llama-swap's way, in C++"))
+            print(
+                ratio_line(
+                    "model_switch_vs_fresh_llama_server",
+                    statistics.median(ratios_server),
+                    "< 1: llama-swap's way, in C++",
+                )
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

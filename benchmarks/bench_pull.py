@@ -52,16 +52,21 @@ def main() -> None:
         with FakeHub() as hub:
             hub.add(REPO, SMOKE_FILE, src, sha256=SMOKE_SHA256)
             base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCTL_", "HF_"))}
-            base_env.update({"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-                             "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+            base_env.update(
+                {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            )
             (tmp / "config.yaml").write_text("version: 1\n")
 
             def run_llmctl() -> float:
                 home = tmp / "llmctl-home"
                 env = {**base_env, "LLMCTL_HOME": str(home), "LLMCTL_CONFIG": str(tmp / "config.yaml")}
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "llmctl", "models", "pull", REPO, SMOKE_FILE, "--quiet"],
-                               env=env, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, "-m", "llmctl", "models", "pull", REPO, SMOKE_FILE, "--quiet"],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
                 dt = time.perf_counter() - t0
                 shutil.rmtree(home)
                 return dt
@@ -70,8 +75,13 @@ def main() -> None:
                 out = tmp / "hf-out"
                 env = {**base_env, "HF_HOME": str(tmp / "hf-home")}
                 t0 = time.perf_counter()
-                subprocess.run([hf, "download", REPO, SMOKE_FILE, "--local-dir", str(out)],
-                               env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [hf, "download", REPO, SMOKE_FILE, "--local-dir", str(out)],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 dt = time.perf_counter() - t0
                 shutil.rmtree(out)
                 shutil.rmtree(tmp / "hf-home", ignore_errors=True)

@@ -63,16 +63,47 @@ from _util import bootstrap_median, ratio_line, steal_ticks  # noqa: E402
 CANDIDATE, BASELINE = "llmctl serve", "llama-server"
 
 SUBJECTS = (
-    "a lighthouse keeper", "a clockmaker's apprentice", "a lost robot", "a desert caravan", "a deep-sea diver",
-    "a mountain village", "a retired astronaut", "a talking crow", "a night train", "a forgotten library",
-    "a beekeeper", "a river ferry", "an old violin", "a snowbound inn", "a market in Marrakesh",
-    "a glass factory", "a chess prodigy", "a migrating whale", "a city without cars", "a garden on Mars",
-    "a border guard", "a street musician", "a shipwreck", "a bakery at dawn", "a comet hunter",
-    "a paper mill", "an island school", "a fire lookout", "a silk road merchant", "a jazz club",
-    "a weather station", "a salt mine", "a circus strongman", "a radio operator", "a tea plantation",
+    "a lighthouse keeper",
+    "a clockmaker's apprentice",
+    "a lost robot",
+    "a desert caravan",
+    "a deep-sea diver",
+    "a mountain village",
+    "a retired astronaut",
+    "a talking crow",
+    "a night train",
+    "a forgotten library",
+    "a beekeeper",
+    "a river ferry",
+    "an old violin",
+    "a snowbound inn",
+    "a market in Marrakesh",
+    "a glass factory",
+    "a chess prodigy",
+    "a migrating whale",
+    "a city without cars",
+    "a garden on Mars",
+    "a border guard",
+    "a street musician",
+    "a shipwreck",
+    "a bakery at dawn",
+    "a comet hunter",
+    "a paper mill",
+    "an island school",
+    "a fire lookout",
+    "a silk road merchant",
+    "a jazz club",
+    "a weather station",
+    "a salt mine",
+    "a circus strongman",
+    "a radio operator",
+    "a tea plantation",
 )
-ASKS = ("Write a long story about {}.", "Describe a day in the life of {} in detail.",
-        "Write a long letter from {} to a friend.")
+ASKS = (
+    "Write a long story about {}.",
+    "Describe a day in the life of {} in detail.",
+    "Write a long letter from {} to a friend.",
+)
 QUESTIONS = (
     "Which rule above matters most when a user reports that a service is down, and why?",
     "Summarise the section on change management in three sentences.",
@@ -113,8 +144,12 @@ _RULES = (
 
 def shared_prefix() -> str:
     """About 900 words of an operations handbook that every request of the scenario starts with."""
-    lines = [("You are the operations assistant of a team that runs language models on its own servers. "
-              "Follow this handbook in every answer.")]
+    lines = [
+        (
+            "You are the operations assistant of a team that runs language models on its own servers. "
+            "Follow this handbook in every answer."
+        )
+    ]
     for i, section in enumerate(_SECTIONS):
         lines.append(f"Section {i + 1}, {section}.")
         for j, rule in enumerate(_RULES):
@@ -169,8 +204,13 @@ def one_request(arm: Arm, slot: int, prompt: str, max_tokens: int) -> Sample:
     chunks = 0
     usage = None
     stream = client.chat.completions.create(
-        model=arm.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True})
+        model=arm.model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             if ttft is None:
@@ -251,8 +291,7 @@ ALL_SCENARIOS = (
     Scenario("c4", 4, (_tps(4, ">= 1.0"), Metric("ttft4", "4 streams, TTFT p50", ttft_p50, "s", "<= 2.0"))),
     Scenario("c8", 8, (_tps(8, ">= 1.0"),)),
     Scenario("c16", 16, (_tps(16, None),)),
-    Scenario("prefix", 4, (Metric("prefix", "4 streams, shared ~900-word prefix, TTFT p50", ttft_p50, "s",
-                                  "<= 2.0"),)),
+    Scenario("prefix", 4, (Metric("prefix", "4 streams, shared ~900-word prefix, TTFT p50", ttft_p50, "s", "<= 2.0"),)),
 )
 DEFAULT_SCENARIOS = ("c1", "c4", "c8", "prefix")
 SCALING_SCENARIOS = ("c1", "c2", "c4", "c8", "c16", "prefix")
@@ -289,8 +328,13 @@ def served_model(base_url: str) -> str:
 
 def llmctl_has_parallel(env: dict[str, str]) -> bool:
     """Whether this `llmctl serve` takes --parallel (the batching engine of issue 12)."""
-    r = subprocess.run([sys.executable, "-m", "llmctl", "serve", "--help"], capture_output=True, text=True,
-                       env={**env, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmctl", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+        timeout=120,
+    )
     return "--parallel" in r.stdout
 
 
@@ -310,12 +354,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                    help="llama.cpp threads for both servers (default: the CPUs this process may use)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="llama.cpp threads for both servers (default: the CPUs this process may use)",
+    )
     ap.add_argument("--n-ctx", type=int, default=2048, help="context per slot (the shared prefix needs ~1,300)")
     ap.add_argument("--n-batch", type=int, default=512, help="both servers' batch (llmctl's n_batch; -b/-ub)")
-    ap.add_argument("--parallel", type=int, default=None,
-                    help="slots of both servers (default: the most concurrent streams measured, 8; 16 with --scaling)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="slots of both servers (default: the most concurrent streams measured, 8; 16 with --scaling)",
+    )
     ap.add_argument("--scaling", action="store_true", help="also 2 and 16 streams: the aggregate from 1 to 16")
     ap.add_argument("--aa", action="store_true", help="llama-server against itself: this machine's noise")
     ap.add_argument("--only", help="comma list of scenarios to run (c1,c4,c8,prefix,c2,c16); default all")
@@ -346,7 +398,8 @@ def main() -> None:
             "version: 1\nservices:\n  bench:\n    model: smoke\n    host: 127.0.0.1\n"
             f"    port: {port}\n    n_ctx: {args.n_ctx}\n    n_batch: {args.n_batch}\n    n_threads: {args.threads}\n"
             "    limits:\n      queue_length: 64\n      queue_timeout_s: 3600\n      max_concurrent_streams: 64\n"
-            "      rate_limit_rpm: 0\n")
+            "      rate_limit_rpm: 0\n"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
         env.update({"LLMCTL_HOME": str(home), "LLMCTL_CONFIG": str(config), "NO_COLOR": "1"})
         os.environ.update({"LLMCTL_HOME": str(home), "LLMCTL_CONFIG": str(config)})
@@ -361,10 +414,31 @@ def main() -> None:
         if has_parallel:
             llmctl_argv += ["--parallel", str(parallel)]
         server_port = free_port()
-        server_argv = [str(binary), "-m", str(settings.model_path), "--host", "127.0.0.1", "--port", str(server_port),
-                       "-np", str(parallel), "-t", str(args.threads), "-c", str(parallel * args.n_ctx),
-                       "-b", str(args.n_batch), "-ub", str(args.n_batch), "-fa", "off",
-                       "--chat-template", "gemma", "--no-jinja", *repack]
+        server_argv = [
+            str(binary),
+            "-m",
+            str(settings.model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server_port),
+            "-np",
+            str(parallel),
+            "-t",
+            str(args.threads),
+            "-c",
+            str(parallel * args.n_ctx),
+            "-b",
+            str(args.n_batch),
+            "-ub",
+            str(args.n_batch),
+            "-fa",
+            "off",
+            "--chat-template",
+            "gemma",
+            "--no-jinja",
+            *repack,
+        ]
         procs: list[subprocess.Popen] = []
         logs = {CANDIDATE: home / "llmctl-serve.log", BASELINE: home / "llama-server.log"}
         try:
@@ -399,8 +473,13 @@ def main() -> None:
 Results = dict[str, dict[str, list[float]]]  # metric key -> arm name -> per-round values
 
 
-def run_plan(plan: list[Scenario], candidate: Arm, baseline: Arm, rounds: int, max_tokens: int,
-             ) -> tuple[Results, dict[str, int]]:
+def run_plan(
+    plan: list[Scenario],
+    candidate: Arm,
+    baseline: Arm,
+    rounds: int,
+    max_tokens: int,
+) -> tuple[Results, dict[str, int]]:
     results: Results = {}
     steal = {candidate.name: 0, baseline.name: 0}
     for sc in plan:
@@ -420,9 +499,19 @@ def run_plan(plan: list[Scenario], candidate: Arm, baseline: Arm, rounds: int, m
     return results, steal
 
 
-def report(args, plan: list[Scenario], run: tuple[Results, dict[str, int]], candidate: Arm, baseline: Arm,
-           binary: Path, server_argv: list[str], has_parallel: bool, parallel: int, repack: list[str],
-           wall: float) -> None:
+def report(
+    args,
+    plan: list[Scenario],
+    run: tuple[Results, dict[str, int]],
+    candidate: Arm,
+    baseline: Arm,
+    binary: Path,
+    server_argv: list[str],
+    has_parallel: bool,
+    parallel: int,
+    repack: list[str],
+    wall: float,
+) -> None:
     results, steal = run
     tick = os.sysconf("SC_CLK_TCK")
     a, b = candidate.name, baseline.name
@@ -431,14 +520,23 @@ def report(args, plan: list[Scenario], run: tuple[Results, dict[str, int]], cand
     if args.aa:
         print(f"{a}: the same server (A/A: the noise of this design on this machine)")
     else:
-        print(f"{CANDIDATE}: llmctl serve (threads {args.threads}, n_ctx {args.n_ctx} per slot, n_batch {args.n_batch}, "
-              f"flash attention off, repack {'on' if repack == ['--repack'] else 'off'})"
-              + (f" --parallel {parallel}" if has_parallel else
-                 "; no --parallel in `llmctl serve --help`: today's engine runs one request at a time"))
-    print(f"model {Path(server_argv[server_argv.index('-m') + 1]).name}, {args.max_tokens} tokens per request, "
-          f"temperature 0, streamed chat completions; {args.rounds} round(s) per scenario (ABBA) after a warm-up")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; steal time {steal[a] / tick:.1f} s "
-          f"during {a}'s turns, {steal[b] / tick:.1f} s during {b}'s; {wall:.0f} s in all")
+        print(
+            f"{CANDIDATE}: llmctl serve (threads {args.threads}, n_ctx {args.n_ctx} per slot, n_batch {args.n_batch}, "
+            f"flash attention off, repack {'on' if repack == ['--repack'] else 'off'})"
+            + (
+                f" --parallel {parallel}"
+                if has_parallel
+                else "; no --parallel in `llmctl serve --help`: today's engine runs one request at a time"
+            )
+        )
+    print(
+        f"model {Path(server_argv[server_argv.index('-m') + 1]).name}, {args.max_tokens} tokens per request, "
+        f"temperature 0, streamed chat completions; {args.rounds} round(s) per scenario (ABBA) after a warm-up"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; steal time {steal[a] / tick:.1f} s "
+        f"during {a}'s turns, {steal[b] / tick:.1f} s during {b}'s; {wall:.0f} s in all"
+    )
     for sc in plan:
         pa, pb = candidate.prompt_tokens.get(sc.key, set()), baseline.prompt_tokens.get(sc.key, set())
         if sc.key == "prefix" and pb:
@@ -453,18 +551,25 @@ def report(args, plan: list[Scenario], run: tuple[Results, dict[str, int]], cand
             med = statistics.median(ratios)
             lo, hi = bootstrap_median(ratios) if len(ratios) > 1 else (med, med)
             f = "{:.1f}" if m.unit == "tok/s" else "{:.3f}"
-            print(f"{m.label:>45}: {a} {f.format(statistics.median(av))} {m.unit} "
-                  f"[{f.format(min(av))}-{f.format(max(av))}], {b} {f.format(statistics.median(bv))} {m.unit} "
-                  f"[{f.format(min(bv))}-{f.format(max(bv))}], ratio {med:.3f}")
+            print(
+                f"{m.label:>45}: {a} {f.format(statistics.median(av))} {m.unit} "
+                f"[{f.format(min(av))}-{f.format(max(av))}], {b} {f.format(statistics.median(bv))} {m.unit} "
+                f"[{f.format(min(bv))}-{f.format(max(bv))}], ratio {med:.3f}"
+            )
             if m.target:
                 lines.append(ratio_line(f"{m.label} {a} / {b} (95% CI {lo:.3f}-{hi:.3f})", med, m.target))
     for line in lines:
         print(line)
     widths = [sc.width for sc in plan if sc.key.startswith("c")]
     if len(widths) > 1:
-        print("aggregate tok/s by streams (median), " + f"{a} / {b}: " + "; ".join(
-            f"{w}: {statistics.median(results[f'c{w}'][a]):.1f} / {statistics.median(results[f'c{w}'][b]):.1f}"
-            for w in widths))
+        print(
+            "aggregate tok/s by streams (median), "
+            f"{a} / {b}: "
+            + "; ".join(
+                f"{w}: {statistics.median(results[f'c{w}'][a]):.1f} / {statistics.median(results[f'c{w}'][b]):.1f}"
+                for w in widths
+            )
+        )
 
 
 if __name__ == "__main__":

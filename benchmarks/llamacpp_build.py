@@ -70,9 +70,16 @@ class Tool(NamedTuple):
 LLAMA_BENCH = Tool(
     name="llama-bench",
     sources=(
-        "tools/llama-bench/llama-bench.cpp", "tools/llama-bench/main.cpp",
-        "common/common.cpp", "common/log.cpp", "common/fit.cpp", "common/arg.cpp", "common/json.cpp",
-        "common/download.cpp", "common/hf-cache.cpp", "common/speculative.cpp",
+        "tools/llama-bench/llama-bench.cpp",
+        "tools/llama-bench/main.cpp",
+        "common/common.cpp",
+        "common/log.cpp",
+        "common/fit.cpp",
+        "common/arg.cpp",
+        "common/json.cpp",
+        "common/download.cpp",
+        "common/hf-cache.cpp",
+        "common/speculative.cpp",
         "vendor/cpp-httplib/httplib.cpp",
     ),
     trees=("include", "ggml/include", "src", "common", "tools/llama-bench", "vendor"),
@@ -86,19 +93,32 @@ LLAMA_BENCH = Tool(
 # the package as libmtmd.so; only its headers here) and llama-ui (generated, empty). LLAMA_SUBPROCESS
 # as upstream's default on Linux.
 _HTTPLIB_DEFINES = (
-    "CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH=1048576", "CPPHTTPLIB_LISTEN_BACKLOG=512",
-    "CPPHTTPLIB_REQUEST_URI_MAX_LENGTH=32768", "CPPHTTPLIB_TCP_NODELAY=1",
+    "CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH=1048576",
+    "CPPHTTPLIB_LISTEN_BACKLOG=512",
+    "CPPHTTPLIB_REQUEST_URI_MAX_LENGTH=32768",
+    "CPPHTTPLIB_TCP_NODELAY=1",
 )
 LLAMA_SERVER = Tool(
     name="llama-server",
     sources=(
-        "tools/server/*.cpp", "common/*.cpp", "common/jinja/*.cpp", "common/parsers/*.cpp",
+        "tools/server/*.cpp",
+        "common/*.cpp",
+        "common/jinja/*.cpp",
+        "common/parsers/*.cpp",
         "vendor/cpp-httplib/httplib.cpp",
     ),
-    trees=("include", "ggml/include", "src", "common", "tools/server", "tools/mtmd", "tools/ui/ui.h.in",
-           "tools/ui/ui.cpp.in", "vendor"),
-    includes=("include", "ggml/include", "common", "vendor", "vendor/cpp-httplib", "tools/server", "tools/mtmd",
-              "."),
+    trees=(
+        "include",
+        "ggml/include",
+        "src",
+        "common",
+        "tools/server",
+        "tools/mtmd",
+        "tools/ui/ui.h.in",
+        "tools/ui/ui.cpp.in",
+        "vendor",
+    ),
+    includes=("include", "ggml/include", "common", "vendor", "vendor/cpp-httplib", "tools/server", "tools/mtmd", "."),
     libs=("mtmd", "llama", "ggml", "ggml-base"),
     defines=("LLAMA_SUBPROCESS", *_HTTPLIB_DEFINES),
     ui=True,
@@ -151,8 +171,22 @@ def llama_cpp_sdist(version: str, where: Path, say: Callable[[str], None]) -> Pa
     where.mkdir(parents=True, exist_ok=True)
     say(f"downloading the llama-cpp-python {version} sdist with pip")
     with tempfile.TemporaryDirectory(dir=where) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        "-d", tmp, f"llama-cpp-python=={version}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                tmp,
+                f"llama-cpp-python=={version}",
+            ],
+            check=True,
+        )
         got = Path(tmp) / name
         if not got.is_file():
             raise RuntimeError(f"pip download did not produce {name} (got: {os.listdir(tmp)})")
@@ -168,7 +202,7 @@ def extract_llama_cpp(sdist: Path, dest: Path, trees: tuple[str, ...]) -> Path:
             _, _, rel = m.name.partition("/")  # strip llama_cpp_python-<version>/
             if not rel.startswith(_VENDOR_PREFIX) or not (m.isfile() or m.isdir()):
                 continue
-            inner = rel[len(_VENDOR_PREFIX):]
+            inner = rel[len(_VENDOR_PREFIX) :]
             if any(inner == t or inner.startswith(t + "/") for t in trees):
                 m.name = inner
                 members.append(m)
@@ -181,8 +215,12 @@ def extract_llama_cpp(sdist: Path, dest: Path, trees: tuple[str, ...]) -> Path:
 def build_info_source(template: Path, commit: str, number: int, compiler: str) -> str:
     """common/build-info.cpp from its template, as llama.cpp's CMake configures it."""
     text = template.read_text()
-    for key, value in (("LLAMA_BUILD_NUMBER", str(number)), ("LLAMA_BUILD_COMMIT", commit),
-                       ("BUILD_COMPILER", compiler), ("BUILD_TARGET", f"{platform.system()} {platform.machine()}")):
+    for key, value in (
+        ("LLAMA_BUILD_NUMBER", str(number)),
+        ("LLAMA_BUILD_COMMIT", commit),
+        ("BUILD_COMPILER", compiler),
+        ("BUILD_TARGET", f"{platform.system()} {platform.machine()}"),
+    ):
         text = text.replace(f"@{key}@", value)
     return text
 
@@ -214,9 +252,25 @@ def tool_sources(src: Path, tool: Tool) -> list[Path]:
 
 
 def _compile(cxx: str, src: Path, obj: Path, includes: list[Path], defines: tuple[str, ...] = ()) -> None:
-    argv = ["nice", "-n", "10", cxx, "-std=c++17", "-O2", "-DNDEBUG", "-fPIC", "-ffunction-sections",
-            "-fdata-sections", "-pthread", *(f"-D{d}" for d in defines), *(f"-I{i}" for i in includes),
-            "-c", str(src), "-o", str(obj)]
+    argv = [
+        "nice",
+        "-n",
+        "10",
+        cxx,
+        "-std=c++17",
+        "-O2",
+        "-DNDEBUG",
+        "-fPIC",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-pthread",
+        *(f"-D{d}" for d in defines),
+        *(f"-I{i}" for i in includes),
+        "-c",
+        str(src),
+        "-o",
+        str(obj),
+    ]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"compiling {src.name} failed:\n{r.stderr[-4000:]}")
@@ -229,14 +283,21 @@ def _runs(binary: Path) -> bool:
         return False
 
 
-def build_tool(tool: Tool, *, sdist: Path | None = None, cache: Path | None = None, jobs: int | None = None,
-               say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
+def build_tool(
+    tool: Tool,
+    *,
+    sdist: Path | None = None,
+    cache: Path | None = None,
+    jobs: int | None = None,
+    say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> Path:
     """llama.cpp's `tool` linked against the installed llama-cpp-python's libraries; cached."""
     version, lib = installed_llama_cpp()
     for name in tool.libs:
         if not (lib / f"lib{name}.so").exists():
-            raise RuntimeError(f"no lib{name}.so in {lib}: {tool.name} links against it (this llama-cpp-python "
-                               "was built without it)")
+            raise RuntimeError(
+                f"no lib{name}.so in {lib}: {tool.name} links against it (this llama-cpp-python was built without it)"
+            )
     libllama = (lib / "libllama.so").resolve()
     key = hashlib.sha256(str(lib).encode() + b"\0" + hashlib.sha256(libllama.read_bytes()).digest()).hexdigest()[:12]
     root = _cache_root(cache) / version
@@ -256,8 +317,9 @@ def build_tool(tool: Tool, *, sdist: Path | None = None, cache: Path | None = No
         commit = installed_ggml_commit().removesuffix("-dirty")
         gen = work / "gen"
         gen.mkdir()
-        (gen / "build-info.cpp").write_text(build_info_source(src / "common" / "build-info.cpp.in", commit, 0,
-                                                              compiler))
+        (gen / "build-info.cpp").write_text(
+            build_info_source(src / "common" / "build-info.cpp.in", commit, 0, compiler)
+        )
         sources = tool_sources(src, tool) + [gen / "build-info.cpp"]
         if tool.ui:
             ui_sources(src, gen)
@@ -275,9 +337,21 @@ def build_tool(tool: Tool, *, sdist: Path | None = None, cache: Path | None = No
                     fut.cancel()
                 raise
         tmp_bin = work / tool.name
-        r = subprocess.run([cxx, "-o", str(tmp_bin), *map(str, objs), "-Wl,--gc-sections", f"-L{lib}",
-                            *(f"-l{name}" for name in tool.libs), f"-Wl,-rpath,{lib}", "-pthread"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                cxx,
+                "-o",
+                str(tmp_bin),
+                *map(str, objs),
+                "-Wl,--gc-sections",
+                f"-L{lib}",
+                *(f"-l{name}" for name in tool.libs),
+                f"-Wl,-rpath,{lib}",
+                "-pthread",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"linking {tool.name} failed:\n{r.stderr[-4000:]}")
         if not _runs(tmp_bin):
@@ -287,14 +361,24 @@ def build_tool(tool: Tool, *, sdist: Path | None = None, cache: Path | None = No
     return binary
 
 
-def build_llama_bench(*, sdist: Path | None = None, cache: Path | None = None, jobs: int | None = None,
-                      say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
+def build_llama_bench(
+    *,
+    sdist: Path | None = None,
+    cache: Path | None = None,
+    jobs: int | None = None,
+    say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> Path:
     """llama.cpp's llama-bench linked against the installed llama-cpp-python's libraries; cached."""
     return build_tool(LLAMA_BENCH, sdist=sdist, cache=cache, jobs=jobs, say=say)
 
 
-def build_llama_server(*, sdist: Path | None = None, cache: Path | None = None, jobs: int | None = None,
-                       say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
+def build_llama_server(
+    *,
+    sdist: Path | None = None,
+    cache: Path | None = None,
+    jobs: int | None = None,
+    say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> Path:
     """llama.cpp's llama-server linked against the installed llama-cpp-python's libraries; cached."""
     return build_tool(LLAMA_SERVER, sdist=sdist, cache=cache, jobs=jobs, say=say)
 
@@ -317,8 +401,9 @@ TOOLS = {t.name: t for t in (LLAMA_BENCH, LLAMA_SERVER)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Build llama.cpp's llama-bench or llama-server against the installed "
-                                             "llama-cpp-python.")
+    ap = argparse.ArgumentParser(
+        description="Build llama.cpp's llama-bench or llama-server against the installed llama-cpp-python."
+    )
     ap.add_argument("--tool", choices=sorted(TOOLS), default="llama-bench")
     ap.add_argument("--sdist", type=Path, help="llama-cpp-python's sdist (default: downloaded with pip)")
     ap.add_argument("--cache", type=Path, help="where binaries are kept (default: ~/.cache/llmctl-bench)")

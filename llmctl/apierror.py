@@ -28,8 +28,14 @@ def safe_text(text: str) -> str:
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
-    return {"error": {"message": safe_text(message), "type": type_,
-                      "param": safe_text(param) if param is not None else None, "code": code}}
+    return {
+        "error": {
+            "message": safe_text(message),
+            "type": type_,
+            "param": safe_text(param) if param is not None else None,
+            "code": code,
+        }
+    }
 
 
 def retry_after_header(seconds: float) -> str:
@@ -37,8 +43,15 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                   *, param: str | None = None, retry_after: float | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    *,
+    param: str | None = None,
+    retry_after: float | None = None,
+) -> JSONResponse:
     """The error as a response: the body, and Retry-After when `retry_after` is given."""
     from starlette.responses import JSONResponse
 

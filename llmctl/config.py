@@ -88,8 +88,9 @@ def _bounded_loader():
             self._depth += 1
             try:
                 if self._depth > MAX_DEPTH:
-                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                      self.peek_event().start_mark)
+                    raise yaml.composer.ComposerError(
+                        None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                    )
                 return super().compose_node(parent, index)
             finally:
                 self._depth -= 1

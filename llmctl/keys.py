@@ -79,8 +79,10 @@ def read_keys(path: str | os.PathLike[str], what: str, *, hint: str | None = Non
         raise ConfigError(f"{what}: {path} is not UTF-8 text (one key per line)") from None
     keys = parse_keys(text)
     if not keys:
-        raise ConfigError(f"{what}: {path} holds no API keys (one per line)",
-                          hint=hint or "add a key; lines that start with # are comments")
+        raise ConfigError(
+            f"{what}: {path} holds no API keys (one per line)",
+            hint=hint or "add a key; lines that start with # are comments",
+        )
     return keys
 
 
@@ -92,8 +94,7 @@ def first_key(path: str | os.PathLike[str], what: str) -> str:
 def first_key_shell(quoted_path: str) -> str:
     """first_key as a POSIX shell command (sed), for the commands llmctl prints for people to run
     (`k8s render`'s `kubectl create secret`): the same rule, checked against first_key by a test."""
-    return (f"sed -n -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e '/^#/d' -e '/./{{p;q;}}' "
-            f"{quoted_path}")
+    return f"sed -n -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e '/^#/d' -e '/./{{p;q;}}' {quoted_path}"
 
 
 def credential_file(names: tuple[str, ...] | list[str], environ: Mapping[str, str] | None = None) -> Path | None:
@@ -110,8 +111,9 @@ def credential_file(names: tuple[str, ...] | list[str], environ: Mapping[str, st
     return None
 
 
-def load_api_keys(flag_file: str | None, config_file: str | None, key_path: str,
-                  environ: Mapping[str, str] | None = None) -> tuple[tuple[ApiKey, ...], str | None]:
+def load_api_keys(
+    flag_file: str | None, config_file: str | None, key_path: str, environ: Mapping[str, str] | None = None
+) -> tuple[tuple[ApiKey, ...], str | None]:
     """The server's keys: the systemd credential `api-keys` when present, else the flag's file,
     else the config's file; ((), None) when none is given. Returns the keys and where they came from."""
     credential = credential_file([CREDENTIAL_NAME], environ)

@@ -25,8 +25,10 @@ def _no_control(value: Any, where: str = "") -> None:
     if isinstance(value, str):
         ch = control_char(value)
         if ch is not None:
-            raise ValueError(f"{where}{printable(repr(value))[:80]} contains a control character, "
-                             f"{describe_char(ch)}: not allowed in a config value")
+            raise ValueError(
+                f"{where}{printable(repr(value))[:80]} contains a control character, "
+                f"{describe_char(ch)}: not allowed in a config value"
+            )
     elif isinstance(value, dict):
         for k, v in value.items():
             _no_control(k, f"{where}key ")
@@ -146,7 +148,9 @@ class ServiceSpec(Strict):
     n_batch: int = Field(512, ge=1)
     parallel: int = Field(4, ge=1, le=MAX_PARALLEL)  # slots: requests decoded together, n_ctx each
     swa_full: bool = True  # sliding-window models: full-size KV for those layers (prefix reuse) or window only
-    prompt_cache_mib: int = Field(1024, ge=0)  # host memory for evicted slots' prompt KV (llama-server's --cache-ram); 0: off
+    prompt_cache_mib: int = Field(
+        1024, ge=0
+    )  # host memory for evicted slots' prompt KV (llama-server's --cache-ram); 0: off
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)  # -1 = all layers
     gpu: bool = False
@@ -167,8 +171,13 @@ class ServiceSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("model") is None and isinstance(data.get("models"), list) \
-                and data["models"] and isinstance(data["models"][0], str):
+        if (
+            isinstance(data, dict)
+            and data.get("model") is None
+            and isinstance(data.get("models"), list)
+            and data["models"]
+            and isinstance(data["models"][0], str)
+        ):
             data = {**data, "model": data["models"][0]}
         return data
 
@@ -211,8 +220,9 @@ class ServiceSpec(Strict):
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address or network (such as 10.0.0.5 or "
-                                 "10.0.0.0/24)") from None
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (such as 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
         return v
 
     @field_validator("memory_max")
@@ -331,8 +341,10 @@ class DiscoverSettings(Strict):
 # -- monitoring (llmctl monitoring render) ------------------------------------------------------------
 
 # A Prometheus duration (model.ParseDuration): units largest first, each at most once; or 0.
-PROM_DURATION_RE = re.compile(r"0|(?=[0-9])(?:[0-9]+y)?(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?"
-                              r"(?:[0-9]+s)?(?:[0-9]+ms)?")
+PROM_DURATION_RE = re.compile(
+    r"0|(?=[0-9])(?:[0-9]+y)?(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?"
+    r"(?:[0-9]+s)?(?:[0-9]+ms)?"
+)
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 HOST_RE = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
 
@@ -660,8 +672,9 @@ class K8sSettings(Strict):
     @model_validator(mode="after")
     def _replicas(self) -> K8sSettings:
         if self.replicas > 1 and self.storage.type == "pvc":
-            raise ValueError("replicas above 1 need storage.type: emptyDir (pods on two nodes cannot share "
-                             "one ReadWriteOnce volume)")
+            raise ValueError(
+                "replicas above 1 need storage.type: emptyDir (pods on two nodes cannot share one ReadWriteOnce volume)"
+            )
         return self
 
 
@@ -733,8 +746,11 @@ def known_keys(loc: list[str]) -> list[str]:
             return []
         ann = fld.annotation
         if part in ("models", "services", "upstreams") and model is Config:
-            entries: dict[str, type[BaseModel]] = {"models": ModelSpec, "services": ServiceSpec,
-                                                    "upstreams": UpstreamSpec}
+            entries: dict[str, type[BaseModel]] = {
+                "models": ModelSpec,
+                "services": ServiceSpec,
+                "upstreams": UpstreamSpec,
+            }
             model = entries[part]
             i += 2  # skip the entry's name
             continue

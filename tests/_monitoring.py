@@ -14,10 +14,28 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIG = REPO / "tests" / "monitoring" / "config.yaml"
 
 HOSTILE = [
-    'a"b\\c', "new\nline\ttab\r", "{{ $labels.job }} {{ printf \"%s\" 1 }}", "x }} {{ y", "{", "}}",
-    "ü ∑ 😀 \u2028 \u2029 \x85 \x7f \x01 \ufeff", "#comment: yes", "- item", "&anchor *alias !!python/object",
-    "'single'", "null", "~", "yes", "${datasource} $service", "[[ x ]] [% y %] [# z #]", "\\u0041 \\n",
-    " leading and trailing ", "", "---\n...\n", "%YAML 1.2", "a: {b: [c]}",
+    'a"b\\c',
+    "new\nline\ttab\r",
+    '{{ $labels.job }} {{ printf "%s" 1 }}',
+    "x }} {{ y",
+    "{",
+    "}}",
+    "ü ∑ 😀 \u2028 \u2029 \x85 \x7f \x01 \ufeff",
+    "#comment: yes",
+    "- item",
+    "&anchor *alias !!python/object",
+    "'single'",
+    "null",
+    "~",
+    "yes",
+    "${datasource} $service",
+    "[[ x ]] [% y %] [# z #]",
+    "\\u0041 \\n",
+    " leading and trailing ",
+    "",
+    "---\n...\n",
+    "%YAML 1.2",
+    "a: {b: [c]}",
 ]
 
 
@@ -40,9 +58,16 @@ def rendered(path: Path, **replace):
 
 
 ISSUE_ALERTS = {
-    "LlmctlServiceDown", "LlmctlHealthCritical",  # service down or health CRITICAL
-    "LlmctlRestartBudgetExhausted", "LlmctlHealthCheckStale", "LlmctlQueueSaturated", "LlmctlSlowFirstToken",
-    "LlmctlGenerationSlow", "LlmctlUpstreamCircuitOpen", "LlmctlCloudFallbackHigh", "LlmctlUsageLedgerDropping",
+    "LlmctlServiceDown",
+    "LlmctlHealthCritical",  # service down or health CRITICAL
+    "LlmctlRestartBudgetExhausted",
+    "LlmctlHealthCheckStale",
+    "LlmctlQueueSaturated",
+    "LlmctlSlowFirstToken",
+    "LlmctlGenerationSlow",
+    "LlmctlUpstreamCircuitOpen",
+    "LlmctlCloudFallbackHigh",
+    "LlmctlUsageLedgerDropping",
     "LlmctlGpuOffloadLost",
 }
 
@@ -60,7 +85,7 @@ def grafana_exprs(board: dict) -> list[str]:
 def substituted(expr: str) -> str:
     """A dashboard query with Grafana's variables replaced, for a PromQL parser."""
     if expr.startswith("label_values("):
-        expr = expr[len("label_values("):].rsplit(",", 1)[0]
+        expr = expr[len("label_values(") :].rsplit(",", 1)[0]
     for k, v in GRAFANA_VARIABLES.items():
         expr = expr.replace(k, v)
     return expr

@@ -18,7 +18,7 @@ def node_or_skip() -> str:
     return node
 
 
-POLKIT_HARNESS = r'''
+POLKIT_HARNESS = r"""
 var rules = [];
 var polkit = { Result: { YES: "yes" }, addRule: function (f) { rules.push(f); } };
 %s
@@ -31,7 +31,7 @@ function decide(user, verb, unit, id) {
 }
 var cases = JSON.parse(process.argv[1]);
 console.log(JSON.stringify(cases.map(function (c) { return decide(c[0], c[1], c[2], c[3]); })));
-'''
+"""
 
 
 def polkit_decisions(rules: str, cases: list[list[str | None]]) -> list[str]:
@@ -39,7 +39,8 @@ def polkit_decisions(rules: str, cases: list[list[str | None]]) -> list[str]:
     import json
     import subprocess
 
-    proc = subprocess.run([node_or_skip(), "-e", POLKIT_HARNESS % rules, json.dumps(cases)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [node_or_skip(), "-e", POLKIT_HARNESS % rules, json.dumps(cases)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

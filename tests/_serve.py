@@ -37,8 +37,7 @@ class Server:
         return self.log_path.read_text(errors="replace").splitlines()
 
 
-def start_server(home: Path, config: str, *args: str, env: dict | None = None,
-                 open_files: int | None = None) -> Server:
+def start_server(home: Path, config: str, *args: str, env: dict | None = None, open_files: int | None = None) -> Server:
     """`open_files`: the server's RLIMIT_NOFILE (soft and hard), as a unit's LimitNOFILE= would set it."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(config)
@@ -50,27 +49,37 @@ def start_server(home: Path, config: str, *args: str, env: dict | None = None,
     argv = [sys.executable, "-m", "llmctl", "serve", *args]
     if "port:" not in config:
         argv += ["--port", str(port)]
+
     def limit_open_files() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=environ,
-                                preexec_fn=limit_open_files if open_files is not None else None)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=environ,
+            preexec_fn=limit_open_files if open_files is not None else None,
+        )
     return Server(proc, port, home, log_path)
 
 
-def start_smoke(home: Path, smoke_store: Path, *, n_ctx: int = 512, limits: str = "", service: str = "",
-                **kw) -> Server:
+def start_smoke(
+    home: Path, smoke_store: Path, *, n_ctx: int = 512, limits: str = "", service: str = "", **kw
+) -> Server:
     """A healthy `llmctl serve` of the smoke model (linked from `smoke_store`) on a free port.
     `limits` and `service`: YAML lines under services.smoke.limits and services.smoke."""
     from tests._store import link_smoke_store
 
     link_smoke_store(smoke_store, home)
-    config = (f"version: 1\nservices:\n  smoke:\n    model: smoke\n    port: {free_port()}\n    n_ctx: {n_ctx}\n"
-              + "".join(f"    {line}\n" for line in service.splitlines())
-              + "    limits:\n" + "".join(f"      {line}\n" for line in limits.splitlines()))
+    config = (
+        f"version: 1\nservices:\n  smoke:\n    model: smoke\n    port: {free_port()}\n    n_ctx: {n_ctx}\n"
+        + "".join(f"    {line}\n" for line in service.splitlines())
+        + "    limits:\n"
+        + "".join(f"      {line}\n" for line in limits.splitlines())
+    )
     server = start_server(home, config, "smoke", **kw)
     try:
         wait_healthy(server)

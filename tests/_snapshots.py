@@ -17,4 +17,5 @@ def assert_snapshots(files: list, folder: Path, test_file: str) -> None:
     assert sorted(f.name for f in files) == sorted(p.name for p in folder.iterdir())
     for f in files:
         assert f.content == (folder / f.name).read_text(), (
-            f"{f.name} differs from its snapshot; if intended: UPDATE_SNAPSHOTS=1 pytest {test_file}")
+            f"{f.name} differs from its snapshot; if intended: UPDATE_SNAPSHOTS=1 pytest {test_file}"
+        )

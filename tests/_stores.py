@@ -39,8 +39,11 @@ def ollama_manifest(digest: str, size: int, *, media_type: str = "application/vn
     return {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "digest": "sha256:" + "c" * 64, "size": 485},
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": "sha256:" + "c" * 64,
+            "size": 485,
+        },
         "layers": [
             {"mediaType": media_type, "digest": digest, "size": size},
             {"mediaType": "application/vnd.ollama.image.license", "digest": "sha256:" + "d" * 64, "size": 8},
@@ -48,8 +51,17 @@ def ollama_manifest(digest: str, size: int, *, media_type: str = "application/vn
     }
 
 
-def add_ollama_model(root: Path, gguf: Path, model: str, tag: str = "latest", *, namespace: str = "library",
-                     host: str = "registry.ollama.ai", digest: str | None = None, link: bool = True) -> Path:
+def add_ollama_model(
+    root: Path,
+    gguf: Path,
+    model: str,
+    tag: str = "latest",
+    *,
+    namespace: str = "library",
+    host: str = "registry.ollama.ai",
+    digest: str | None = None,
+    link: bool = True,
+) -> Path:
     """Put `gguf` into an Ollama store as model:tag; `digest` overrides the hex it is named by."""
     hexdigest = digest or sha256_of(gguf)
     place(gguf, root / "blobs" / f"sha256-{hexdigest}", link=link)
@@ -59,8 +71,17 @@ def add_ollama_model(root: Path, gguf: Path, model: str, tag: str = "latest", *,
     return manifest
 
 
-def add_hf_file(cache: Path, gguf: Path, repo: str, file: str, commit: str, *, main: bool = True,
-                blob: str | None = None, link: bool = True) -> Path:
+def add_hf_file(
+    cache: Path,
+    gguf: Path,
+    repo: str,
+    file: str,
+    commit: str,
+    *,
+    main: bool = True,
+    blob: str | None = None,
+    link: bool = True,
+) -> Path:
     """Put `gguf` into a Hugging Face cache as repo/file at commit; `blob` overrides its blob name."""
     repo_dir = cache / ("models--" + repo.replace("/", "--"))
     name = blob or sha256_of(gguf)

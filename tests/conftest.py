@@ -25,8 +25,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     its fixtures assemble the model, naming the marker it lacks."""
     uses = SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))
     if uses and item.get_closest_marker("model") is None:
-        pytest.fail(f"{item.nodeid} uses the smoke model ({', '.join(sorted(uses))}) but is not marked "
-                    "@pytest.mark.model", pytrace=False)
+        pytest.fail(
+            f"{item.nodeid} uses the smoke model ({', '.join(sorted(uses))}) but is not marked @pytest.mark.model",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -92,8 +92,13 @@ def _handler(fake: FakeUpstream):
                 self.close_connection = True
                 try:
                     for i in range(100):
-                        chunk = {"id": "s", "object": "chat.completion.chunk", "created": 0, "model": "slow",
-                                 "choices": [{"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}]}
+                        chunk = {
+                            "id": "s",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": "slow",
+                            "choices": [{"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}],
+                        }
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                         fake.sent_chunks += 1
@@ -106,14 +111,28 @@ def _handler(fake: FakeUpstream):
                 return
             model = body.get("model", "?")
             chat = self.path.endswith("/chat/completions")
-            usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                     "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+            usage = {
+                "prompt_tokens": PROMPT_TOKENS,
+                "completion_tokens": COMPLETION_TOKENS,
+                "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+            }
             if not body.get("stream"):
-                choice = ({"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)},
-                           "finish_reason": "stop"} if chat else
-                          {"index": 0, "text": "".join(WORDS), "finish_reason": "stop", "logprobs": None})
-                self._json(200, {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
+                choice = (
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "stop"}
+                    if chat
+                    else {"index": 0, "text": "".join(WORDS), "finish_reason": "stop", "logprobs": None}
+                )
+                self._json(
+                    200,
+                    {
+                        "id": "cmpl-fake",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [choice],
+                        "usage": usage,
+                    },
+                )
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -129,8 +148,11 @@ def _handler(fake: FakeUpstream):
 
             for i, word in enumerate(WORDS):
                 last = i == len(WORDS) - 1
-                choice = ({"index": 0, "delta": {"content": word}, "finish_reason": "stop" if last else None}
-                          if chat else {"index": 0, "text": word, "finish_reason": "stop" if last else None})
+                choice = (
+                    {"index": 0, "delta": {"content": word}, "finish_reason": "stop" if last else None}
+                    if chat
+                    else {"index": 0, "text": word, "finish_reason": "stop" if last else None}
+                )
                 event({"id": "cmpl-fake", "object": obj, "created": 0, "model": model, "choices": [choice]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 event({"id": "cmpl-fake", "object": obj, "created": 0, "model": model, "choices": [], "usage": usage})

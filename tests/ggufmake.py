@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def make_gguf(path: Path, *, arch: str = "llama", name: str = "Tiny Test", context_length: int = 2048,
-              file_type: int = 15, payload_bytes: int = 1 << 20, seed: int = 0,
-              shape: dict[str, int] | None = None, chat_template: str | None = None) -> Path:
+def make_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    name: str = "Tiny Test",
+    context_length: int = 2048,
+    file_type: int = 15,
+    payload_bytes: int = 1 << 20,
+    seed: int = 0,
+    shape: dict[str, int] | None = None,
+    chat_template: str | None = None,
+) -> Path:
     """A valid GGUF with the header keys llmctl reads and one int8 tensor of `payload_bytes`.
     `shape`: the attention's keys, by GGUFWriter's method (block_count=18 -> add_block_count(18))."""
     import numpy as np

@@ -84,7 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.mode == "fail_completions":
             return self._error(500, "engine failed", "server_error", "internal_error")
         if body.get("model") != self.server.model:
-            return self._error(404, f"model {body.get('model')!r} not found", "invalid_request_error", "model_not_found")
+            return self._error(
+                404, f"model {body.get('model')!r} not found", "invalid_request_error", "model_not_found"
+            )
         if self.server.mode == "slow":
             self.server.release.wait(self.server.delay_s)
         self._send(
@@ -117,8 +119,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class StandIn:
-    def __init__(self, model: str = "smoke", mode: str = "ok", *, api_key: str | None = None,
-                 delay_s: float = 0.0, gpu_offload: bool | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        model: str = "smoke",
+        mode: str = "ok",
+        *,
+        api_key: str | None = None,
+        delay_s: float = 0.0,
+        gpu_offload: bool | None = None,
+        port: int = 0,
+    ) -> None:
         self.server = _Server(("127.0.0.1", port), model, mode, api_key, delay_s, gpu_offload)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

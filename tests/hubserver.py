@@ -102,8 +102,9 @@ class FakeHub:
 
     # -- content ------------------------------------------------------------------------------
 
-    def add(self, repo: str, filename: str, content: bytes | Path | str, revision: str = "main",
-            sha256: str | None = None) -> str:
+    def add(
+        self, repo: str, filename: str, content: bytes | Path | str, revision: str = "main", sha256: str | None = None
+    ) -> str:
         """Publish a file; returns the commit the revision resolves to."""
         r = self.repos.setdefault(repo, Repo())
         commit = r.branches.get(revision) or _commit_for(repo, revision)
@@ -125,8 +126,11 @@ class FakeHub:
 
     def count(self, method: str | None = None, kind: str | None = None) -> int:
         with self._lock:
-            return sum(1 for r in self.requests
-                       if (method is None or r["method"] == method) and (kind is None or r["kind"] == kind))
+            return sum(
+                1
+                for r in self.requests
+                if (method is None or r["method"] == method) and (kind is None or r["kind"] == kind)
+            )
 
     # -- server -------------------------------------------------------------------------------
 
@@ -203,9 +207,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, kind: str, status: int) -> None:
         with self.hub._lock:
-            self.hub.requests.append({"method": self.command, "path": self.path, "kind": kind, "status": status,
-                                      "range": self.headers.get("Range"),
-                                      "auth": self.headers.get("Authorization") is not None})
+            self.hub.requests.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "kind": kind,
+                    "status": status,
+                    "range": self.headers.get("Range"),
+                    "auth": self.headers.get("Authorization") is not None,
+                }
+            )
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, kind: str = "other") -> None:
         self._record(kind, status)
@@ -247,8 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         try:
             if (m := RESOLVE_RE.match(path)) and self.command in ("GET", "HEAD"):
-                return self._resolve(urllib.parse.unquote(m["repo"]), urllib.parse.unquote(m["rev"]),
-                                     urllib.parse.unquote(m["file"]))
+                return self._resolve(
+                    urllib.parse.unquote(m["repo"]), urllib.parse.unquote(m["rev"]), urllib.parse.unquote(m["file"])
+                )
             if (m := CDN_RE.match(path)) and self.command in ("GET", "HEAD"):
                 return self._cdn(m["sha"])
             if (m := PATHS_RE.match(path)) and self.command == "POST":
@@ -266,9 +278,18 @@ class _Handler(BaseHTTPRequestHandler):
         if code:
             return self._error(404, code, f"{'Repository' if code == 'RepoNotFound' else 'Revision'} not found", "api")
         files = self.hub.repos[repo].files[commit]
-        doc = {"_id": commit[:24], "id": repo, "modelId": repo, "sha": commit, "private": False, "gated": False,
-               "disabled": False, "tags": ["gguf"], "library_name": "gguf",
-               "siblings": [{"rfilename": name} for name in sorted(files)]}
+        doc = {
+            "_id": commit[:24],
+            "id": repo,
+            "modelId": repo,
+            "sha": commit,
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            "tags": ["gguf"],
+            "library_name": "gguf",
+            "siblings": [{"rfilename": name} for name in sorted(files)],
+        }
         self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"}, "api")
 
     def _paths_info(self, repo: str, rev: str) -> None:
@@ -282,15 +303,23 @@ class _Handler(BaseHTTPRequestHandler):
             paths = urllib.parse.parse_qs(raw).get("paths", [])
         code, commit = self.hub.lookup(repo, rev)
         if code:
-            return self._error(404, code, "Repository not found" if code == "RepoNotFound" else "Invalid rev id",
-                               "paths-info")
+            return self._error(
+                404, code, "Repository not found" if code == "RepoNotFound" else "Invalid rev id", "paths-info"
+            )
         files = self.hub.repos[repo].files[commit]
         out = []
         for p in paths:
             f = files.get(p)
             if f is not None:
-                out.append({"type": "file", "path": p, "size": f.size, "oid": f.git_oid,
-                            "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}})
+                out.append(
+                    {
+                        "type": "file",
+                        "path": p,
+                        "size": f.size,
+                        "oid": f.git_oid,
+                        "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134},
+                    }
+                )
         self._send(200, json.dumps(out).encode(), {"Content-Type": "application/json"}, "paths-info")
 
     def _resolve(self, repo: str, rev: str, filename: str) -> None:
@@ -304,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, code, "Invalid rev id: " + rev, "resolve")
         f = hub.repos[repo].files[commit].get(filename)
         if f is None:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist on \"{rev}\"", "resolve", commit)
+            return self._error(404, "EntryNotFound", f'{filename} does not exist on "{rev}"', "resolve", commit)
         headers = {
             "X-Repo-Commit": commit,
             "ETag": f'"{f.sha256}"' if faults.linked_etag else f'"{f.git_oid}"',
@@ -327,8 +356,11 @@ class _Handler(BaseHTTPRequestHandler):
             for files in repo.files.values():
                 for f in files.values():
                     if f.sha256 == sha:
-                        return self._serve(f, {"ETag": f'"{sha}"', "Accept-Ranges": "bytes",
-                                               "Content-Type": "application/octet-stream"}, "cdn")
+                        return self._serve(
+                            f,
+                            {"ETag": f'"{sha}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"},
+                            "cdn",
+                        )
         self._error(404, None, "NoSuchKey", "cdn")
 
     def _serve(self, f: HubFile, headers: dict, kind: str) -> None:
@@ -406,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
                 offset += sent
                 count -= sent
         else:
-            self.wfile.write(fh.data[offset:offset + count])
+            self.wfile.write(fh.data[offset : offset + count])
 
 
 class _BytesCtx:

@@ -13,15 +13,44 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                      "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def _containers(spec: dict) -> Iterator[tuple[str, dict]]:
@@ -39,7 +68,9 @@ def _sc(obj: dict) -> dict:
 
 def host_process(spec: dict, meta: dict) -> list[str]:
     out = [] if not (_sc(spec).get("windowsOptions") or {}).get("hostProcess") else ["pod: hostProcess"]
-    out += [f"{n}: hostProcess" for n, c in _containers(spec) if (_sc(c).get("windowsOptions") or {}).get("hostProcess")]
+    out += [
+        f"{n}: hostProcess" for n, c in _containers(spec) if (_sc(c).get("windowsOptions") or {}).get("hostProcess")
+    ]
     return out
 
 
@@ -52,8 +83,12 @@ def privileged(spec: dict, meta: dict) -> list[str]:
 
 
 def capabilities_baseline(spec: dict, meta: dict) -> list[str]:
-    return [f"{n}: adds {cap}" for n, c in _containers(spec)
-            for cap in ((_sc(c).get("capabilities") or {}).get("add") or []) if cap not in BASELINE_CAPABILITIES]
+    return [
+        f"{n}: adds {cap}"
+        for n, c in _containers(spec)
+        for cap in ((_sc(c).get("capabilities") or {}).get("add") or [])
+        if cap not in BASELINE_CAPABILITIES
+    ]
 
 
 def host_path_volumes(spec: dict, meta: dict) -> list[str]:
@@ -61,8 +96,12 @@ def host_path_volumes(spec: dict, meta: dict) -> list[str]:
 
 
 def host_ports(spec: dict, meta: dict) -> list[str]:
-    return [f"{n}: hostPort {p['hostPort']}" for n, c in _containers(spec) for p in c.get("ports") or []
-            if p.get("hostPort")]
+    return [
+        f"{n}: hostPort {p['hostPort']}"
+        for n, c in _containers(spec)
+        for p in c.get("ports") or []
+        if p.get("hostPort")
+    ]
 
 
 def apparmor(spec: dict, meta: dict) -> list[str]:
@@ -73,7 +112,8 @@ def apparmor(spec: dict, meta: dict) -> list[str]:
             out.append(f"{where}: appArmorProfile {kind}")
     for key, value in (meta.get("annotations") or {}).items():
         if key.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
-                value == "runtime/default" or value.startswith("localhost/")):
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
             out.append(f"annotation {key}: {value}")
     return out
 
@@ -89,14 +129,19 @@ def selinux(spec: dict, meta: dict) -> list[str]:
 
 
 def proc_mount(spec: dict, meta: dict) -> list[str]:
-    return [f"{n}: procMount {_sc(c)['procMount']}" for n, c in _containers(spec)
-            if _sc(c).get("procMount", "Default") != "Default"]
+    return [
+        f"{n}: procMount {_sc(c)['procMount']}"
+        for n, c in _containers(spec)
+        if _sc(c).get("procMount", "Default") != "Default"
+    ]
 
 
 def seccomp_baseline(spec: dict, meta: dict) -> list[str]:
-    return [f"{where}: seccompProfile Unconfined"
-            for where, sc in [("pod", _sc(spec)), *((n, _sc(c)) for n, c in _containers(spec))]
-            if (sc.get("seccompProfile") or {}).get("type") == "Unconfined"]
+    return [
+        f"{where}: seccompProfile Unconfined"
+        for where, sc in [("pod", _sc(spec)), *((n, _sc(c)) for n, c in _containers(spec))]
+        if (sc.get("seccompProfile") or {}).get("type") == "Unconfined"
+    ]
 
 
 def sysctls(spec: dict, meta: dict) -> list[str]:
@@ -115,8 +160,11 @@ def volume_types(spec: dict, meta: dict) -> list[str]:
 
 
 def privilege_escalation(spec: dict, meta: dict) -> list[str]:
-    return [f"{n}: allowPrivilegeEscalation is not false" for n, c in _containers(spec)
-            if _sc(c).get("allowPrivilegeEscalation") is not False]
+    return [
+        f"{n}: allowPrivilegeEscalation is not false"
+        for n, c in _containers(spec)
+        if _sc(c).get("allowPrivilegeEscalation") is not False
+    ]
 
 
 def running_as_non_root(spec: dict, meta: dict) -> list[str]:
@@ -130,8 +178,11 @@ def running_as_non_root(spec: dict, meta: dict) -> list[str]:
 
 
 def running_as_non_root_user(spec: dict, meta: dict) -> list[str]:
-    return [f"{where}: runAsUser 0" for where, sc in [("pod", _sc(spec)), *((n, _sc(c)) for n, c in _containers(spec))]
-            if sc.get("runAsUser") == 0]
+    return [
+        f"{where}: runAsUser 0"
+        for where, sc in [("pod", _sc(spec)), *((n, _sc(c)) for n, c in _containers(spec))]
+        if sc.get("runAsUser") == 0
+    ]
 
 
 def seccomp_restricted(spec: dict, meta: dict) -> list[str]:
@@ -156,15 +207,26 @@ def capabilities_restricted(spec: dict, meta: dict) -> list[str]:
 
 
 BASELINE: dict[str, Callable[[dict, dict], list[str]]] = {
-    "HostProcess": host_process, "Host Namespaces": host_namespaces, "Privileged Containers": privileged,
-    "Capabilities": capabilities_baseline, "HostPath Volumes": host_path_volumes, "Host Ports": host_ports,
-    "AppArmor": apparmor, "SELinux": selinux, "/proc Mount Type": proc_mount, "Seccomp": seccomp_baseline,
+    "HostProcess": host_process,
+    "Host Namespaces": host_namespaces,
+    "Privileged Containers": privileged,
+    "Capabilities": capabilities_baseline,
+    "HostPath Volumes": host_path_volumes,
+    "Host Ports": host_ports,
+    "AppArmor": apparmor,
+    "SELinux": selinux,
+    "/proc Mount Type": proc_mount,
+    "Seccomp": seccomp_baseline,
     "Sysctls": sysctls,
 }
 RESTRICTED: dict[str, Callable[[dict, dict], list[str]]] = {
-    **BASELINE, "Volume Types": volume_types, "Privilege Escalation": privilege_escalation,
-    "Running as Non-root": running_as_non_root, "Running as Non-root user": running_as_non_root_user,
-    "Seccomp (restricted)": seccomp_restricted, "Capabilities (restricted)": capabilities_restricted,
+    **BASELINE,
+    "Volume Types": volume_types,
+    "Privilege Escalation": privilege_escalation,
+    "Running as Non-root": running_as_non_root,
+    "Running as Non-root user": running_as_non_root_user,
+    "Seccomp (restricted)": seccomp_restricted,
+    "Capabilities (restricted)": capabilities_restricted,
 }
 
 

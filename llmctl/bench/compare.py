@@ -22,14 +22,35 @@ from llmctl.errors import UsageError
 
 # compare-llama-bench's column names (LLAMA_BENCH_PRETTY_NAMES), and ours for the rest
 PRETTY = {
-    "cpu_info": "CPU", "gpu_info": "GPU", "backends": "Backends", "n_gpu_layers": "GPU layers",
-    "tensor_buft_overrides": "Tensor overrides", "model_filename": "File", "model_type": "Model",
-    "model_size": "Model size [GiB]", "model_n_params": "Num. of par.", "n_batch": "Batch size",
-    "n_ubatch": "Microbatch size", "embeddings": "Embeddings", "cpu_mask": "CPU mask", "cpu_strict": "CPU strict",
-    "poll": "Poll", "n_threads": "Threads", "type_k": "K type", "type_v": "V type", "load_mode": "Load mode",
-    "no_kv_offload": "NKVO", "split_mode": "Split mode", "main_gpu": "Main GPU", "tensor_split": "Tensor split",
-    "flash_attn": "FlashAttention", "repack": "Repack", "n_cpu_moe": "CPU MoE", "fit_target": "Fit target",
-    "fit_min_ctx": "Fit min ctx", "build_commit": "Build",
+    "cpu_info": "CPU",
+    "gpu_info": "GPU",
+    "backends": "Backends",
+    "n_gpu_layers": "GPU layers",
+    "tensor_buft_overrides": "Tensor overrides",
+    "model_filename": "File",
+    "model_type": "Model",
+    "model_size": "Model size [GiB]",
+    "model_n_params": "Num. of par.",
+    "n_batch": "Batch size",
+    "n_ubatch": "Microbatch size",
+    "embeddings": "Embeddings",
+    "cpu_mask": "CPU mask",
+    "cpu_strict": "CPU strict",
+    "poll": "Poll",
+    "n_threads": "Threads",
+    "type_k": "K type",
+    "type_v": "V type",
+    "load_mode": "Load mode",
+    "no_kv_offload": "NKVO",
+    "split_mode": "Split mode",
+    "main_gpu": "Main GPU",
+    "tensor_split": "Tensor split",
+    "flash_attn": "FlashAttention",
+    "repack": "Repack",
+    "n_cpu_moe": "CPU MoE",
+    "fit_target": "Fit target",
+    "fit_min_ctx": "Fit min ctx",
+    "build_commit": "Build",
 }
 _MODEL_SUFFIX = {" - Small": "_S", " - Medium": "_M", " - Large": "_L"}  # as compare-llama-bench shortens
 
@@ -74,21 +95,42 @@ class Comparison:
 
     def matched(self) -> int:
         """How many (row, candidate run) pairs have a figure on both sides."""
-        return sum(1 for row in self.rows for i in range(len(self.runs))
-                   if i != self.baseline and row.speedup(i, self.baseline) is not None)
+        return sum(
+            1
+            for row in self.rows
+            for i in range(len(self.runs))
+            if i != self.baseline and row.speedup(i, self.baseline) is not None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.runs[self.baseline].label,
             "strict": self.strict,
-            "runs": [{"label": r.label, "source": r.source, "build_commit": r.value("build_commit"),
-                      "cpu_info": r.value("cpu_info"), "gpu_info": r.value("gpu_info"),
-                      "hostname": (r.host or {}).get("hostname"), "rows": len(r.rows)} for r in self.runs],
+            "runs": [
+                {
+                    "label": r.label,
+                    "source": r.source,
+                    "build_commit": r.value("build_commit"),
+                    "cpu_info": r.value("cpu_info"),
+                    "gpu_info": r.value("gpu_info"),
+                    "hostname": (r.host or {}).get("hostname"),
+                    "rows": len(r.rows),
+                }
+                for r in self.runs
+            ],
             "differences": {k: list(v) for k, v in self.differences},
-            "rows": [{"test": row.test, "model_type": row.model, **dict(row.params),
-                      "avg_ts": dict(zip(self.labels, row.ts)),
-                      "speedup": {lab: row.speedup(i, self.baseline) for i, lab in enumerate(self.labels)
-                                  if i != self.baseline}} for row in self.rows],
+            "rows": [
+                {
+                    "test": row.test,
+                    "model_type": row.model,
+                    **dict(row.params),
+                    "avg_ts": dict(zip(self.labels, row.ts)),
+                    "speedup": {
+                        lab: row.speedup(i, self.baseline) for i, lab in enumerate(self.labels) if i != self.baseline
+                    },
+                }
+                for row in self.rows
+            ],
         }
 
 
@@ -105,8 +147,9 @@ def _kind(n_prompt: int, n_gen: int) -> str:
 def compare(runs: list[Run], *, baseline: int = 0, strict: bool = False) -> Comparison:
     if len(runs) < 2:
         what = runs[0].source if runs else "nothing"
-        raise UsageError(f"compare: {what} holds one run; give two or more result files (or a database "
-                         "with two builds)")
+        raise UsageError(
+            f"compare: {what} holds one run; give two or more result files (or a database with two builds)"
+        )
     params = LB.PARAMETERS
     swept = [p for p in params if any(r.value(p) is None for r in runs)]
     per_run = {p: tuple(r.value(p) for r in runs) for p in params if p not in swept}
@@ -131,20 +174,23 @@ def compare(runs: list[Run], *, baseline: int = 0, strict: bool = False) -> Comp
     rows = []
     for key, first in order.items():
         n_prompt, n_gen, n_depth = key[-3:]
-        rows.append(CompareRow(
-            test=LB.test_name(n_prompt, n_gen, n_depth),
-            kind=_kind(n_prompt, n_gen),
-            model=str(first["model_type"]),
-            params=tuple((p, key[key_props.index(p)]) for p in shown),
-            ts=tuple(m.get(key) for m in by_run),
-        ))
+        rows.append(
+            CompareRow(
+                test=LB.test_name(n_prompt, n_gen, n_depth),
+                kind=_kind(n_prompt, n_gen),
+                model=str(first["model_type"]),
+                params=tuple((p, key[key_props.index(p)]) for p in shown),
+                ts=tuple(m.get(key) for m in by_run),
+            )
+        )
     host_diff = [h for h in ("build_commit", *LB.HOST_FIELDS) if len({r.value(h) for r in runs}) > 1]
     differences = tuple((p, tuple(r.value(p) for r in runs)) for p in [*host_diff, *differ])
     return Comparison(tuple(runs), baseline, strict, tuple(shown), differences, tuple(rows))
 
 
-def check(c: Comparison, *, max_regression: float | None, min_pp: float | None,
-          min_tg: float | None) -> list[GateOutcome]:
+def check(
+    c: Comparison, *, max_regression: float | None, min_pp: float | None, min_tg: float | None
+) -> list[GateOutcome]:
     """The gates: each run's rows against the baseline run's (at most max_regression percent slower),
     and every run's pp / tg rows against the minimums. No row to compare at all fails."""
     out: list[GateOutcome] = []
@@ -154,13 +200,29 @@ def check(c: Comparison, *, max_regression: float | None, min_pp: float | None,
             for i, run in enumerate(c.runs):
                 if i == c.baseline or row.ts[i] is None or not row.ts[c.baseline]:
                     continue
-                out.append(regression_outcome(f"{row.label()} on {run.label}", row.test, row.ts[i],
-                                              row.ts[c.baseline], max_regression, f"{base} "))
+                out.append(
+                    regression_outcome(
+                        f"{row.label()} on {run.label}",
+                        row.test,
+                        row.ts[i],
+                        row.ts[c.baseline],
+                        max_regression,
+                        f"{base} ",
+                    )
+                )
         if not c.matched():
-            out.append(GateOutcome("--max-regression", "-", 0.0, 0.0, False,
-                                   f"no row of {', '.join(c.labels[:c.baseline] + c.labels[c.baseline + 1:])} "
-                                   f"matches a row of the baseline {base}"
-                                   + (" (--strict: same model and settings)" if c.strict else "")))
+            out.append(
+                GateOutcome(
+                    "--max-regression",
+                    "-",
+                    0.0,
+                    0.0,
+                    False,
+                    f"no row of {', '.join(c.labels[: c.baseline] + c.labels[c.baseline + 1 :])} "
+                    f"matches a row of the baseline {base}"
+                    + (" (--strict: same model and settings)" if c.strict else ""),
+                )
+            )
     for row in c.rows:
         for i, run in enumerate(c.runs):
             if row.ts[i] is None:

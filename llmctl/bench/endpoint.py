@@ -24,8 +24,10 @@ from llmctl.errors import OperationFailed, UsageError
 
 Progress = Callable[[str], None]
 
-DEFAULT_PROMPT = ("You are benchmarking a language model server. Write a long, detailed story about a "
-                  "lighthouse keeper who maintains the light on a remote island through a winter of storms.")
+DEFAULT_PROMPT = (
+    "You are benchmarking a language model server. Write a long, detailed story about a "
+    "lighthouse keeper who maintains the light on a remote island through a winter of storms."
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,13 @@ def _headers(p: EndpointParams) -> dict[str, str]:
 
 
 def _body(p: EndpointParams, model: str) -> tuple[str, dict[str, Any]]:
-    common = {"model": model, "max_tokens": p.n_gen, "stream": True, "temperature": 0.0,
-              "stream_options": {"include_usage": True}}
+    common = {
+        "model": model,
+        "max_tokens": p.n_gen,
+        "stream": True,
+        "temperature": 0.0,
+        "stream_options": {"include_usage": True},
+    }
     if p.api == "chat":
         return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": p.prompt}]}
     return "/v1/completions", {**common, "prompt": p.prompt}
@@ -194,9 +201,17 @@ async def _level(client: Any, p: EndpointParams, model: str, c: int, say: Progre
     ok = [s for s in samples if s.ok]
     prompt_tokens = next((s.prompt_tokens for s in ok if s.prompt_tokens is not None), None)
     return EndpointResult(
-        url=p.base, api=p.api, model=model, concurrency=c, n_requests=n, n_ok=len(ok),
-        n_failed=n - len(ok), n_gen=p.n_gen, prompt_tokens=prompt_tokens,
-        output_tokens=sum(s.tokens for s in ok), duration_s=duration,
+        url=p.base,
+        api=p.api,
+        model=model,
+        concurrency=c,
+        n_requests=n,
+        n_ok=len(ok),
+        n_failed=n - len(ok),
+        n_gen=p.n_gen,
+        prompt_tokens=prompt_tokens,
+        output_tokens=sum(s.tokens for s in ok),
+        duration_s=duration,
         ttft_ms=Latency.of([1000 * s.ttft_s for s in ok if s.ttft_s is not None]),
         itl_ms=Latency.of([1000 * g for s in ok for g in s.gaps_s]),
         e2e_ms=Latency.of([1000 * s.e2e_s for s in ok]),
@@ -217,8 +232,10 @@ async def _run(p: EndpointParams, say: Progress) -> list[EndpointResult]:
             path, body = _body(p, model)
             s = await _one(client, path, body, _headers(p))
             if not s.ok:
-                raise OperationFailed(f"{p.base}{path}: warm-up request failed: {s.error}",
-                                      hint="is the server running, and is the API key right?")
+                raise OperationFailed(
+                    f"{p.base}{path}: warm-up request failed: {s.error}",
+                    hint="is the server running, and is the API key right?",
+                )
         return [await _level(client, p, model, c, say) for c in p.concurrency]
 
 

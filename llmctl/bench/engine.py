@@ -248,8 +248,10 @@ class _Context:
                 setattr(cp, name, value)
         self.ptr = L.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
-            raise OperationFailed(f"llama.cpp could not create a context for {inst.name} "
-                                  f"(n_ctx={inst.n_ctx}, n_batch={inst.n_batch}, n_ubatch={inst.n_ubatch})")
+            raise OperationFailed(
+                f"llama.cpp could not create a context for {inst.name} "
+                f"(n_ctx={inst.n_ctx}, n_batch={inst.n_batch}, n_ubatch={inst.n_ubatch})"
+            )
         L.llama_set_n_threads(self.ptr, inst.n_threads, inst.n_threads)
         self.threadpool = _Threadpool(L, self.ptr, inst.n_threads)
 
@@ -367,8 +369,9 @@ def run_engine(
                 model_ngl = inst.n_gpu_layers
             ctx = _Context(L, model, inst)
             try:
-                results.append(_measure(L, ctx.ptr, model, inst, params, rng, build, model_path, say, tag, repack,
-                                        depth))
+                results.append(
+                    _measure(L, ctx.ptr, model, inst, params, rng, build, model_path, say, tag, repack, depth)
+                )
             finally:
                 ctx.free()
     finally:
@@ -377,9 +380,20 @@ def run_engine(
     return results
 
 
-def _measure(L: Any, ctx: Any, model: _Model, inst: TestInstance, params: EngineParams, rng: random.Random,
-             build: BuildInfo, model_path: Path, say: Progress, tag: str, repack: bool,
-             depth: _DepthState) -> EngineResult:
+def _measure(
+    L: Any,
+    ctx: Any,
+    model: _Model,
+    inst: TestInstance,
+    params: EngineParams,
+    rng: random.Random,
+    build: BuildInfo,
+    model_path: Path,
+    say: Progress,
+    tag: str,
+    repack: bool,
+    depth: _DepthState,
+) -> EngineResult:
     test_time = _utc_now()
     _clear_kv(L, ctx)
 

@@ -26,19 +26,24 @@ def minimum_outcome(label: str, test: str, value: float, flag: str, limit: float
     """One row against --min-pp / --min-tg (the one wording of this gate)."""
     ok = value >= limit
     short = limit - value
-    detail = (f"{label}: {value:.2f} t/s >= {flag} {limit:.2f}" if ok else
-              f"{label}: {value:.2f} t/s is below {flag} {limit:.2f} by {short:.2f} t/s ({100 * short / limit:.1f}%)")
+    detail = (
+        f"{label}: {value:.2f} t/s >= {flag} {limit:.2f}"
+        if ok
+        else f"{label}: {value:.2f} t/s is below {flag} {limit:.2f} by {short:.2f} t/s ({100 * short / limit:.1f}%)"
+    )
     return GateOutcome(flag, test, value, limit, ok, detail)
 
 
-def regression_outcome(label: str, test: str, value: float, base: float, max_regression_pct: float,
-                       base_name: str = "") -> GateOutcome:
+def regression_outcome(
+    label: str, test: str, value: float, base: float, max_regression_pct: float, base_name: str = ""
+) -> GateOutcome:
     """One row against its baseline row: at most max_regression_pct percent slower (the one wording)."""
     floor = base * (1 - max_regression_pct / 100.0)
     change = 100.0 * (value - base) / base if base else 0.0
     ok = value >= floor
-    detail = (f"{label}: {value:.2f} t/s vs baseline {base_name}{base:.2f} ({change:+.1f}%, "
-              f"allowed -{max_regression_pct:g}%)")
+    detail = (
+        f"{label}: {value:.2f} t/s vs baseline {base_name}{base:.2f} ({change:+.1f}%, allowed -{max_regression_pct:g}%)"
+    )
     if not ok:
         detail += f": short of {floor:.2f} t/s by {floor - value:.2f} t/s"
     return GateOutcome("--max-regression", test, value, floor, ok, detail)
@@ -80,8 +85,9 @@ def load_baseline(path: Path) -> dict[tuple, float]:
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
-def check_regression(results: list[Any], baseline: dict[tuple, float], max_regression_pct: float,
-                     source: str) -> tuple[list[GateOutcome], list[str]]:
+def check_regression(
+    results: list[Any], baseline: dict[tuple, float], max_regression_pct: float, source: str
+) -> tuple[list[GateOutcome], list[str]]:
     """Each row against the baseline row with the same test and parameters. Returns the outcomes and
     the rows that had no baseline (reported, not failed). No row at all to compare fails the gate."""
     out: list[GateOutcome] = []
@@ -93,8 +99,16 @@ def check_regression(results: list[Any], baseline: dict[tuple, float], max_regre
             continue
         out.append(regression_outcome(r.label(), r.test, r.avg_ts, base, max_regression_pct))
     if not out and results:
-        out.append(GateOutcome("--max-regression", "-", 0.0, 0.0, False,
-                               f"no result matches a row of the baseline {source} "
-                               "(same model type, test, depth, threads, n_gpu_layers, batch sizes, flash "
-                               "attention, repack and the other llama-bench settings)"))
+        out.append(
+            GateOutcome(
+                "--max-regression",
+                "-",
+                0.0,
+                0.0,
+                False,
+                f"no result matches a row of the baseline {source} "
+                "(same model type, test, depth, threads, n_gpu_layers, batch sizes, flash "
+                "attention, repack and the other llama-bench settings)",
+            )
+        )
     return out, unmatched

@@ -44,7 +44,10 @@ def nvidia_gpus(timeout: float = 10.0) -> list[dict[str, Any]]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout, check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

@@ -25,23 +25,73 @@ from typing import Any
 SCHEMA_VERSION = "llama.cpp 0c1e570 (vendored by llama-cpp-python 0.3.36)"
 
 FIELDS: tuple[str, ...] = (
-    "build_commit", "build_number", "cpu_info", "gpu_info", "backends",
-    "model_filename", "model_type", "model_size", "model_n_params", "n_batch",
-    "n_ubatch", "n_threads", "cpu_mask", "cpu_strict", "poll",
-    "type_k", "type_v", "n_gpu_layers", "n_cpu_moe", "split_mode",
-    "main_gpu", "no_kv_offload", "flash_attn", "devices", "tensor_split",
-    "tensor_buft_overrides", "load_mode", "lazy_mode",
+    "build_commit",
+    "build_number",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_filename",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_batch",
+    "n_ubatch",
+    "n_threads",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
+    "type_k",
+    "type_v",
+    "n_gpu_layers",
+    "n_cpu_moe",
+    "split_mode",
+    "main_gpu",
+    "no_kv_offload",
+    "flash_attn",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
+    "load_mode",
+    "lazy_mode",
     "embeddings",
-    "no_op_offload", "no_host", "repack", "fit_target", "fit_min_ctx",
-    "n_prompt", "n_gen", "n_depth",
-    "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts",
+    "no_op_offload",
+    "no_host",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "test_time",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
 )
 
-_INT = frozenset({
-    "build_number", "n_batch", "n_ubatch", "n_threads", "poll", "model_size", "model_n_params", "n_gpu_layers",
-    "main_gpu", "n_prompt", "n_gen", "n_depth", "avg_ns", "stddev_ns", "no_op_offload", "n_cpu_moe",
-    "fit_target", "fit_min_ctx", "flash_attn",
-})
+_INT = frozenset(
+    {
+        "build_number",
+        "n_batch",
+        "n_ubatch",
+        "n_threads",
+        "poll",
+        "model_size",
+        "model_n_params",
+        "n_gpu_layers",
+        "main_gpu",
+        "n_prompt",
+        "n_gen",
+        "n_depth",
+        "avg_ns",
+        "stddev_ns",
+        "no_op_offload",
+        "n_cpu_moe",
+        "fit_target",
+        "fit_min_ctx",
+        "flash_attn",
+    }
+)
 _BOOL = frozenset({"no_kv_offload", "cpu_strict", "embeddings", "no_host", "repack"})
 _FLOAT = frozenset({"avg_ts", "stddev_ts"})
 
@@ -60,22 +110,74 @@ def field_type(field: str) -> str:
 # What llama-bench records for the settings llmctl bench does not vary (llama-bench's defaults, on a
 # CPU or single-GPU host); also what an older llama-bench that lacked a field meant by its absence.
 DEFAULTS: dict[str, Any] = {
-    "build_commit": "unknown", "cpu_info": "", "model_type": "", "n_threads": 0,  # unknown, when missing
-    "build_number": 0, "gpu_info": "", "backends": "CPU", "model_filename": "", "model_size": 0,
-    "model_n_params": 0, "n_batch": 2048, "n_ubatch": 512, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50,
-    "type_k": "f16", "type_v": "f16", "n_gpu_layers": -1, "n_cpu_moe": 0, "split_mode": "layer", "main_gpu": 0,
-    "no_kv_offload": False, "flash_attn": -1, "devices": "auto", "tensor_split": "0.00",
-    "tensor_buft_overrides": "none", "load_mode": "auto", "lazy_mode": "auto", "embeddings": False,
-    "no_op_offload": 0, "no_host": False, "repack": True, "fit_target": 0, "fit_min_ctx": 0,
-    "n_prompt": 0, "n_gen": 0, "n_depth": 0, "test_time": "", "avg_ns": 0, "stddev_ns": 0, "stddev_ts": 0.0,
+    "build_commit": "unknown",
+    "cpu_info": "",
+    "model_type": "",
+    "n_threads": 0,  # unknown, when missing
+    "build_number": 0,
+    "gpu_info": "",
+    "backends": "CPU",
+    "model_filename": "",
+    "model_size": 0,
+    "model_n_params": 0,
+    "n_batch": 2048,
+    "n_ubatch": 512,
+    "cpu_mask": "0x0",
+    "cpu_strict": False,
+    "poll": 50,
+    "type_k": "f16",
+    "type_v": "f16",
+    "n_gpu_layers": -1,
+    "n_cpu_moe": 0,
+    "split_mode": "layer",
+    "main_gpu": 0,
+    "no_kv_offload": False,
+    "flash_attn": -1,
+    "devices": "auto",
+    "tensor_split": "0.00",
+    "tensor_buft_overrides": "none",
+    "load_mode": "auto",
+    "lazy_mode": "auto",
+    "embeddings": False,
+    "no_op_offload": 0,
+    "no_host": False,
+    "repack": True,
+    "fit_target": 0,
+    "fit_min_ctx": 0,
+    "n_prompt": 0,
+    "n_gen": 0,
+    "n_depth": 0,
+    "test_time": "",
+    "avg_ns": 0,
+    "stddev_ns": 0,
+    "stddev_ts": 0.0,
 }
 
 # The properties that tell one test configuration from another (compare-llama-bench's key, without the
 # host and the build: those are what `llmctl bench compare` compares), plus the test itself.
 PARAMETERS: tuple[str, ...] = (
-    "model_type", "n_gpu_layers", "n_cpu_moe", "tensor_buft_overrides", "n_batch", "n_ubatch", "embeddings",
-    "cpu_mask", "cpu_strict", "poll", "n_threads", "type_k", "type_v", "load_mode", "no_kv_offload",
-    "split_mode", "main_gpu", "tensor_split", "flash_attn", "repack", "fit_target", "fit_min_ctx",
+    "model_type",
+    "n_gpu_layers",
+    "n_cpu_moe",
+    "tensor_buft_overrides",
+    "n_batch",
+    "n_ubatch",
+    "embeddings",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
+    "n_threads",
+    "type_k",
+    "type_v",
+    "load_mode",
+    "no_kv_offload",
+    "split_mode",
+    "main_gpu",
+    "tensor_split",
+    "flash_attn",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
 )
 TEST_FIELDS = ("n_prompt", "n_gen", "n_depth")
 HOST_FIELDS = ("cpu_info", "gpu_info", "backends")
@@ -193,8 +295,13 @@ def to_jsonl(rows: list[Mapping[str, Any]]) -> str:
     out = []
     for row in rows:
         fields = "".join(f'"{f}": {_json_value(f, v)}, ' for f, v in zip(FIELDS, _strings(row)))
-        out.append("{" + fields + f'"samples_ns": [ {", ".join(str(int(v)) for v in row["samples_ns"])} ],'
-                   + f'"samples_ts": [ {", ".join(_g(v) for v in row["samples_ts"])} ]' + "}\n")
+        out.append(
+            "{"
+            + fields
+            + f'"samples_ns": [ {", ".join(str(int(v)) for v in row["samples_ns"])} ],'
+            + f'"samples_ts": [ {", ".join(_g(v) for v in row["samples_ts"])} ]'
+            + "}\n"
+        )
     return "".join(out)
 
 
@@ -226,11 +333,28 @@ def to_sql(rows: list[Mapping[str, Any]]) -> str:
 
 # -- markdown, as llama-bench's markdown_printer ------------------------------------------------------
 
-_MD_WIDTH = {"model": -30, "t/s": 20, "size": 10, "params": 10, "n_gpu_layers": 3, "n_threads": 7, "n_batch": 7,
-             "n_ubatch": 8, "type_k": 6, "type_v": 6, "split_mode": 6, "load_mode": 10, "flash_attn": 3,
-             "devices": -12, "test": 15, "no_op_offload": 4, "no_host": 4, "repack": 3, "backend": -10}
-_MD_NAME = {"n_gpu_layers": "ngl", "n_threads": "threads", "flash_attn": "fa", "repack": "rpk",
-            "n_depth": "depth"}
+_MD_WIDTH = {
+    "model": -30,
+    "t/s": 20,
+    "size": 10,
+    "params": 10,
+    "n_gpu_layers": 3,
+    "n_threads": 7,
+    "n_batch": 7,
+    "n_ubatch": 8,
+    "type_k": 6,
+    "type_v": 6,
+    "split_mode": 6,
+    "load_mode": 10,
+    "flash_attn": 3,
+    "devices": -12,
+    "test": 15,
+    "no_op_offload": 4,
+    "no_host": 4,
+    "repack": 3,
+    "backend": -10,
+}
+_MD_NAME = {"n_gpu_layers": "ngl", "n_threads": "threads", "flash_attn": "fa", "repack": "rpk", "n_depth": "depth"}
 
 
 def size_str(n: int) -> str:
@@ -297,8 +421,10 @@ def to_markdown(rows: list[Mapping[str, Any]], *, repack_default: bool = True) -
     def cell(text: str, w: int) -> str:
         return f" {text:{'<' if w < 0 else '>'}{abs(w)}} |"
 
-    lines = ["|" + "".join(cell(md_header(f), width(f)) for f in fields),
-             "|" + "".join(f" {'-' * (abs(width(f)) - 1)}{':' if width(f) > 0 else '-'} |" for f in fields)]
+    lines = [
+        "|" + "".join(cell(md_header(f), width(f)) for f in fields),
+        "|" + "".join(f" {'-' * (abs(width(f)) - 1)}{':' if width(f) > 0 else '-'} |" for f in fields),
+    ]
     for row in rows:
         lines.append("|" + "".join(cell(md_cell(f, row), width(f)) for f in fields))
     commit = rows[0]["build_commit"] if rows else "unknown"

@@ -173,13 +173,18 @@ def expand(p: EngineParams) -> list[TestInstance]:
                 for fa in p.flash_attn:
                     for nt in p.threads:
                         for nd in p.n_depth:
-                            tests = ([(n, 0) for n in p.n_prompt if n > 0] + [(0, n) for n in p.n_gen if n > 0]
-                                     + [pg for pg in p.n_pg if pg != (0, 0)])
+                            tests = (
+                                [(n, 0) for n in p.n_prompt if n > 0]
+                                + [(0, n) for n in p.n_gen if n > 0]
+                                + [pg for pg in p.n_pg if pg != (0, 0)]
+                            )
                             for n_prompt, n_gen in tests:
                                 need = n_prompt + n_gen + nd
                                 n_ctx = p.n_ctx if p.n_ctx is not None else need
                                 if need > n_ctx:
-                                    raise UsageError(f"--ctx {n_ctx} is too small for "
-                                                     f"{name_of_test(n_prompt, n_gen, nd)} (needs {need})")
+                                    raise UsageError(
+                                        f"--ctx {n_ctx} is too small for "
+                                        f"{name_of_test(n_prompt, n_gen, nd)} (needs {need})"
+                                    )
                                 out.append(TestInstance(n_prompt, n_gen, nd, nt, ngl, nb, nub, fa, n_ctx))
     return out

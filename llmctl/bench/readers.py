@@ -114,8 +114,10 @@ def _csv_file(path: Path, text: str, flag: str) -> ResultFile:
     except csv.Error as exc:
         raise UsageError(f"{flag}: {path} is not CSV ({exc})") from None
     if not reader.fieldnames or "avg_ts" not in reader.fieldnames:
-        raise UsageError(f"{flag}: {path} is not a benchmark result (JSON, JSON lines, CSV with avg_ts, "
-                         "llama-bench's SQL or a SQLite database)")
+        raise UsageError(
+            f"{flag}: {path} is not a benchmark result (JSON, JSON lines, CSV with avg_ts, "
+            "llama-bench's SQL or a SQLite database)"
+        )
     if any(None in r for r in rows):
         raise UsageError(f"{flag}: {path}: a CSV line has more values than the header")
     return ResultFile(str(path), "csv", tuple(rows))
@@ -145,8 +147,16 @@ def _sqlite_rows(path: Path, flag: str) -> list[dict[str, Any]]:
         conn.close()
 
 
-_SQL_ALLOWED = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT,
-                sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_FUNCTION}
+_SQL_ALLOWED = {
+    sqlite3.SQLITE_CREATE_TABLE,
+    sqlite3.SQLITE_INSERT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_TRANSACTION,
+    sqlite3.SQLITE_UPDATE,
+    sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_FUNCTION,
+}
 
 
 def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
@@ -187,8 +197,10 @@ def _sql_rows(path: Path, text: str, flag: str) -> list[dict[str, Any]]:
 def engine_rows(f: ResultFile, flag: str) -> list[dict[str, Any]]:
     """Every row of an engine result file, normalized (llamabench.normalize)."""
     if f.mode == "endpoint" or any("concurrency" in r for r in f.rows):
-        raise UsageError(f"{flag}: {f.path} holds endpoint results (llmctl bench --url), not llama-bench rows",
-                         hint="compare endpoint runs with: llmctl bench --url ... --baseline FILE")
+        raise UsageError(
+            f"{flag}: {f.path} holds endpoint results (llmctl bench --url), not llama-bench rows",
+            hint="compare endpoint runs with: llmctl bench --url ... --baseline FILE",
+        )
     out = []
     for i, rec in enumerate(f.rows, 1):
         try:

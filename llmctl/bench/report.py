@@ -17,11 +17,33 @@ from llmctl.bench.results import BenchReport, EndpointResult, EngineResult
 JSON_FULL_VERSION = 1
 
 ENDPOINT_FIELDS = (
-    "url", "api", "model", "test", "concurrency", "n_requests", "n_ok", "n_failed", "n_gen", "prompt_tokens",
-    "output_tokens", "duration_s", "test_time", "output_tokens_per_s", "requests_per_s",
-    "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99",
-    "itl_ms_mean", "itl_ms_p50", "itl_ms_p90", "itl_ms_p99",
-    "e2e_ms_mean", "e2e_ms_p50", "e2e_ms_p90", "e2e_ms_p99",
+    "url",
+    "api",
+    "model",
+    "test",
+    "concurrency",
+    "n_requests",
+    "n_ok",
+    "n_failed",
+    "n_gen",
+    "prompt_tokens",
+    "output_tokens",
+    "duration_s",
+    "test_time",
+    "output_tokens_per_s",
+    "requests_per_s",
+    "ttft_ms_mean",
+    "ttft_ms_p50",
+    "ttft_ms_p90",
+    "ttft_ms_p99",
+    "itl_ms_mean",
+    "itl_ms_p50",
+    "itl_ms_p90",
+    "itl_ms_p99",
+    "e2e_ms_mean",
+    "e2e_ms_p50",
+    "e2e_ms_p90",
+    "e2e_ms_p99",
 )
 
 
@@ -46,11 +68,17 @@ def pipe_table(headers: list[str], rows: list[list[str]], right: set[int] | None
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else (":" + "-" * (w + 1))
-                          for i, w in enumerate(widths)) + "|"
+    rule = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if i in right else (":" + "-" * (w + 1)) for i, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(headers), rule] + [line(r) for r in rows]) + "\n"
 
 
@@ -67,14 +95,33 @@ def _flat_endpoint(r: EndpointResult) -> dict[str, Any]:
 
 
 def endpoint_table(results: list[EndpointResult]) -> tuple[list[str], list[list[str]]]:
-    cols = ["test", "requests", "ok", "TTFT ms mean/p50/p90/p99", "ITL ms mean/p50/p90/p99",
-            "E2E ms mean/p50/p90/p99", "out t/s", "req/s"]
+    cols = [
+        "test",
+        "requests",
+        "ok",
+        "TTFT ms mean/p50/p90/p99",
+        "ITL ms mean/p50/p90/p99",
+        "E2E ms mean/p50/p90/p99",
+        "out t/s",
+        "req/s",
+    ]
 
     def lat(x) -> str:
         return f"{x.mean:.1f}/{x.p50:.1f}/{x.p90:.1f}/{x.p99:.1f}"
 
-    rows = [[r.test, str(r.n_requests), str(r.n_ok), lat(r.ttft_ms), lat(r.itl_ms), lat(r.e2e_ms),
-             f"{r.avg_ts:.2f}", f"{r.requests_per_s:.2f}"] for r in results]
+    rows = [
+        [
+            r.test,
+            str(r.n_requests),
+            str(r.n_ok),
+            lat(r.ttft_ms),
+            lat(r.itl_ms),
+            lat(r.e2e_ms),
+            f"{r.avg_ts:.2f}",
+            f"{r.requests_per_s:.2f}",
+        ]
+        for r in results
+    ]
     return cols, rows
 
 
@@ -130,8 +177,10 @@ def host_lines(report: BenchReport) -> list[str]:
     ram = f"{h.ram_bytes / 1024**3:.1f} GiB" if h.ram_bytes else "?"
     lines = [
         f"host: {h.cpu_model}, {h.cpu_cores_physical} cores / {h.cpu_cores_logical} threads, RAM {ram}, GPU {gpu}",
-        (f"      {h.os} (kernel {h.kernel}), Python {h.python}, llmctl {h.llmctl_version}, "
-         f"llama-cpp-python {h.llama_cpp_python_version or '-'}"),
+        (
+            f"      {h.os} (kernel {h.kernel}), Python {h.python}, llmctl {h.llmctl_version}, "
+            f"llama-cpp-python {h.llama_cpp_python_version or '-'}"
+        ),
     ]
     if h.simd:
         lines.append(f"      build features: {' '.join(h.simd)}")
@@ -203,8 +252,18 @@ def compare_csv(c) -> str:
             if row.ts[i] is None:
                 continue
             x = row.speedup(i, c.baseline)
-            w.writerow([run.label, base, row.model, row.test, *(v for _, v in row.params), row.ts[i],
-                        "" if row.ts[c.baseline] is None else row.ts[c.baseline], "" if x is None else x])
+            w.writerow(
+                [
+                    run.label,
+                    base,
+                    row.model,
+                    row.test,
+                    *(v for _, v in row.params),
+                    row.ts[i],
+                    "" if row.ts[c.baseline] is None else row.ts[c.baseline],
+                    "" if x is None else x,
+                ]
+            )
     return buf.getvalue()
 
 
@@ -227,6 +286,8 @@ def difference_lines(c) -> list[str]:
 
     lines = []
     for prop, values in c.differences:
-        shown = ", ".join(f"{run.label}: {'(varies)' if v is None else show_value(prop, v)}" for run, v in zip(c.runs, values))
+        shown = ", ".join(
+            f"{run.label}: {'(varies)' if v is None else show_value(prop, v)}" for run, v in zip(c.runs, values)
+        )
         lines.append(f"runs differ in {PRETTY.get(prop, prop)}: {shown}")
     return lines

@@ -122,8 +122,10 @@ class EngineResult:
         return engine_key(self.row())
 
     def label(self) -> str:
-        return (f"{self.test} (threads={self.n_threads}, ngl={self.n_gpu_layers}, "
-                f"batch={self.n_batch}, fa={self.flash_attn})")
+        return (
+            f"{self.test} (threads={self.n_threads}, ngl={self.n_gpu_layers}, "
+            f"batch={self.n_batch}, fa={self.flash_attn})"
+        )
 
     def row(self) -> dict[str, Any]:
         """llama-bench's row: every field of its schema, in its order, then samples_ns and samples_ts.

@@ -43,17 +43,34 @@ OPTIONS = GlobalOptions()
 # --api-key     the Bearer key sent to an endpoint given with --url (else $OPENAI_API_KEY); never printed.
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success but the result --json or -o "
-                                        "asks for (no progress, no notes).")]
-OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", metavar="DIR", show_default=False,
-                                                   help="Write the files into DIR (created if missing) instead of "
-                                                   "printing them.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print nothing on success but the result --json or -o asks for (no progress, no notes)."
+    ),
+]
+OutputDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output-dir",
+        metavar="DIR",
+        show_default=False,
+        help="Write the files into DIR (created if missing) instead of printing them.",
+    ),
+]
 
 
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-                                               metavar="KEY", show_default=False,
-                                               help="With --url: the Bearer key the endpoint is sent (else "
-                                               "$OPENAI_API_KEY). Never printed.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        show_default=False,
+        help="With --url: the Bearer key the endpoint is sent (else $OPENAI_API_KEY). Never printed.",
+    ),
+]
 OUTPUT_FORMAT_DECLS = ("-o", "--output")
 
 
@@ -64,13 +81,15 @@ def output_format_option(formats: str) -> Any:
 
 def _refuse_short_output(value: str | None) -> None:
     if value is not None:
-        raise typer.BadParameter("a directory is --output-dir DIR (-o is an output format, as in "
-                                 "`llmctl bench -o json`)", param_hint="-o")
+        raise typer.BadParameter(
+            "a directory is --output-dir DIR (-o is an output format, as in `llmctl bench -o json`)", param_hint="-o"
+        )
 
 
 # Until 0.1 the render commands took `-o DIR`: a hidden -o that says what to write instead (exit 2).
-OutputDirShortOpt = Annotated[str | None, typer.Option("-o", hidden=True, expose_value=False,
-                                                       callback=_refuse_short_output, show_default=False)]
+OutputDirShortOpt = Annotated[
+    str | None, typer.Option("-o", hidden=True, expose_value=False, callback=_refuse_short_output, show_default=False)
+]
 
 
 # -- shell completion: names from the config and the store, cheaply (no pydantic, no validation) -----
@@ -123,8 +142,7 @@ def complete_model_refs(ctx: typer.Context, incomplete: str) -> list[str]:
 
 # -- the one error table ---------------------------------------------------------------------------
 
-BUG_HINT = ("this is a bug in llmctl; please report it with the output of the same command run "
-            "with LLMCTL_DEBUG=1")
+BUG_HINT = "this is a bug in llmctl; please report it with the output of the same command run with LLMCTL_DEBUG=1"
 
 
 def debug_mode() -> str | None:

@@ -69,7 +69,9 @@ def check(
 
     cfg = check_file(file)
     if json_out:
-        emit_json("config.check", {"file": str(file), "ok": True, "models": sorted(cfg.models),
-                                   "services": sorted(cfg.services)})
+        emit_json(
+            "config.check",
+            {"file": str(file), "ok": True, "models": sorted(cfg.models), "services": sorted(cfg.services)},
+        )
         return
     info(f"{file}: OK ({len(cfg.models)} models, {len(cfg.services)} services)", quiet=quiet)

@@ -78,29 +78,44 @@ def _exit_for(_exc: Exception) -> int:
 def main(
     services: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).", show_default=False,
-                       autocompletion=complete_services),
+        typer.Argument(
+            metavar="[SERVICE]...",
+            help="Services from the config (default: all of them).",
+            show_default=False,
+            autocompletion=complete_services,
+        ),
     ] = None,
     url: Annotated[
         list[str] | None,
-        typer.Option("--url", metavar="URL", help="Check an endpoint ad hoc (repeatable); never restarted.",
-                     show_default=False),
+        typer.Option(
+            "--url", metavar="URL", help="Check an endpoint ad hoc (repeatable); never restarted.", show_default=False
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="With --url: the model /v1/models must list (default: the first).")
     ] = None,
     api_key: ApiKeyOpt = None,  # configured services send the first key of their api_keys_file
-    timeout: Annotated[str | None, typer.Option("--timeout", metavar="SECONDS", help="Per probe; default: health.timeout_s.")] = None,
-    retries: Annotated[str | None, typer.Option("--retries", metavar="N", help="Extra attempts; default: health.retries.")] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="SECONDS", help="Per probe; default: health.timeout_s.")
+    ] = None,
+    retries: Annotated[
+        str | None, typer.Option("--retries", metavar="N", help="Extra attempts; default: health.retries.")
+    ] = None,
     retry_delay: Annotated[
-        str | None, typer.Option("--retry-delay", metavar="SECONDS", help="Between attempts; default: health.retry_delay_s.")
+        str | None,
+        typer.Option("--retry-delay", metavar="SECONDS", help="Between attempts; default: health.retry_delay_s."),
     ] = None,
     slow_ms: Annotated[
-        str | None, typer.Option("--slow-ms", metavar="MS", help="Slower completion is WARNING; default: health.slow_ms.")
+        str | None,
+        typer.Option("--slow-ms", metavar="MS", help="Slower completion is WARNING; default: health.slow_ms."),
     ] = None,
     recovery_timeout: Annotated[
         str | None,
-        typer.Option("--recovery-timeout", metavar="SECONDS", help="Wait for a restarted service; default: health.recovery_timeout_s."),
+        typer.Option(
+            "--recovery-timeout",
+            metavar="SECONDS",
+            help="Wait for a restarted service; default: health.recovery_timeout_s.",
+        ),
     ] = None,
     no_restart: Annotated[bool, typer.Option("--no-restart", help="Report only: never restart.")] = False,
     dry_run: Annotated[
@@ -109,20 +124,42 @@ def main(
     json_out: JsonOpt = False,
     textfile: Annotated[
         str | None,
-        typer.Option("--textfile", metavar="PATH", help="Write Prometheus metrics for node_exporter's textfile collector (atomically).",
-                     show_default=False),
+        typer.Option(
+            "--textfile",
+            metavar="PATH",
+            help="Write Prometheus metrics for node_exporter's textfile collector (atomically).",
+            show_default=False,
+        ),
     ] = None,
     quiet: QuietOpt = False,
     wait: Annotated[
         str | None,
-        typer.Option("--wait", metavar="SECONDS", help="If another health run holds the lock, wait this long for it (default 0: exit 3 at once)."),
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            help="If another health run holds the lock, wait this long for it (default 0: exit 3 at once).",
+        ),
     ] = None,
 ) -> None:
     events = _Events(hold=quiet)
     try:
         code = _run(
-            services or [], url or [], model, api_key, timeout, retries, retry_delay, slow_ms, recovery_timeout,
-            no_restart, dry_run, json_out, textfile, quiet, wait, events,
+            services or [],
+            url or [],
+            model,
+            api_key,
+            timeout,
+            retries,
+            retry_delay,
+            slow_ms,
+            recovery_timeout,
+            no_restart,
+            dry_run,
+            json_out,
+            textfile,
+            quiet,
+            wait,
+            events,
         )
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise

@@ -9,10 +9,23 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import (JsonOpt, QuietOpt, command, complete_installed_models, complete_model_refs, emit_json,
-                                human_bytes, info, print_table, resolve_paths)
+from llmctl.cli._common import (
+    JsonOpt,
+    QuietOpt,
+    command,
+    complete_installed_models,
+    complete_model_refs,
+    emit_json,
+    human_bytes,
+    info,
+    print_table,
+    resolve_paths,
+)
 
-app = typer.Typer(help="Pull GGUF models from the Hugging Face Hub verified by SHA256; discover and import the ones the host already has; list, show, verify and remove them.", no_args_is_help=True)
+app = typer.Typer(
+    help="Pull GGUF models from the Hugging Face Hub verified by SHA256; discover and import the ones the host already has; list, show, verify and remove them.",
+    no_args_is_help=True,
+)
 
 
 def _store():
@@ -47,16 +60,22 @@ def _progress(description: str, quiet: bool):
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from llmctl.cli._common import stderr_console
 
     if len(description) > 40:
         description = "…" + description[-39:]
     console = stderr_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -69,8 +88,12 @@ def _progress(description: str, quiet: bool):
             _Live.console = None
 
 
-_VERBS = {"present": "already installed", "installed": "installed", "would_install": "would install",
-          "would_update": "already installed, would record the new commit"}
+_VERBS = {
+    "present": "already installed",
+    "installed": "installed",
+    "would_install": "would install",
+    "would_update": "already installed, would record the new commit",
+}
 
 
 def _describe(r) -> str:
@@ -86,17 +109,31 @@ def _describe(r) -> str:
 
 @command(app, "pull")
 def pull(
-    repo: Annotated[str | None, typer.Argument(
-        help="Hub repository (owner/name); or `smoke`; or a name from the config's models:. "
-             "None: pull every model in the config.", show_default=False, autocompletion=complete_model_refs)] = None,
+    repo: Annotated[
+        str | None,
+        typer.Argument(
+            help="Hub repository (owner/name); or `smoke`; or a name from the config's models:. "
+            "None: pull every model in the config.",
+            show_default=False,
+            autocompletion=complete_model_refs,
+        ),
+    ] = None,
     file: Annotated[str | None, typer.Argument(help="The GGUF file in the repository.", show_default=False)] = None,
     revision: Annotated[str, typer.Option("--revision", "-r", help="Branch, tag or commit.")] = "main",
-    sha256: Annotated[str | None, typer.Option("--sha256", help="Pin the file's SHA256 (must match too).",
-                                               show_default=False)] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name in the store (default: from FILE).",
-                                             show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve on the Hub and say what would be done "
-                                          "(status would_install / would_update); download and write nothing.")] = False,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Pin the file's SHA256 (must match too).", show_default=False)
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name in the store (default: from FILE).", show_default=False)
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Resolve on the Hub and say what would be done "
+            "(status would_install / would_update); download and write nothing.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -121,17 +158,29 @@ def pull(
             return
         raise UsageError("FILE is missing: `llmctl models pull OWNER/REPO FILE.gguf`")
     with _progress(Path(file).name, quiet or dry_run) as update:
-        result = ops.pull(store, repo, file, revision=revision, name=name, sha256=sha256,
-                          progress=update, notice=note, dry_run=dry_run)
+        result = ops.pull(
+            store,
+            repo,
+            file,
+            revision=revision,
+            name=name,
+            sha256=sha256,
+            progress=update,
+            notice=note,
+            dry_run=dry_run,
+        )
     _report([result], json_out, quiet)
 
 
 def _report(results, json_out: bool, quiet: bool, errors=()) -> None:
     if json_out:
-        emit_json("models.pull", {
-            "models": [r.to_json() for r in results],
-            "errors": [{"name": n, "error": str(e), "exit_code": e.exit_code} for n, e in errors],
-        })
+        emit_json(
+            "models.pull",
+            {
+                "models": [r.to_json() for r in results],
+                "errors": [{"name": n, "error": str(e), "exit_code": e.exit_code} for n, e in errors],
+            },
+        )
         return
     for r in results:
         info(_describe(r), quiet=quiet)
@@ -150,8 +199,10 @@ def _pull_named(store, ref: str, json_out: bool, quiet: bool, note, dry_run: boo
 
         spec = load_config().config.models.get(ref)
         if spec is None:
-            raise NotFound(f"'{ref}' is neither OWNER/REPO nor a model in the config's models:",
-                           hint="`llmctl models pull OWNER/REPO FILE.gguf`, or add it to the config")
+            raise NotFound(
+                f"'{ref}' is neither OWNER/REPO nor a model in the config's models:",
+                hint="`llmctl models pull OWNER/REPO FILE.gguf`, or add it to the config",
+            )
         with _progress(ref, quiet or dry_run) as update:
             result = ops.pull_spec(store, ref, spec, progress=update, notice=note, dry_run=dry_run)
     _report([result], json_out, quiet)
@@ -208,10 +259,17 @@ def list_(json_out: JsonOpt = False) -> None:
     rows = []
     for m in models:
         g = m.gguf
-        rows.append((m.entry.name, human_bytes(m.entry.size), g.quantization if g else "?",
-                     g.architecture if g else "?", g.context_length if g else "?",
-                     f"{m.entry.repo}@{(m.entry.revision or '')[:12]}" if m.entry.repo else m.entry.source,
-                     m.problem or ""))
+        rows.append(
+            (
+                m.entry.name,
+                human_bytes(m.entry.size),
+                g.quantization if g else "?",
+                g.architecture if g else "?",
+                g.context_length if g else "?",
+                f"{m.entry.repo}@{(m.entry.revision or '')[:12]}" if m.entry.repo else m.entry.source,
+                m.problem or "",
+            )
+        )
     if not rows:
         info("no models installed (try `llmctl models pull smoke`)")
         return
@@ -229,15 +287,18 @@ def _integrity_exit(models) -> None:
 
     bad = [m for m in models if m.integrity]
     for m in bad:
-        render_error(m.problem, f"`llmctl models rm {m.entry.name}` drops the entry (and deletes no file "
-                                "outside the store)")
+        render_error(
+            m.problem, f"`llmctl models rm {m.entry.name}` drops the entry (and deletes no file outside the store)"
+        )
     if bad:
         raise typer.Exit(ExitCode.INTEGRITY)
 
 
 @command(app, "show")
 def show(
-    name: Annotated[str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)],
+    name: Annotated[
+        str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Everything known about one installed model: lock entry, path and GGUF header."""
@@ -254,8 +315,12 @@ def show(
 
 @command(app, "verify")
 def verify(
-    names: Annotated[list[str] | None, typer.Argument(help="Models to check (default: all).", show_default=False,
-                                                      autocompletion=complete_installed_models)] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to check (default: all).", show_default=False, autocompletion=complete_installed_models
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -300,7 +365,9 @@ def verify(
 
 @command(app, "rm")
 def rm(
-    name: Annotated[str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)],
+    name: Annotated[
+        str, typer.Argument(help="The model's name in the store.", autocompletion=complete_installed_models)
+    ],
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -316,12 +383,18 @@ def rm(
 
 @command(app, "import")
 def import_(
-    source: Annotated[str, typer.Argument(
-        help="A local GGUF file, or a source id from `llmctl models discover`: ollama:NAME[:TAG], "
-             "hf-cache:ORG/REPO/FILE.gguf[@COMMIT]. (A file whose name starts so: ./NAME.)",
-        show_default=False)],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name in the store (default: from the source).",
-                                             show_default=False)] = None,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A local GGUF file, or a source id from `llmctl models discover`: ollama:NAME[:TAG], "
+            "hf-cache:ORG/REPO/FILE.gguf[@COMMIT]. (A file whose name starts so: ./NAME.)",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Name in the store (default: from the source).", show_default=False),
+    ] = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Pin the file's SHA256.", show_default=False)] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Copy a source id's file; never hard-link it.")] = False,
     json_out: JsonOpt = False,
@@ -337,8 +410,9 @@ def import_(
     from llmctl.models import ops
 
     with _progress(source, quiet) as update:
-        result = ops.import_source(_store(), source, name=name, sha256=sha256, copy=copy, progress=update,
-                                   notice=_note(quiet))
+        result = ops.import_source(
+            _store(), source, name=name, sha256=sha256, copy=copy, progress=update, notice=_note(quiet)
+        )
     _report([result], json_out, quiet)
 
 
@@ -357,11 +431,14 @@ def discover(json_out: JsonOpt = False) -> None:
     for warning in found.warnings:
         info(f"Warning: {warning}")
     if json_out:
-        emit_json("models.discover", {
-            "models": [m.to_json() for m in found.models],
-            "searched": [s.to_json() for s in found.searched],
-            "warnings": list(found.warnings),
-        })
+        emit_json(
+            "models.discover",
+            {
+                "models": [m.to_json() for m in found.models],
+                "searched": [s.to_json() for s in found.searched],
+                "warnings": list(found.warnings),
+            },
+        )
         return
     if not found.models:
         where = ", ".join(f"{s.path}" + ("" if s.exists else " (absent)") for s in found.searched)
@@ -370,6 +447,15 @@ def discover(json_out: JsonOpt = False) -> None:
     rows = []
     for m in found.models:
         g = m.gguf
-        rows.append((m.source, human_bytes(m.size), g.quantization if g else "?", g.architecture if g else "?",
-                     f"{m.sha256[:12]}…" if m.sha256 else "none", ", ".join(m.installed_as), str(m.path)))
+        rows.append(
+            (
+                m.source,
+                human_bytes(m.size),
+                g.quantization if g else "?",
+                g.architecture if g else "?",
+                f"{m.sha256[:12]}…" if m.sha256 else "none",
+                ", ".join(m.installed_as),
+                str(m.path),
+            )
+        )
     print_table(["source", "size", "quant", "arch", "sha256", "installed as", "path"], rows)

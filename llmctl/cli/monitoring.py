@@ -15,8 +15,11 @@ import typer
 
 from llmctl.cli._common import JsonOpt, OutputDirOpt, OutputDirShortOpt, command, emit_json, info, load_config
 
-app = typer.Typer(help="Render the Prometheus scrape config, alert and recording rules and the Grafana dashboard "
-                  "for the configured services.", no_args_is_help=True)
+app = typer.Typer(
+    help="Render the Prometheus scrape config, alert and recording rules and the Grafana dashboard "
+    "for the configured services.",
+    no_args_is_help=True,
+)
 
 
 def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.render.Deployment
@@ -32,17 +35,28 @@ def deployment(loaded, config_path: str | None = None):  # -> llmctl.monitoring.
     cloud = () if cfg.airgap else tuple(upstream_route(n) for n, u in cfg.upstreams.items() if u.cloud)
     if config_path is None and loaded.path is not None:
         config_path = str(Path(loaded.path).absolute())
-    return Deployment(units=units, health_service=HEALTH_UNIT, health_timer=HEALTH_TIMER, cloud_routes=cloud,
-                      llmctl=runbook_llmctl(config_path, str(SYSTEM_CONFIG_FILE)))
+    return Deployment(
+        units=units,
+        health_service=HEALTH_UNIT,
+        health_timer=HEALTH_TIMER,
+        cloud_routes=cloud,
+        llmctl=runbook_llmctl(config_path, str(SYSTEM_CONFIG_FILE)),
+    )
 
 
 @command(app, "render")
 def render_cmd(
     output_dir: OutputDirOpt = None,
-    config_path: Annotated[str | None, typer.Option("--config-path", help="The config file on the served host, "
-                                                    "for the runbooks' llmctl commands (default: the one in use; "
-                                                    "not named when it is /etc/llmctl/config.yaml).",
-                                                    show_default=False)] = None,
+    config_path: Annotated[
+        str | None,
+        typer.Option(
+            "--config-path",
+            help="The config file on the served host, "
+            "for the runbooks' llmctl commands (default: the one in use; "
+            "not named when it is /etc/llmctl/config.yaml).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     _o: OutputDirShortOpt = None,
 ) -> None:
@@ -68,18 +82,28 @@ def render_cmd(
             try:
                 atomic_write_text(path, f.content)
             except OSError as exc:
-                raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}",
-                                      hint="choose a directory you can write with --output-dir") from None
+                raise OperationFailed(
+                    f"cannot write {path}: {exc.strerror or exc}",
+                    hint="choose a directory you can write with --output-dir",
+                ) from None
             written.append(str(path))
     if json_out:
-        emit_json("monitoring.render", {
-            "files": [{"name": f.name, "kind": f.kind,
-                       **({"path": str(output_dir / f.name)} if output_dir else {"content": f.content})}
-                      for f in result.files],
-            "alerts": list(result.alerts),
-            "records": list(result.records),
-            "notes": list(result.notes),
-        })
+        emit_json(
+            "monitoring.render",
+            {
+                "files": [
+                    {
+                        "name": f.name,
+                        "kind": f.kind,
+                        **({"path": str(output_dir / f.name)} if output_dir else {"content": f.content}),
+                    }
+                    for f in result.files
+                ],
+                "alerts": list(result.alerts),
+                "records": list(result.records),
+                "notes": list(result.notes),
+            },
+        )
         return
     for note in result.notes:
         info(f"Note: {note}")

@@ -13,8 +13,10 @@ import typer
 
 from llmctl.cli._common import JsonOpt, complete_services, emit_json, guard, human_bytes, print_table
 
-HELP = ("Show what each server runs: per model its status, memory, context and slots, busy slots, the last "
-        "minute's requests and tokens/s, idle time.")
+HELP = (
+    "Show what each server runs: per model its status, memory, context and slots, busy slots, the last "
+    "minute's requests and tokens/s, idle time."
+)
 
 
 def _seconds(value: object) -> str:
@@ -28,8 +30,12 @@ def _seconds(value: object) -> str:
 def main(
     services: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[SERVICE]...", help="Services from the config (default: all of them).",
-                       show_default=False, autocompletion=complete_services),
+        typer.Argument(
+            metavar="[SERVICE]...",
+            help="Services from the config (default: all of them).",
+            show_default=False,
+            autocompletion=complete_services,
+        ),
     ] = None,
     url: Annotated[
         list[str] | None,
@@ -37,8 +43,13 @@ def main(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
-                     help="With --url: Bearer key. Configured services use health's key.", show_default=False),
+        typer.Option(
+            "--api-key",
+            envvar="OPENAI_API_KEY",
+            show_envvar=True,
+            help="With --url: Bearer key. Configured services use health's key.",
+            show_default=False,
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="Per server.", min=0.1)] = 5.0,
     json_out: JsonOpt = False,
@@ -59,8 +70,10 @@ def main(
 
         found = config_targets(load_config().config, services or [])
         if not found:
-            raise UsageError("no services are configured", hint="configure services: in the config file, or "
-                             "pass --url http://HOST:PORT")
+            raise UsageError(
+                "no services are configured",
+                hint="configure services: in the config file, or pass --url http://HOST:PORT",
+            )
     targets = [PsTarget(t.name, t.base_url, t.api_key, t.setup_error) for t in found]
     results = collect(targets, timeout_s=timeout)
     if json_out:
@@ -72,14 +85,24 @@ def main(
                 rows.append((r.name, "-", "error", "-", "-", "-", "-", "-", "-", "-", "-"))
                 continue
             for m in r.models:
-                rows.append((
-                    r.name, m.get("id"), m.get("status"), human_bytes(m.get("rss_bytes")),
-                    human_bytes(m.get("vram_bytes")), m.get("n_ctx", "-"), m.get("slots", "-"),
-                    m.get("busy", "-"), m.get("requests_1m", "-"), m.get("tokens_per_s_1m", "-"),
-                    _seconds(m.get("idle_s")),
-                ))
-        print_table(("SERVER", "MODEL", "STATUS", "RSS", "VRAM", "CTX", "SLOTS", "BUSY", "REQ/1M", "TOK/S",
-                     "IDLE"), rows)
+                rows.append(
+                    (
+                        r.name,
+                        m.get("id"),
+                        m.get("status"),
+                        human_bytes(m.get("rss_bytes")),
+                        human_bytes(m.get("vram_bytes")),
+                        m.get("n_ctx", "-"),
+                        m.get("slots", "-"),
+                        m.get("busy", "-"),
+                        m.get("requests_1m", "-"),
+                        m.get("tokens_per_s_1m", "-"),
+                        _seconds(m.get("idle_s")),
+                    )
+                )
+        print_table(
+            ("SERVER", "MODEL", "STATUS", "RSS", "VRAM", "CTX", "SLOTS", "BUSY", "REQ/1M", "TOK/S", "IDLE"), rows
+        )
         from llmctl.cli._common import render_error
 
         for r in results:

@@ -25,46 +25,80 @@ def main(
     ] = None,
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="Serve this model instead of the service's (name or path); repeat it "
-                     "to serve several on one port, loaded on demand (the first is the default).",
-                     show_default=False),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Serve this model instead of the service's (name or path); repeat it "
+            "to serve several on one port, loaded on demand (the first is the default).",
+            show_default=False,
+        ),
     ] = None,
     max_loaded: Annotated[
         int | None,
-        typer.Option("--max-loaded", help="With several models: how many may be loaded at once (the least "
-                     "recently used idle one is unloaded to make room; default: the service's max_loaded, "
-                     "else no cap).", show_default=False),
+        typer.Option(
+            "--max-loaded",
+            help="With several models: how many may be loaded at once (the least "
+            "recently used idle one is unloaded to make room; default: the service's max_loaded, "
+            "else no cap).",
+            show_default=False,
+        ),
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1, or the service's).",
-                                             show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default 8000, or the service's).",
-                                             show_default=False)] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Bind address (default 127.0.0.1, or the service's).", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help="TCP port (default 8000, or the service's).", show_default=False)
+    ] = None,
     api_keys_file: Annotated[
         str | None,
-        typer.Option("--api-keys-file", help="File with one API key per line (the systemd credential "
-                     "'api-keys' takes precedence). Without keys the server is open.", show_default=False),
+        typer.Option(
+            "--api-keys-file",
+            help="File with one API key per line (the systemd credential "
+            "'api-keys' takes precedence). Without keys the server is open.",
+            show_default=False,
+        ),
     ] = None,
     allow_unverified: Annotated[
         bool,
         typer.Option("--allow-unverified", help="Allow a GGUF path outside the verified model store."),
     ] = False,
-    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context size in tokens (default 4096, or the service's).",
-                                              show_default=False)] = None,
-    n_gpu_layers: Annotated[
-        int | None, typer.Option("--n-gpu-layers", help="Layers to offload to the GPU; -1 = all (default 0, or the service's).",
-                                 show_default=False)
+    n_ctx: Annotated[
+        int | None,
+        typer.Option("--n-ctx", help="Context size in tokens (default 4096, or the service's).", show_default=False),
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: llama.cpp's choice, or the service's n_threads).",
-                                                show_default=False)] = None,
+    n_gpu_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--n-gpu-layers",
+            help="Layers to offload to the GPU; -1 = all (default 0, or the service's).",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            "-t",
+            help="CPU threads (default: llama.cpp's choice, or the service's n_threads).",
+            show_default=False,
+        ),
+    ] = None,
     chat_format: Annotated[
         str | None,
-        typer.Option("--chat-format", help="llama-cpp-python chat format (overrides the service's and the model's).",
-                     show_default=False),
+        typer.Option(
+            "--chat-format",
+            help="llama-cpp-python chat format (overrides the service's and the model's).",
+            show_default=False,
+        ),
     ] = None,
     parallel: Annotated[
         int | None,
-        typer.Option("--parallel", help="Slots: requests decoded together, each with its own n_ctx of "
-                     "KV cache (default 4, or the service's).", show_default=False),
+        typer.Option(
+            "--parallel",
+            help="Slots: requests decoded together, each with its own n_ctx of KV cache (default 4, or the service's).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Serve a verified model on an OpenAI-compatible HTTP endpoint.
@@ -79,9 +113,20 @@ def main(
     loaded = load_config()
     paths = loaded.paths or resolve_paths()
     settings = resolve_settings(
-        loaded, paths, target, model=model, host=host, port=port, api_keys_file=api_keys_file,
-        allow_unverified=allow_unverified, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, threads=threads,
-        chat_format=chat_format, parallel=parallel, max_loaded=max_loaded,
+        loaded,
+        paths,
+        target,
+        model=model,
+        host=host,
+        port=port,
+        api_keys_file=api_keys_file,
+        allow_unverified=allow_unverified,
+        n_ctx=n_ctx,
+        n_gpu_layers=n_gpu_layers,
+        threads=threads,
+        chat_format=chat_format,
+        parallel=parallel,
+        max_loaded=max_loaded,
     )
     try:
         import llama_cpp  # noqa: F401
@@ -90,15 +135,18 @@ def main(
     except ImportError as exc:
         from llmctl.errors import UsageError
 
-        raise UsageError(f"llmctl serve needs the [serve] extra ({exc.name} is missing)",
-                         hint="pip install 'llmctl[serve]'") from None
+        raise UsageError(
+            f"llmctl serve needs the [serve] extra ({exc.name} is missing)", hint="pip install 'llmctl[serve]'"
+        ) from None
     warnings = []
     for served in settings.served:
         if not served.verified:
             warnings.append(f"serving {served.path}, a file outside the verified store (--allow-unverified)")
     if not settings.auth_enabled and not settings.loopback:
-        warnings.append(f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
-                        "the model (set --api-keys-file)")
+        warnings.append(
+            f"no API keys and bound to {settings.host}: anyone who can reach this port can use "
+            "the model (set --api-keys-file)"
+        )
     from llmctl.serve.server import run
     from llmctl.upstreams.wiring import build_router
 

@@ -69,8 +69,15 @@ class HealthPlan:
 def service_checks(config: Any) -> tuple[ServiceCheck, ...]:
     """The services of a validated config (llmctl.schema.Config), as health checks them."""
     return tuple(
-        ServiceCheck(name=name, host=connect_host(spec.host), port=spec.port, model=spec.model,
-                     unit=unit_name(name, spec.unit), gpu=bool(spec.uses_gpu), api_keys_file=spec.api_keys_file)
+        ServiceCheck(
+            name=name,
+            host=connect_host(spec.host),
+            port=spec.port,
+            model=spec.model,
+            unit=unit_name(name, spec.unit),
+            gpu=bool(spec.uses_gpu),
+            api_keys_file=spec.api_keys_file,
+        )
         for name, spec in config.services.items()
     )
 
@@ -80,8 +87,13 @@ def plan_from_config(config: Any, paths: Paths) -> HealthPlan:
     h = config.health
     return HealthPlan(
         services=service_checks(config),
-        probe=ProbeSettings(timeout_s=h.timeout_s, retries=h.retries, retry_delay_s=h.retry_delay_s,
-                            slow_ms=h.slow_ms, check_gpu=h.check_gpu),
+        probe=ProbeSettings(
+            timeout_s=h.timeout_s,
+            retries=h.retries,
+            retry_delay_s=h.retry_delay_s,
+            slow_ms=h.slow_ms,
+            check_gpu=h.check_gpu,
+        ),
         policy=PolicySettings.from_config(h),
         recovery_timeout_s=h.recovery_timeout_s,
         restart_command=tuple(h.restart_command) if h.restart_command is not None else None,
@@ -90,10 +102,15 @@ def plan_from_config(config: Any, paths: Paths) -> HealthPlan:
 
 
 def _to_json(plan: HealthPlan, key: str) -> str:
-    doc = {"version": PLAN_VERSION, "key": key, "services": [asdict(s) for s in plan.services],
-           "probe": asdict(plan.probe), "policy": asdict(plan.policy),
-           "recovery_timeout_s": plan.recovery_timeout_s,
-           "restart_command": list(plan.restart_command) if plan.restart_command is not None else None}
+    doc = {
+        "version": PLAN_VERSION,
+        "key": key,
+        "services": [asdict(s) for s in plan.services],
+        "probe": asdict(plan.probe),
+        "policy": asdict(plan.policy),
+        "recovery_timeout_s": plan.recovery_timeout_s,
+        "restart_command": list(plan.restart_command) if plan.restart_command is not None else None,
+    }
     return json.dumps(doc, sort_keys=True, indent=1) + "\n"
 
 
@@ -115,8 +132,7 @@ def _from_json(text: str, key: str, state_dir: Path) -> HealthPlan | None:
         return None
 
 
-def plan_key(config_path: Path | None, config_bytes: bytes | None, paths: Paths,
-             environ: Mapping[str, str]) -> str:
+def plan_key(config_path: Path | None, config_bytes: bytes | None, paths: Paths, environ: Mapping[str, str]) -> str:
     package = Path(__file__).resolve().parent.parent
     code: list[tuple[str, int | None, int | None]] = []
     for rel in _CODE:
@@ -157,8 +173,9 @@ def _read_trusted(path: Path) -> str | None:
         os.close(fd)
 
 
-def load_plan(explicit: str | None, *, system: bool | None, environ: Mapping[str, str] | None = None,
-              write: bool = True) -> HealthPlan:
+def load_plan(
+    explicit: str | None, *, system: bool | None, environ: Mapping[str, str] | None = None, write: bool = True
+) -> HealthPlan:
     """The plan of the config in use: from the cache when its key matches, else by validating the
     config (a bad config raises ConfigError as load_config does) and, with `write`, caching it."""
     from llmctl.config import find_config_file

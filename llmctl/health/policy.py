@@ -183,9 +183,7 @@ class StateCorrupt(ValueError):
 def state_to_json(state: HealthState) -> str:
     doc = {
         "version": STATE_VERSION,
-        "services": {
-            name: {**asdict(s), "restarts": list(s.restarts)} for name, s in sorted(state.services.items())
-        },
+        "services": {name: {**asdict(s), "restarts": list(s.restarts)} for name, s in sorted(state.services.items())},
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
@@ -202,7 +200,9 @@ def state_from_json(text: str) -> HealthState:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise StateCorrupt(f"not JSON: {str(exc)[:100] if isinstance(exc, ValueError) else 'nested too deeply'}") from None
+        raise StateCorrupt(
+            f"not JSON: {str(exc)[:100] if isinstance(exc, ValueError) else 'nested too deeply'}"
+        ) from None
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
         version = doc.get("version") if isinstance(doc, dict) else None
         raise StateCorrupt(f"unsupported state version {str(version)[:40]!r}")

@@ -167,8 +167,9 @@ class _Exchange:
     """One request and its response, read in a worker thread with http.client. `abort()` (from the
     event loop, when the probe's deadline passes) shuts the socket down, so the thread returns now."""
 
-    def __init__(self, client: HttpClient, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                 limit: int) -> None:
+    def __init__(
+        self, client: HttpClient, method: str, url: str, body: bytes | None, headers: dict[str, str], limit: int
+    ) -> None:
         parts = urlsplit(url)
         self.client, self.method, self.parts, self.body, self.limit = client, method, parts, body, limit
         self.path = parts.path or "/"
@@ -182,7 +183,8 @@ class _Exchange:
         host, port = self.parts.hostname or "", self.parts.port
         if self.parts.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.client.timeout_s, context=self.client.tls())
+                host, port, timeout=self.client.timeout_s, context=self.client.tls()
+            )
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.client.timeout_s)
         self.conn = conn
@@ -243,8 +245,15 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
     return await future
 
 
-async def fetch(client: HttpClient, method: str, url: str, *, limit: int = MAX_BODY_BYTES,
-                headers: dict[str, str] | None = None, json_body: Any = None) -> Reply:
+async def fetch(
+    client: HttpClient,
+    method: str,
+    url: str,
+    *,
+    limit: int = MAX_BODY_BYTES,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+) -> Reply:
     """One request whose body is read up to `limit` bytes (as sent: compression is refused, so the
     limit cannot be multiplied by a gzip bomb)."""
     headers = dict(headers or {})
@@ -345,8 +354,9 @@ async def check_once(client: HttpClient, target: Target, settings: ProbeSettings
     async def completion() -> None:
         nonlocal latency
         t0 = time.perf_counter()
-        resp = await ok_reply("POST", "/v1/completions",
-                              {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0})
+        resp = await ok_reply(
+            "POST", "/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+        )
         try:
             choices = resp.json()["choices"]
             if not isinstance(choices, list) or not choices:

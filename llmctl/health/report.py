@@ -117,8 +117,9 @@ def textfile_bytes(report: HealthReport | None, *, status: Status | None = None,
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
-    run_status = Gauge("llmctl_health_run_status", "Overall result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-                       registry=reg)
+    run_status = Gauge(
+        "llmctl_health_run_status", "Overall result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=reg
+    )
     run_ts = Gauge("llmctl_health_run_timestamp_seconds", "When the last health run started", registry=reg)
     run_status.set(int(report.status if report else (status if status is not None else Status.UNKNOWN)))
     run_ts.set(report.started_at if report else (now if now is not None else 0.0))
@@ -133,15 +134,18 @@ def textfile_bytes(report: HealthReport | None, *, status: Status | None = None,
         probe_ok = Gauge("llmctl_health_probe_ok", "1 when the probe passed", ["service", "probe"], registry=reg)
         probe_s = Gauge("llmctl_health_probe_duration_seconds", "Probe duration", ["service", "probe"], registry=reg)
         fails = Gauge("llmctl_health_consecutive_failures", "Consecutive failed runs", labels, registry=reg)
-        restarts = Gauge("llmctl_health_restarts_in_window", "Restarts inside the budget window", labels,
-                         registry=reg)
-        budget = Gauge("llmctl_health_restart_budget_left", "Restarts left in the budget window", labels,
-                       registry=reg)
+        restarts = Gauge("llmctl_health_restarts_in_window", "Restarts inside the budget window", labels, registry=reg)
+        budget = Gauge("llmctl_health_restart_budget_left", "Restarts left in the budget window", labels, registry=reg)
         restarted = Gauge("llmctl_health_restarted", "1 when this run restarted the service", labels, registry=reg)
-        last = Gauge("llmctl_health_last_restart_timestamp_seconds", "When the service was last restarted",
-                     labels, registry=reg)
-        gpu = Gauge("llmctl_health_gpu_offload", "GPU services: 1 offload active, 0 not (absent: not known)",
-                    labels, registry=reg)
+        last = Gauge(
+            "llmctl_health_last_restart_timestamp_seconds", "When the service was last restarted", labels, registry=reg
+        )
+        gpu = Gauge(
+            "llmctl_health_gpu_offload",
+            "GPU services: 1 offload active, 0 not (absent: not known)",
+            labels,
+            registry=reg,
+        )
         for r in report.services:
             st.labels(r.name).set(int(r.status))
             final = r.after_restart or r.check

@@ -110,9 +110,7 @@ def _ok_text(target: Target, res: CheckResult, settings: ProbeSettings) -> tuple
     return status, text + (", " + "; ".join(notes) if notes else "")
 
 
-async def _recover(
-    client: Any, target: Target, settings: ProbeSettings, deadline: float, poll_s: float
-) -> CheckResult:
+async def _recover(client: Any, target: Target, settings: ProbeSettings, deadline: float, poll_s: float) -> CheckResult:
     """Probe until the service answers every probe or the deadline (monotonic) passes."""
     while True:
         res = await check_once(client, target, settings)
@@ -176,16 +174,26 @@ async def _one(
     if decision.action == "skip":
         log("restart_skipped", "warning", service=target.name, reason=decision.reason, detail=decision.message)
         return (
-            result(Status.CRITICAL, f"{target.name} {failure}; no restart: {decision.message}", new,
-                   action="skipped", decision=decision),
+            result(
+                Status.CRITICAL,
+                f"{target.name} {failure}; no restart: {decision.message}",
+                new,
+                action="skipped",
+                decision=decision,
+            ),
             new,
         )
     if dry_run or restarter is None:
         why = "dry run" if dry_run else "no restart command"
         log("restart_skipped", "warning", service=target.name, reason="dry_run", detail=f"would restart {target.unit}")
         return (
-            result(Status.CRITICAL, f"{target.name} {failure}; would restart {target.unit} ({why})", new,
-                   action="would_restart", decision=decision),
+            result(
+                Status.CRITICAL,
+                f"{target.name} {failure}; would restart {target.unit} ({why})",
+                new,
+                action="would_restart",
+                decision=decision,
+            ),
             new,
         )
 
@@ -194,11 +202,24 @@ async def _one(
     outcome = await asyncio.to_thread(restarter, target)
     new = pol.record_restart(new, policy, clock())
     if not outcome.ok:
-        log("restart_failed", "error", service=target.name, unit=target.unit, command=outcome.command,
-            error=outcome.detail)
+        log(
+            "restart_failed",
+            "error",
+            service=target.name,
+            unit=target.unit,
+            command=outcome.command,
+            error=outcome.detail,
+        )
         return (
-            result(Status.CRITICAL, f"{target.name} {failure}; restart failed: {outcome.detail}", new,
-                   action="restart_failed", decision=decision, restart=outcome, recovered=False),
+            result(
+                Status.CRITICAL,
+                f"{target.name} {failure}; restart failed: {outcome.detail}",
+                new,
+                action="restart_failed",
+                decision=decision,
+                restart=outcome,
+                recovered=False,
+            ),
             new,
         )
     log("restart_done", "info", service=target.name, unit=target.unit, command=outcome.command)
@@ -207,20 +228,34 @@ async def _one(
     if after.ok:
         new = pol.record_success(new, policy, clock())
         latency = f" {after.latency_ms:.0f}ms" if after.latency_ms is not None else ""
-        log("recovered", "warning", service=target.name, unit=target.unit, after_s=waited,
-            latency_ms=after.latency_ms)
+        log("recovered", "warning", service=target.name, unit=target.unit, after_s=waited, latency_ms=after.latency_ms)
         return (
-            result(Status.WARNING, f"{target.name} recovered after restart{latency} (was: {failure})", new,
-                   latency_ms=after.latency_ms, action="restarted", decision=decision, restart=outcome,
-                   recovered=True, after_restart=after),
+            result(
+                Status.WARNING,
+                f"{target.name} recovered after restart{latency} (was: {failure})",
+                new,
+                latency_ms=after.latency_ms,
+                action="restarted",
+                decision=decision,
+                restart=outcome,
+                recovered=True,
+                after_restart=after,
+            ),
             new,
         )
     log("not_recovered", "error", service=target.name, unit=target.unit, after_s=waited, error=_probe_text(after))
     return (
-        result(Status.CRITICAL,
-               f"{target.name} {failure}; restarted, not recovered within {recovery_timeout_s:g}s"
-               f" (now: {_probe_text(after)})", new,
-               action="restarted", decision=decision, restart=outcome, recovered=False, after_restart=after),
+        result(
+            Status.CRITICAL,
+            f"{target.name} {failure}; restarted, not recovered within {recovery_timeout_s:g}s"
+            f" (now: {_probe_text(after)})",
+            new,
+            action="restarted",
+            decision=decision,
+            restart=outcome,
+            recovered=False,
+            after_restart=after,
+        ),
         new,
     )
 
@@ -244,8 +279,19 @@ async def check_services(
     async with make_client(settings.timeout_s) as client:
         outcomes = await asyncio.gather(
             *(
-                _one(client, t, state.get(t.name), settings=settings, policy=policy, restarter=restarter,
-                     recovery_timeout_s=recovery_timeout_s, dry_run=dry_run, clock=clock, log=log, poll_s=poll_s)
+                _one(
+                    client,
+                    t,
+                    state.get(t.name),
+                    settings=settings,
+                    policy=policy,
+                    restarter=restarter,
+                    recovery_timeout_s=recovery_timeout_s,
+                    dry_run=dry_run,
+                    clock=clock,
+                    log=log,
+                    poll_s=poll_s,
+                )
                 for t in targets
             )
         )

@@ -45,8 +45,9 @@ def service_target(check: ServiceCheck, *, environ: Mapping[str, str] | None = N
     )
 
 
-def plan_targets(services: Sequence[ServiceCheck], names: Sequence[str], *,
-                 environ: Mapping[str, str] | None = None) -> list[Target]:
+def plan_targets(
+    services: Sequence[ServiceCheck], names: Sequence[str], *, environ: Mapping[str, str] | None = None
+) -> list[Target]:
     """The targets of the services named (all of them when none is), in the order named."""
     by_name = {s.name: s for s in services}
     if names:

@@ -58,8 +58,9 @@ def to_yaml(value: Any) -> YamlText:
         str(value)  # StrictUndefined raises UndefinedError naming the variable
 
     flow, _ = _dumpers()
-    text = yaml.dump(value, Dumper=flow, default_flow_style=True, width=float("inf"), allow_unicode=False,
-                     sort_keys=False)
+    text = yaml.dump(
+        value, Dumper=flow, default_flow_style=True, width=float("inf"), allow_unicode=False, sort_keys=False
+    )
     text = text.removesuffix("\n").removesuffix("\n...")
     if "\n" in text:  # cannot happen with double-quoted strings and an infinite width
         raise ValueError(f"a value did not fit on one line: {value!r}")
@@ -78,8 +79,15 @@ def dump_document(doc: dict) -> str:
     import yaml
 
     _, block = _dumpers()
-    return yaml.dump(doc, Dumper=block, default_flow_style=False, sort_keys=False, allow_unicode=False,
-                     width=4096, explicit_start=True)
+    return yaml.dump(
+        doc,
+        Dumper=block,
+        default_flow_style=False,
+        sort_keys=False,
+        allow_unicode=False,
+        width=4096,
+        explicit_start=True,
+    )
 
 
 def dump_config(data: dict) -> str:
@@ -87,8 +95,7 @@ def dump_config(data: dict) -> str:
     import yaml
 
     _, block = _dumpers()
-    return yaml.dump(data, Dumper=block, default_flow_style=False, sort_keys=False, allow_unicode=False,
-                     width=4096)
+    return yaml.dump(data, Dumper=block, default_flow_style=False, sort_keys=False, allow_unicode=False, width=4096)
 
 
 def load_document(text: str, template: str) -> dict:

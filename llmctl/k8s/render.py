@@ -52,8 +52,10 @@ UNPRIVILEGED_PORT = 8080  # the container port of a service configured below 102
 GIB = 1024**3
 INIT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 # Where a host named by DNS may be: the public address space. NetworkPolicy cannot match names.
-PUBLIC_V4 = ("0.0.0.0/0", ["10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-                           "192.168.0.0/16"])
+PUBLIC_V4 = (
+    "0.0.0.0/0",
+    ["10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"],
+)
 PUBLIC_V6 = ("::/0", ["::1/128", "fc00::/7", "fe80::/10"])
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -149,8 +151,9 @@ def _document(env, template: str, ctx: dict[str, Any]) -> dict:
 def _manifest(name: str, docs: list[dict], what: str, service: str | None = None) -> Manifest:
     from llmctl.k8s.emit import dump_document
 
-    header = (f"# {MARKER} {__version__} ({what}).\n"
-              "# Do not edit: change the config and run `llmctl k8s render` again.\n")
+    header = (
+        f"# {MARKER} {__version__} ({what}).\n# Do not edit: change the config and run `llmctl k8s render` again.\n"
+    )
     body = "".join(dump_document(d) for d in docs)
     objects = tuple((d["kind"], d["metadata"]["name"]) for d in docs)
     return Manifest(name, header + body, objects, service)
@@ -172,8 +175,10 @@ def object_name(service: str) -> str:
     name = f"llmctl-{service}"
     problem = k8s_name_problem(name, "dns1035")
     if problem:
-        raise ConfigError(f"services.{service}: the service name cannot name Kubernetes objects ({problem})",
-                          hint="rename the service: lower-case letters, digits and '-', at most 56")
+        raise ConfigError(
+            f"services.{service}: the service name cannot name Kubernetes objects ({problem})",
+            hint="rename the service: lower-case letters, digits and '-', at most 56",
+        )
     return name
 
 
@@ -318,8 +323,10 @@ def render(config: Config, options: K8sOptions | None = None, services: list[str
         _check(k8s_name_problem(options.namespace), "--namespace")
     image = options.image if options.image is not None else k8s.image
     if image is None:
-        raise UsageError("no image: pass --image or set k8s.image",
-                         hint="build one from the Containerfile and push it to a registry the cluster pulls from")
+        raise UsageError(
+            "no image: pass --image or set k8s.image",
+            hint="build one from the Containerfile and push it to a registry the cluster pulls from",
+        )
     if options.image is not None and (len(image) > 512 or not IMAGE_RE.fullmatch(image)):
         raise UsageError(f"--image: {image!r} is not an image reference such as registry.example.com/llmctl@sha256:...")
     names = {n: object_name(n) for n in chosen}
@@ -327,23 +334,36 @@ def render(config: Config, options: K8sOptions | None = None, services: list[str
     env = environment()
     warnings: list[str] = []
     if "@sha256:" not in image:
-        warnings.append(f"the image {image} is not pinned by digest: nodes may run different bytes under the "
-                        "same tag (pin it as NAME@sha256:...; checkov's CKV_K8S_43 fails otherwise)")
+        warnings.append(
+            f"the image {image} is not pinned by digest: nodes may run different bytes under the "
+            "same tag (pin it as NAME@sha256:...; checkov's CKV_K8S_43 fails otherwise)"
+        )
     config_text = dump_config(pod_config(config))
     config_sha256 = hashlib.sha256(config_text.encode()).hexdigest()
-    base_labels = {"app.kubernetes.io/part-of": "llmctl", "app.kubernetes.io/managed-by": "llmctl",
-                   "app.kubernetes.io/version": __version__}
+    base_labels = {
+        "app.kubernetes.io/part-of": "llmctl",
+        "app.kubernetes.io/managed-by": "llmctl",
+        "app.kubernetes.io/version": __version__,
+    }
     files = [
-        _manifest("00-namespace.yaml", [_document(env, "namespace.yaml.j2", {"namespace": namespace})],
-                  "namespace"),
-        _manifest("01-config.yaml", [_document(env, "configmap.yaml.j2", {
-            "name": CONFIG_MAP, "namespace": namespace, "labels": base_labels, "config_text": config_text})],
-            "the config the pods read"),
+        _manifest("00-namespace.yaml", [_document(env, "namespace.yaml.j2", {"namespace": namespace})], "namespace"),
+        _manifest(
+            "01-config.yaml",
+            [
+                _document(
+                    env,
+                    "configmap.yaml.j2",
+                    {"name": CONFIG_MAP, "namespace": namespace, "labels": base_labels, "config_text": config_text},
+                )
+            ],
+            "the config the pods read",
+        ),
     ]
     secrets: list[SecretNeed] = []
     for service in chosen:
-        docs, secret, notes = _service(env, config, service, names[service], namespace, image, base_labels,
-                                       config_sha256, options.paths)
+        docs, secret, notes = _service(
+            env, config, service, names[service], namespace, image, base_labels, config_sha256, options.paths
+        )
         files.append(_manifest(f"{names[service]}.yaml", docs, f"service '{service}'", service))
         if secret is not None:
             secrets.append(secret)
@@ -351,9 +371,17 @@ def render(config: Config, options: K8sOptions | None = None, services: list[str
     return K8sRenderResult(namespace, image, tuple(files), tuple(secrets), tuple(warnings))
 
 
-def _service(env, config: Config, service: str, name: str, namespace: str, image: str,
-             base_labels: dict[str, str], config_sha256: str, paths: Paths | None
-             ) -> tuple[list[dict], SecretNeed | None, list[str]]:
+def _service(
+    env,
+    config: Config,
+    service: str,
+    name: str,
+    namespace: str,
+    image: str,
+    base_labels: dict[str, str],
+    config_sha256: str,
+    paths: Paths | None,
+) -> tuple[list[dict], SecretNeed | None, list[str]]:
     from llmctl.models.smoke import SMOKE_NAME
 
     k8s = config.k8s
@@ -361,19 +389,25 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     where = f"services.{service}"
     model = spec.model
     if len(spec.served_models) > 1:
-        raise ConfigError(f"{where}.models: k8s render serves one model per pod (its init container pulls it); "
-                          "several models in one server are for systemd units",
-                          hint="give each model its own service")
+        raise ConfigError(
+            f"{where}.models: k8s render serves one model per pod (its init container pulls it); "
+            "several models in one server are for systemd units",
+            hint="give each model its own service",
+        )
     model_spec = config.models.get(model)
     if model_spec is None and model != SMOKE_NAME:
         raise ConfigError(f"{where}.model: '{model}' is not in models: (a pod pulls the model the config names)")
     if model_spec is not None and model_spec.path is not None:
-        raise ConfigError(f"{where}.model: '{model}' is a local file (models.{model}.path), which a pod cannot "
-                          "import", hint=f"give models.{model} a repo and file on the Hub")
+        raise ConfigError(
+            f"{where}.model: '{model}' is a local file (models.{model}.path), which a pod cannot import",
+            hint=f"give models.{model} a repo and file on the Hub",
+        )
     hub = model_spec is not None
     if not spec.public_health:
-        raise ConfigError(f"{where}.public_health: must be true on Kubernetes (the kubelet's probes of /health "
-                          "and /ready send no API key)")
+        raise ConfigError(
+            f"{where}.public_health: must be true on Kubernetes (the kubelet's probes of /health "
+            "and /ready send no API key)"
+        )
     if spec.memory_max is None:
         raise ConfigError(f"{where}.memory_max: Kubernetes needs a memory limit for the server (e.g. 8G)")
     memory = memory_quantity(spec.memory_max, f"{where}.memory_max")
@@ -385,15 +419,22 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     else:
         size = _model_bytes(config, model, paths)
         if size is None:
-            raise ConfigError(f"k8s.storage.size: the size of model '{model}' is unknown here (it is not in this "
-                              "host's models.lock)", hint=f"set k8s.storage.size (e.g. 20Gi), or `llmctl models pull {model}` first")
+            raise ConfigError(
+                f"k8s.storage.size: the size of model '{model}' is unknown here (it is not in this host's models.lock)",
+                hint=f"set k8s.storage.size (e.g. 20Gi), or `llmctl models pull {model}` first",
+            )
         storage_size = _volume_size(size)
     pvc = k8s.storage.type == "pvc"
     pvc_name = f"{name}-models"
     if config.airgap and hub:
-        notes.append(f"service '{service}': airgap is on, so the pod cannot download model '{model}': "
-                     + ("put it on the volume first (README: k8s)" if pvc else
-                        "with storage.type emptyDir every new pod starts empty and waits; use a PVC filled beforehand"))
+        notes.append(
+            f"service '{service}': airgap is on, so the pod cannot download model '{model}': "
+            + (
+                "put it on the volume first (README: k8s)"
+                if pvc
+                else "with storage.type emptyDir every new pod starts empty and waits; use a PVC filled beforehand"
+            )
+        )
 
     # Keys: files from one Secret per service, never environment variables.
     secret_name = f"{name}-credentials"
@@ -423,9 +464,14 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     serve_command = [*base, "serve", service, "--host", "0.0.0.0", "--port", str(container_port)]
     if spec.n_threads is None:
         serve_command += ["--threads", str(cpu)]  # llama.cpp would count the node's cores, not the limit
-    common_env = [{"name": "HOME", "value": TMP}, {"name": "XDG_DATA_HOME", "value": DATA_HOME},
-                  {"name": "XDG_STATE_HOME", "value": STATE_HOME}, {"name": "XDG_CACHE_HOME", "value": f"{TMP}/cache"},
-                  {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "NO_COLOR", "value": "1"}]
+    common_env = [
+        {"name": "HOME", "value": TMP},
+        {"name": "XDG_DATA_HOME", "value": DATA_HOME},
+        {"name": "XDG_STATE_HOME", "value": STATE_HOME},
+        {"name": "XDG_CACHE_HOME", "value": f"{TMP}/cache"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        {"name": "NO_COLOR", "value": "1"},
+    ]
     init_env = list(common_env)
     if config.airgap:
         init_env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
@@ -440,26 +486,55 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
     tmp_mount = {"name": "tmp", "mountPath": TMP}
     init_mounts = [config_mount, {"name": "models", "mountPath": MODEL_DIR}, tmp_mount]
     pull_mounts = list(init_mounts)
-    serve_mounts = [config_mount, {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
-                    {"name": "state", "mountPath": STATE_HOME}, tmp_mount]
+    serve_mounts = [
+        config_mount,
+        {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "state", "mountPath": STATE_HOME},
+        tmp_mount,
+    ]
     volumes: list[dict] = [
-        {"name": "config", "configMap": {"name": CONFIG_MAP, "defaultMode": 0o444,
-                                         "items": [{"key": "config.yaml", "path": "config.yaml"}]}},
-        {"name": "models", **({"persistentVolumeClaim": {"claimName": pvc_name}} if pvc else
-                              {"emptyDir": {"sizeLimit": storage_size}})},
+        {
+            "name": "config",
+            "configMap": {
+                "name": CONFIG_MAP,
+                "defaultMode": 0o444,
+                "items": [{"key": "config.yaml", "path": "config.yaml"}],
+            },
+        },
+        {
+            "name": "models",
+            **(
+                {"persistentVolumeClaim": {"claimName": pvc_name}} if pvc else {"emptyDir": {"sizeLimit": storage_size}}
+            ),
+        },
         {"name": "state", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
     if secret is not None:
         serve_mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
-        volumes.append({"name": "credentials", "secret": {
-            "secretName": secret_name, "defaultMode": 0o440,
-            "items": [{"key": k, "path": k} for k, _ in keys if k != "metrics-key"]}})
+        volumes.append(
+            {
+                "name": "credentials",
+                "secret": {
+                    "secretName": secret_name,
+                    "defaultMode": 0o440,
+                    "items": [{"key": k, "path": k} for k, _ in keys if k != "metrics-key"],
+                },
+            }
+        )
     if hub and not config.airgap:
         pull_mounts.append({"name": "hf-token", "mountPath": HF_TOKEN_DIR, "readOnly": True})
-        volumes.append({"name": "hf-token", "secret": {
-            "secretName": HF_TOKEN_SECRET, "optional": True, "defaultMode": 0o440,
-            "items": [{"key": "token", "path": "token"}]}})
+        volumes.append(
+            {
+                "name": "hf-token",
+                "secret": {
+                    "secretName": HF_TOKEN_SECRET,
+                    "optional": True,
+                    "defaultMode": 0o440,
+                    "items": [{"key": "token", "path": "token"}],
+                },
+            }
+        )
 
     limits: dict[str, str] = {"cpu": str(cpu), "memory": memory}
     if spec.uses_gpu:
@@ -470,8 +545,11 @@ def _service(env, config: Config, service: str, name: str, namespace: str, image
         "labels": labels,
         "selector": selector,
         "replicas": k8s.replicas,
-        "strategy": ({"type": "Recreate"} if pvc else
-                     {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+        "strategy": (
+            {"type": "Recreate"}
+            if pvc
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        ),
         "config_sha256": config_sha256,
         "grace_s": math.ceil(spec.shutdown_timeout_s) + 10,
         "uid": k8s.uid,

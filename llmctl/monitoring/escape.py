@@ -63,8 +63,12 @@ def promql_alternatives(values: list[str]) -> str:
 
 def promql_number(value: float | int) -> str:
     """A PromQL number literal for a finite threshold."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"), float("-inf")):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != value
+        or value in (float("inf"), float("-inf"))
+    ):
         raise UsageError(f"{value!r} is not a finite number")
     return repr(value) if isinstance(value, float) else str(value)
 

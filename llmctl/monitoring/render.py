@@ -86,9 +86,15 @@ def duration_seconds(value: str) -> float:
 def _environment():
     from llmctl.templating import environment
 
-    env = environment("monitoring", variable_start_string="[[", variable_end_string="]]",
-                      block_start_string="[%", block_end_string="%]",
-                      comment_start_string="[#", comment_end_string="#]")
+    env = environment(
+        "monitoring",
+        variable_start_string="[[",
+        variable_end_string="]]",
+        block_start_string="[%",
+        block_end_string="%]",
+        comment_start_string="[#",
+        comment_end_string="#]",
+    )
     env.filters.update(
         yaml=escape.yaml_value,
         json=escape.json_value,
@@ -102,8 +108,14 @@ def _environment():
 
 def _value_map(*values: tuple[int, str, str]) -> list[dict]:
     """Grafana value mappings: a number shown as a word in a colour."""
-    return [{"type": "value", "options": {str(v): {"text": text, "color": color, "index": i}
-                                          for i, (v, text, color) in enumerate(values)}}]
+    return [
+        {
+            "type": "value",
+            "options": {
+                str(v): {"text": text, "color": color, "index": i} for i, (v, text, color) in enumerate(values)
+            },
+        }
+    ]
 
 
 def _target(name: str, host: str, port: int, override: str | None) -> str:
@@ -122,22 +134,29 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
 
     m = config.monitoring
     if not config.services:
-        raise UsageError("services: no service is configured, so there is nothing to monitor",
-                         hint="add a service under services: (see config.example.yaml)")
+        raise UsageError(
+            "services: no service is configured, so there is nothing to monitor",
+            hint="add a service under services: (see config.example.yaml)",
+        )
     health = config.systemd.health_textfile is not None
     services: list[dict[str, Any]] = []
     for name, spec in config.services.items():
         unit = deployment.units.get(name)
         if unit is None:
             raise UsageError(f"services.{name}: no systemd unit name was given for it")
-        services.append({
-            "name": name,
-            "unit": unit,
-            "target": _target(name, spec.host, spec.port, m.target_host),
-            "credentials_file": (m.credentials_file.replace("{service}", name)
-                                 if spec.api_keys_file and not spec.public_metrics else None),
-            "queue_length": spec.limits.queue_length,
-        })
+        services.append(
+            {
+                "name": name,
+                "unit": unit,
+                "target": _target(name, spec.host, spec.port, m.target_host),
+                "credentials_file": (
+                    m.credentials_file.replace("{service}", name)
+                    if spec.api_keys_file and not spec.public_metrics
+                    else None
+                ),
+                "queue_length": spec.limits.queue_length,
+            }
+        )
     window = m.rate_window
     ctx: dict[str, Any] = {
         "version": __version__,
@@ -159,8 +178,9 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
         "health_timer": deployment.health_timer,
         "schema_version": GRAFANA_SCHEMA_VERSION,
         "up_mappings": _value_map((1, "UP", "green"), (0, "DOWN", "red")),
-        "health_mappings": _value_map((0, "OK", "green"), (1, "WARNING", "yellow"), (2, "CRITICAL", "red"),
-                                      (3, "UNKNOWN", "purple")),
+        "health_mappings": _value_map(
+            (0, "OK", "green"), (1, "WARNING", "yellow"), (2, "CRITICAL", "red"), (3, "UNKNOWN", "purple")
+        ),
         "gpu_mappings": _value_map((1, "GPU", "green"), (0, "CPU", "red")),
         "circuit_mappings": _value_map((0, "closed", "green"), (1, "half-open", "yellow"), (2, "open", "red")),
     }
@@ -169,8 +189,11 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
         """An alert's labels as a YAML flow mapping: severity, then monitoring.alert_labels. Prometheus
         expands alert labels as Go templates, as it does annotations."""
         pairs = [("severity", severity), *sorted(m.alert_labels.items())]
-        return "{" + ", ".join(f"{escape.yaml_value(k)}: {escape.yaml_value(escape.gotmpl_text(v))}"
-                               for k, v in pairs) + "}"
+        return (
+            "{"
+            + ", ".join(f"{escape.yaml_value(k)}: {escape.yaml_value(escape.gotmpl_text(v))}" for k, v in pairs)
+            + "}"
+        )
 
     ctx["alert_labels"] = alert_labels
     env = _environment()
@@ -188,9 +211,13 @@ def render(config: Config, deployment: Deployment) -> MonitoringResult:
     notes = []
     keyed = [s["name"] for s in services if s["credentials_file"]]
     if keyed:
-        notes.append("Prometheus reads one API key for " + ", ".join(keyed) + " from "
-                     + ", ".join(sorted({s["credentials_file"] for s in services if s["credentials_file"]}))
-                     + " (one key of the service's api_keys_file, readable by the prometheus user)")
+        notes.append(
+            "Prometheus reads one API key for "
+            + ", ".join(keyed)
+            + " from "
+            + ", ".join(sorted({s["credentials_file"] for s in services if s["credentials_file"]}))
+            + " (one key of the service's api_keys_file, readable by the prometheus user)"
+        )
     if not health:
         notes.append("systemd.health_textfile is not set: no health job and no health alerts")
     if not deployment.cloud_routes:

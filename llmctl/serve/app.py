@@ -30,9 +30,14 @@ from llmctl.serve.security import RateLimiter
 from llmctl.serve.settings import ServeSettings
 
 
-def create_app(settings: ServeSettings, engine: Scheduler | ModelPool, *, metrics: Metrics | None = None,
-               access_log: Callable[[dict], None] = json_access_log,
-               router: Fallback | None = None) -> tuple[Callable, ServerContext]:
+def create_app(
+    settings: ServeSettings,
+    engine: Scheduler | ModelPool,
+    *,
+    metrics: Metrics | None = None,
+    access_log: Callable[[dict], None] = json_access_log,
+    router: Fallback | None = None,
+) -> tuple[Callable, ServerContext]:
     """The ASGI app (gate + routes) and its shared context.
 
     `engine`: the server's ModelPool (llmctl.serve.pool: several models, loaded on demand), or
@@ -57,11 +62,18 @@ def create_app(settings: ServeSettings, engine: Scheduler | ModelPool, *, metric
                 log_only(record)
             finally:
                 router.observe(record)
+
     limits = settings.limits
-    ctx = ServerContext(settings=settings, pool=pool, metrics=metrics,
-                        limiter=RateLimiter(limits.rate_limit_rpm, limits.rate_limit_burst),
-                        access_log=access_log, bounds=protocol.Limits.of(settings), router=router,
-                        preloaded=preloaded)
+    ctx = ServerContext(
+        settings=settings,
+        pool=pool,
+        metrics=metrics,
+        limiter=RateLimiter(limits.rate_limit_rpm, limits.rate_limit_burst),
+        access_log=access_log,
+        bounds=protocol.Limits.of(settings),
+        router=router,
+        preloaded=preloaded,
+    )
 
     def job_done(model: str, job: Job) -> None:
         if job.stats.cancelled:

@@ -78,8 +78,9 @@ class Backend:
         cparams.swa_full = settings.swa_full
         cparams.no_perf = True
         cparams.embeddings = False
-        cparams.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn
-                                   else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.flash_attn_type = (
+            C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         if settings.n_threads:
             cparams.n_threads = cparams.n_threads_batch = settings.n_threads
         self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=False)
@@ -130,8 +131,9 @@ class Backend:
 
     # -- decoding (the engine's thread only) ------------------------------------------------------------
 
-    def decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int],
-               logits: Sequence[bool]) -> None:
+    def decode(
+        self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], logits: Sequence[bool]
+    ) -> None:
         """One llama_decode over the given entries (at most n_batch); DecodeError when it fails."""
         b = self._batch
         n = len(tokens)

@@ -240,8 +240,10 @@ class Engine:
         with self._lock:
             free = self.parallel - self._running
             if self._waiting >= limits.queue_length + free:
-                raise QueueFull(f"the queue is full ({limits.queue_length} waiting); try again later",
-                                retry_after=max(1.0, min(limits.queue_timeout_s, 5.0)))
+                raise QueueFull(
+                    f"the queue is full ({limits.queue_length} waiting); try again later",
+                    retry_after=max(1.0, min(limits.queue_timeout_s, 5.0)),
+                )
             self._waiting += 1
             self._queue.append(job)
             self._wake.notify()
@@ -323,8 +325,13 @@ class Engine:
         from llmctl.serve import chat
 
         try:
-            return chat.resolve(self.settings.chat_format, backend.metadata, backend.token_text(backend.bos),
-                                backend.token_text(backend.eos), backend.eos)
+            return chat.resolve(
+                self.settings.chat_format,
+                backend.metadata,
+                backend.token_text(backend.bos),
+                backend.token_text(backend.eos),
+                backend.eos,
+            )
         except chat.ChatFormatError as exc:
             raise ValueError(str(exc)) from None
 
@@ -417,8 +424,10 @@ class Engine:
         stats.prompt_tokens = len(tokens)
         limit = req.max_prompt_tokens
         if limit is not None and len(tokens) > limit:
-            raise PromptTooLong(f"the prompt has {len(tokens)} tokens; this server accepts at most {limit} "
-                                f"(context {self.n_ctx} minus max_tokens)")
+            raise PromptTooLong(
+                f"the prompt has {len(tokens)} tokens; this server accepts at most {limit} "
+                f"(context {self.n_ctx} minus max_tokens)"
+            )
         if not tokens:
             raise BadRequest("the prompt is empty")
         if len(tokens) >= self.n_ctx:
@@ -463,8 +472,11 @@ class Engine:
             return reuse
         found = cache.best(tokens)
         load = found is not None and found[2] >= reuse + MIN_SHARED
-        if ((load or len(slot.cache) - reuse >= MIN_SAVE) and cache.wants(slot.cache)
-                and backend.seq_pos_min(slot.id) <= 0):  # a window-only SWA cache is no use to save
+        if (
+            (load or len(slot.cache) - reuse >= MIN_SAVE)
+            and cache.wants(slot.cache)
+            and backend.seq_pos_min(slot.id) <= 0
+        ):  # a window-only SWA cache is no use to save
             cache.put(slot.cache, backend.state_save(slot.id))
         if found is None or not load:
             return reuse
@@ -552,7 +564,7 @@ class Engine:
             if room <= 0:
                 break
             start = len(slot.cache)
-            part = slot.prompt[start:start + room]
+            part = slot.prompt[start : start + room]
             for k, token in enumerate(part):
                 tokens.append(token)
                 positions.append(start + k)
@@ -574,7 +586,7 @@ class Engine:
             self.on_step(StepStats(len(tokens), len(set(seqs))))
         for slot, n in chunks:
             start = len(slot.cache)
-            slot.cache.extend(slot.prompt[start:start + n])
+            slot.cache.extend(slot.prompt[start : start + n])
         for slot in self._slots:
             if slot.job is not None and slot.pending is not None and slot.logit_index >= 0:
                 slot.cache.append(slot.pending)
@@ -642,8 +654,11 @@ class Engine:
 
     def _usage(self, job: Job) -> dict[str, int]:
         st = job.stats
-        return {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                "total_tokens": st.prompt_tokens + st.completion_tokens}
+        return {
+            "prompt_tokens": st.prompt_tokens,
+            "completion_tokens": st.completion_tokens,
+            "total_tokens": st.prompt_tokens + st.completion_tokens,
+        }
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job = slot.job

@@ -56,7 +56,7 @@ def fold_system_into_first_user(messages: list[dict[str, Any]]) -> list[dict[str
                 merged: Any = [{"type": "text", "text": text + "\n\n"}, *content]
             else:
                 merged = text + "\n\n" + (content or "")
-            return [*rest[:i], {**m, "content": merged}, *rest[i + 1:]]
+            return [*rest[:i], {**m, "content": merged}, *rest[i + 1 :]]
     return [{"role": "user", "content": text}, *rest]
 
 
@@ -74,12 +74,14 @@ def _formatter_of(handler: Any) -> Any:
     return handler.__closure__[code.co_freevars.index("chat_formatter")].cell_contents
 
 
-def resolve(chat_format: str | None, metadata: dict[str, str], bos_text: str, eos_text: str,
-            eos_id: int) -> ChatTemplate:
+def resolve(
+    chat_format: str | None, metadata: dict[str, str], bos_text: str, eos_text: str, eos_id: int
+) -> ChatTemplate:
     from llama_cpp import llama_chat_format as F
 
-    templates = {name[len("tokenizer."):]: t for name, t in metadata.items()
-                 if name.startswith("tokenizer.chat_template.")}
+    templates = {
+        name[len("tokenizer.") :]: t for name, t in metadata.items() if name.startswith("tokenizer.chat_template.")
+    }
     if "tokenizer.chat_template" in metadata:
         templates["chat_template.default"] = metadata["tokenizer.chat_template"]
     if chat_format is None:
@@ -88,8 +90,9 @@ def resolve(chat_format: str | None, metadata: dict[str, str], bos_text: str, eo
         else:
             chat_format = "llama-2"
     if chat_format in templates:
-        jinja = F.Jinja2ChatFormatter(template=templates[chat_format], eos_token=eos_text, bos_token=bos_text,
-                                      stop_token_ids=[eos_id])
+        jinja = F.Jinja2ChatFormatter(
+            template=templates[chat_format], eos_token=eos_text, bos_token=bos_text, stop_token_ids=[eos_id]
+        )
         return ChatTemplate(chat_format, jinja)
     try:
         handler = F.get_chat_completion_handler(chat_format)
@@ -97,6 +100,8 @@ def resolve(chat_format: str | None, metadata: dict[str, str], bos_text: str, eo
         raise ChatFormatError(f"unknown chat_format {chat_format!r}") from None
     formatter = _formatter_of(handler)
     if formatter is None:
-        raise ChatFormatError(f"chat_format {chat_format!r} is a special handler (tools or images), not a text "
-                              "chat format; llmctl serve takes text formats such as gemma, chatml, llama-3")
+        raise ChatFormatError(
+            f"chat_format {chat_format!r} is a special handler (tools or images), not a text "
+            "chat format; llmctl serve takes text formats such as gemma, chatml, llama-3"
+        )
     return ChatTemplate(chat_format, formatter)

@@ -47,8 +47,11 @@ def legacy_logprobs(item: dict, offset: list[int]) -> dict:
         lp = choice.get("logprobs")
         if isinstance(lp, dict) and "content" in lp:
             choice["logprobs"] = completion_logprobs(lp["content"] or [], offset[0])
-            offset[0] = choice["logprobs"]["text_offset"][-1] + len(choice["logprobs"]["tokens"][-1]) \
-                if choice["logprobs"]["tokens"] else offset[0]
+            offset[0] = (
+                choice["logprobs"]["text_offset"][-1] + len(choice["logprobs"]["tokens"][-1])
+                if choice["logprobs"]["tokens"]
+                else offset[0]
+            )
     return item
 
 
@@ -94,7 +97,7 @@ async def shape_chunks(chunks: AsyncIterator[dict], spec: ToolSpec | None, fmt: 
             yield chunk
             continue
         choice = choices[0]
-        held += ((choice.get("logprobs") or {}).get("content") or [])
+        held += (choice.get("logprobs") or {}).get("content") or []
         delta = choice.get("delta") or {}
         text = delta.get("content")
         finish = choice.get("finish_reason")
@@ -111,8 +114,10 @@ async def shape_chunks(chunks: AsyncIterator[dict], spec: ToolSpec | None, fmt: 
         usage = chunk.get("usage")
         plain = {k: v for k, v in chunk.items() if k != "usage"}
         for piece in pieces:
-            yield {**plain, "choices": [{**choice, "delta": {**others, **piece}, "finish_reason": None,
-                                         "logprobs": logprobs()}]}
+            yield {
+                **plain,
+                "choices": [{**choice, "delta": {**others, **piece}, "finish_reason": None, "logprobs": logprobs()}],
+            }
             others = {}
         if finish is not None:
             last = {**plain, "choices": [{**choice, "delta": {}, "finish_reason": finish, "logprobs": logprobs()}]}

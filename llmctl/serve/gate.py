@@ -22,8 +22,18 @@ from llmctl.serve.engine import Unavailable
 from llmctl.serve.responses import error_response
 from llmctl.serve.security import match_key, presented_key
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-             "/health", "/ready", "/metrics", "/status", "/models/load", "/models/unload")
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/status",
+    "/models/load",
+    "/models/unload",
+)
 ROUTE_HEADER = "x-llmctl-route"  # on every answer the router or the engine gave: local, or upstream:<name>
 TIMEOUT_KEY = "llmctl.timeout"  # set in the scope by the server's protocol when it cut a slow request
 
@@ -79,8 +89,13 @@ class Gate:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 if info.get("route"):  # which route served it: local, or upstream:<name>
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (ROUTE_HEADER.encode(), info["route"].encode("latin-1"))]}
+                    message = {
+                        **message,
+                        "headers": [
+                            *message.get("headers", []),
+                            (ROUTE_HEADER.encode(), info["route"].encode("latin-1")),
+                        ],
+                    }
             await send(message)
 
         t0 = time.perf_counter()
@@ -106,8 +121,17 @@ class Gate:
                 "status": code,
                 "duration_ms": round(elapsed * 1000, 1),
             }
-            for k in ("key_id", "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "finish",
-                      "error", "route", "model"):
+            for k in (
+                "key_id",
+                "stream",
+                "prompt_tokens",
+                "completion_tokens",
+                "ttft_ms",
+                "finish",
+                "error",
+                "route",
+                "model",
+            ):
                 if info.get(k) is not None:
                     record[k] = info[k]
             try:
@@ -115,8 +139,9 @@ class Gate:
             except Exception:  # noqa: BLE001 - a log line that cannot be written never fails the request
                 pass
 
-    async def _handle(self, scope: dict, receive: Callable, send: Callable, path: str, client_ip: str,
-                      info: dict) -> None:
+    async def _handle(
+        self, scope: dict, receive: Callable, send: Callable, path: str, client_ip: str, info: dict
+    ) -> None:
         ctx = self.ctx
         s = ctx.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -128,8 +153,11 @@ class Gate:
                 ctx.metrics.auth_failures.inc()
                 info["error"] = "invalid_api_key"
                 resp = error_response(
-                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'.",
-                    "invalid_request_error", "invalid_api_key")
+                    401,
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
                 resp.headers["WWW-Authenticate"] = "Bearer"
                 await resp(scope, receive, send)
                 return
@@ -140,8 +168,13 @@ class Gate:
             if wait > 0:
                 ctx.metrics.rate_limited.inc()
                 info["error"] = "rate_limit_exceeded"
-                resp = error_response(429, "Rate limit reached for requests; retry after the time in Retry-After.",
-                                      "rate_limit_error", "rate_limit_exceeded", retry_after=wait)
+                resp = error_response(
+                    429,
+                    "Rate limit reached for requests; retry after the time in Retry-After.",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    retry_after=wait,
+                )
                 await resp(scope, receive, send)
                 return
         if scope.get("method") in ("POST", "PUT", "PATCH"):
@@ -161,8 +194,9 @@ class Gate:
             return
         await self.app(scope, receive, send)
 
-    async def _read_body(self, scope: dict, receive: Callable, send: Callable, headers: dict,
-                         info: dict) -> bytes | None:
+    async def _read_body(
+        self, scope: dict, receive: Callable, send: Callable, headers: dict, info: dict
+    ) -> bytes | None:
         """The whole body, or None after answering: 413 as soon as the limit is known to be passed
         (a declared Content-Length at once, without waiting for the body). The rest of an oversized
         body is read and dropped by the server's protocol (so the client, still sending, gets the
@@ -191,8 +225,9 @@ class Gate:
     @staticmethod
     async def _too_large(scope: dict, receive: Callable, send: Callable, info: dict, limit: int) -> None:
         info["error"] = "request_too_large"
-        await error_response(413, f"Request body too large: the limit is {limit} bytes.", "invalid_request_error",
-                             "request_too_large")(scope, receive, send)
+        await error_response(
+            413, f"Request body too large: the limit is {limit} bytes.", "invalid_request_error", "request_too_large"
+        )(scope, receive, send)
 
 
 # -- streams ------------------------------------------------------------------------------------------

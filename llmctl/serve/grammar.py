@@ -37,8 +37,24 @@ from typing import Any
 ANY_TYPE = "value"
 TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 # Keywords that only annotate: allowed beside $ref, anyOf/oneOf.
-ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$schema", "$id",
-                         "$defs", "definitions", "deprecated", "readOnly", "writeOnly", "nullable", "strict"})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "$defs",
+        "definitions",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "nullable",
+        "strict",
+    }
+)
 SUPPORTED_FORMATS = ("date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5")
 # One JSON string character, without raw control characters (JSON requires them escaped).
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
@@ -73,15 +89,16 @@ class SchemaError(ValueError):
         self.param = param
 
 
-def grammar_for_response_format(value: Any, param: str = "response_format",
-                                bounds: Bounds = DEFAULT_BOUNDS) -> str | None:
+def grammar_for_response_format(
+    value: Any, param: str = "response_format", bounds: Bounds = DEFAULT_BOUNDS
+) -> str | None:
     """GBNF for a request's `response_format`, or None for plain text.
 
     `{"type": "text"}`: None. `{"type": "json_object"}`: any JSON object (`"schema"` beside it, as
     llama-cpp-python accepts, constrains it). `{"type": "json_schema", "json_schema": {"schema": ...}}`:
     that schema. Raises SchemaError naming the key for anything else."""
     if not isinstance(value, dict):
-        raise SchemaError("must be an object such as {\"type\": \"json_object\"}", param)
+        raise SchemaError('must be an object such as {"type": "json_object"}', param)
     kind = value.get("type")
     if kind is None:
         raise SchemaError("'type' is required: text, json_object or json_schema", param)
@@ -117,8 +134,11 @@ def schema_to_gbnf(schema: Any, param: str = "schema", bounds: Bounds = DEFAULT_
     gbnf = converter.format_grammar()
     size = len(gbnf.encode("utf-8"))
     if size > bounds.max_grammar_bytes:
-        raise SchemaError(f"the grammar for this schema would be {size} bytes; the limit is "
-                          f"{bounds.max_grammar_bytes} (fewer properties, alternatives or items)", param)
+        raise SchemaError(
+            f"the grammar for this schema would be {size} bytes; the limit is "
+            f"{bounds.max_grammar_bytes} (fewer properties, alternatives or items)",
+            param,
+        )
     return gbnf
 
 
@@ -193,8 +213,18 @@ Ranges = list[tuple[int, int]]
 # ECMA-262 classes (JSON Schema's regular-expression dialect): \d and \w are ASCII.
 DIGIT: Ranges = [(0x30, 0x39)]
 WORD: Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
-SPACE: Ranges = [(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
-                 (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF)]
+SPACE: Ranges = [
+    (0x09, 0x0D),
+    (0x20, 0x20),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
+    (0xFEFF, 0xFEFF),
+]
 LINE_TERMINATORS: Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]
 # What a JSON string holds raw; the rest of a class is written as JSON escapes.
 RAW_OK: Ranges = [(0x20, 0x21), (0x23, 0x5B), (0x5D, 0x7E), (0x80, 0xD7FF), (0xE000, MAX_CP)]
@@ -262,15 +292,16 @@ class PatternCompiler:
             raise ValueError("inline flags such as (?i) are not supported")
         self.C = C
         items = list(parsed)
-        alternatives = ([list(a) for a in items[0][1][1]]
-                        if len(items) == 1 and items[0][0] is C.BRANCH else [items])
+        alternatives = [list(a) for a in items[0][1][1]] if len(items) == 1 and items[0][0] is C.BRANCH else [items]
         texts = []
         for alt in alternatives:
             start = bool(alt) and alt[0][0] is C.AT and alt[0][1] in (C.AT_BEGINNING, C.AT_BEGINNING_STRING)
             end = bool(alt) and alt[-1][0] is C.AT and alt[-1][1] in (C.AT_END, C.AT_END_STRING)
-            core = alt[1 if start else 0: len(alt) - 1 if end else len(alt)]
+            core = alt[1 if start else 0 : len(alt) - 1 if end else len(alt)]
             text, _ = self._seq(core)
-            parts = ([] if start else [self._any_text()]) + ([text] if text else []) + ([] if end else [self._any_text()])
+            parts = (
+                ([] if start else [self._any_text()]) + ([text] if text else []) + ([] if end else [self._any_text()])
+            )
             texts.append(" ".join(parts))
         return self._alternation(texts)
 
@@ -337,9 +368,14 @@ class PatternCompiler:
             return self._repeat(*arg)
         if op is C.AT:
             raise ValueError("'^' and '$' are supported only at the start and the end (of an alternative)")
-        names = {C.POSSESSIVE_REPEAT: "possessive repeats", C.ATOMIC_GROUP: "atomic groups",
-                 C.GROUPREF: "backreferences", C.GROUPREF_EXISTS: "conditional groups",
-                 C.ASSERT: "lookahead/lookbehind", C.ASSERT_NOT: "lookahead/lookbehind"}
+        names = {
+            C.POSSESSIVE_REPEAT: "possessive repeats",
+            C.ATOMIC_GROUP: "atomic groups",
+            C.GROUPREF: "backreferences",
+            C.GROUPREF_EXISTS: "conditional groups",
+            C.ASSERT: "lookahead/lookbehind",
+            C.ASSERT_NOT: "lookahead/lookbehind",
+        }
         raise ValueError(f"{names.get(op, str(op).lower())} are not supported")
 
     def _repeat(self, lo: int, hi: Any, sub: Any) -> tuple[str, bool]:
@@ -388,13 +424,17 @@ class PatternCompiler:
         alts: list[str] = []
         raw = _intersect(ranges, RAW_OK)
         if raw:
-            alts.append("[" + "".join(gbnf_char(lo) if lo == hi else f"{gbnf_char(lo)}-{gbnf_char(hi)}"
-                                      for lo, hi in raw) + "]")
+            alts.append(
+                "[" + "".join(gbnf_char(lo) if lo == hi else f"{gbnf_char(lo)}-{gbnf_char(hi)}" for lo, hi in raw) + "]"
+            )
         escaped = _intersect(ranges, ESCAPED)
         if escaped:
             chars = [cp for lo, hi in escaped for cp in range(lo, hi + 1)]
-            alts.append(self.add_rule("escaped", " | ".join(json_text_literal(chr(cp)) for cp in chars))
-                        if len(chars) > 2 else " | ".join(json_text_literal(chr(cp)) for cp in chars))
+            alts.append(
+                self.add_rule("escaped", " | ".join(json_text_literal(chr(cp)) for cp in chars))
+                if len(chars) > 2
+                else " | ".join(json_text_literal(chr(cp)) for cp in chars)
+            )
         if not alts:
             raise ValueError("a character class matches no character a JSON string can hold")
         return alts[0] if len(alts) == 1 else "(" + " | ".join(alts) + ")"
@@ -431,8 +471,9 @@ class _Normalizer:
             raise self.fail(f"{what} is {len(value)} characters; the limit is {self.bounds.max_literal}", where)
         bad = next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) <= 0xDFFF), None)
         if bad is not None:
-            raise self.fail(f"{what} holds the control character U+{ord(bad):04X}, which the grammar "
-                            "engine cannot take", where)
+            raise self.fail(
+                f"{what} holds the control character U+{ord(bad):04X}, which the grammar engine cannot take", where
+            )
         return value
 
     def literal(self, value: Any, where: str) -> Any:
@@ -483,8 +524,10 @@ class _Normalizer:
     def norm(self, schema: Any, where: str, depth: int, refs: tuple[str, ...]) -> dict:
         self.nodes += 1
         if self.nodes > self.bounds.max_nodes:
-            raise self.fail(f"the schema has more than {self.bounds.max_nodes} subschemas ($refs counted "
-                            "each time they are used)", where)
+            raise self.fail(
+                f"the schema has more than {self.bounds.max_nodes} subschemas ($refs counted each time they are used)",
+                where,
+            )
         if depth > self.bounds.max_depth:
             raise self.fail(f"the schema nests deeper than {self.bounds.max_depth} levels", where)
         if schema is True:
@@ -567,8 +610,10 @@ class _Normalizer:
         w = f"{where}.{key}"
         others = set(schema) - ANNOTATIONS - {key}
         if others:
-            raise self.fail(f"{key} beside {', '.join(sorted(others))} is not supported; move those keywords "
-                            "into each alternative", where)
+            raise self.fail(
+                f"{key} beside {', '.join(sorted(others))} is not supported; move those keywords into each alternative",
+                where,
+            )
         alternatives = schema[key]
         if not isinstance(alternatives, list):
             raise self.fail("must be a list of schemas", w)
@@ -602,8 +647,7 @@ class _Normalizer:
             if "additionalProperties" in n and n["additionalProperties"] is not True:
                 extra = n["additionalProperties"]
         if len(merged["properties"]) > self.bounds.max_properties:
-            raise self.fail(f"has {len(merged['properties'])} properties; the limit is "
-                            f"{self.bounds.max_properties}", w)
+            raise self.fail(f"has {len(merged['properties'])} properties; the limit is {self.bounds.max_properties}", w)
         merged["additionalProperties"] = extra if extra is not None else False
         return merged
 
@@ -615,8 +659,7 @@ class _Normalizer:
         if fmt in SUPPORTED_FORMATS:
             shaping.append("format")
         if "pattern" in shaping and len(shaping) > 1:
-            raise self.fail(f"pattern beside {', '.join(k for k in shaping if k != 'pattern')} is not supported",
-                            where)
+            raise self.fail(f"pattern beside {', '.join(k for k in shaping if k != 'pattern')} is not supported", where)
         if "format" in shaping and len(shaping) > 1:
             raise self.fail(f"format {fmt!r} beside minLength/maxLength is not supported", where)
         if "pattern" in schema:
@@ -646,8 +689,9 @@ class _Normalizer:
         if not isinstance(props, dict):
             raise self.fail("must be an object of schemas", f"{where}.properties")
         if len(props) > self.bounds.max_properties:
-            raise self.fail(f"has {len(props)} properties; the limit is {self.bounds.max_properties}",
-                            f"{where}.properties")
+            raise self.fail(
+                f"has {len(props)} properties; the limit is {self.bounds.max_properties}", f"{where}.properties"
+            )
         required = schema.get("required", [])
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise self.fail("must be a list of property names", f"{where}.required")
@@ -663,8 +707,10 @@ class _Normalizer:
         for name in required:
             if name not in out_props:
                 if extra is False:
-                    raise self.fail(f"{name!r} is required but not a property, and additionalProperties is "
-                                    "false", f"{where}.required")
+                    raise self.fail(
+                        f"{name!r} is required but not a property, and additionalProperties is false",
+                        f"{where}.required",
+                    )
                 self.text(name, f"{where}.required", "a property name")
                 out_props[name] = {"type": ANY_TYPE}
         out: dict = {"type": "object", "properties": out_props, "required": list(required)}
@@ -687,12 +733,17 @@ class _Normalizer:
             if not isinstance(prefix, list):
                 raise self.fail("must be a list of schemas", f"{where}.prefixItems")
             if len(prefix) > self.bounds.max_items:
-                raise self.fail(f"has {len(prefix)} schemas; the limit is {self.bounds.max_items}",
-                                f"{where}.prefixItems")
+                raise self.fail(
+                    f"has {len(prefix)} schemas; the limit is {self.bounds.max_items}", f"{where}.prefixItems"
+                )
             if items not in (None, False):
                 raise self.fail("prefixItems beside items is not supported", where)
-            return {"type": "array", "prefixItems": [
-                self.norm(s, f"{where}.prefixItems[{i}]", depth + 1, refs) for i, s in enumerate(prefix)]}
+            return {
+                "type": "array",
+                "prefixItems": [
+                    self.norm(s, f"{where}.prefixItems[{i}]", depth + 1, refs) for i, s in enumerate(prefix)
+                ],
+            }
         lo = self.count(schema.get("minItems", 0), f"{where}.minItems", "minItems", self.bounds.max_items)
         hi = schema.get("maxItems")
         if hi is not None:
@@ -704,8 +755,11 @@ class _Normalizer:
                 raise self.fail("items is false (no items) but minItems is above 0", where)
             hi, item = 0, {"type": ANY_TYPE}
         else:
-            item = ({"type": ANY_TYPE} if items is None or items is True
-                    else self.norm(items, f"{where}.items", depth + 1, refs))
+            item = (
+                {"type": ANY_TYPE}
+                if items is None or items is True
+                else self.norm(items, f"{where}.items", depth + 1, refs)
+            )
         out: dict = {"type": "array", "items": item, "minItems": lo}
         if hi is not None:
             out["maxItems"] = hi

@@ -38,34 +38,52 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("llmctl_requests", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("llmctl_request_duration_seconds", "HTTP request latency (to the last byte)",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("llmctl_time_to_first_token_seconds",
-                              "From the request's arrival at the engine to its first generated token",
-                              ["endpoint"], buckets=TTFT_BUCKETS, registry=r)
-        self.tps = Histogram("llmctl_generation_tokens_per_second", "Per-request decode speed",
-                             ["endpoint"], buckets=TPS_BUCKETS, registry=r)
-        self.queue_wait = Histogram("llmctl_queue_wait_seconds", "Time a request waited for the model",
-                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "llmctl_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "llmctl_request_duration_seconds",
+            "HTTP request latency (to the last byte)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "llmctl_time_to_first_token_seconds",
+            "From the request's arrival at the engine to its first generated token",
+            ["endpoint"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tps = Histogram(
+            "llmctl_generation_tokens_per_second",
+            "Per-request decode speed",
+            ["endpoint"],
+            buckets=TPS_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "llmctl_queue_wait_seconds", "Time a request waited for the model", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.prompt_tokens = Counter("llmctl_prompt_tokens", "Prompt tokens processed", registry=r)
         self.predicted_tokens = Counter("llmctl_completion_tokens", "Generated tokens", registry=r)
-        self.prompt_tps = Gauge("llmctl_prompt_throughput_tokens_per_second",
-                                "Average prompt throughput in tokens/s", registry=r)
-        self.predicted_tps = Gauge("llmctl_generation_throughput_tokens_per_second",
-                                   "Average generation throughput in tokens/s", registry=r)
+        self.prompt_tps = Gauge(
+            "llmctl_prompt_throughput_tokens_per_second", "Average prompt throughput in tokens/s", registry=r
+        )
+        self.predicted_tps = Gauge(
+            "llmctl_generation_throughput_tokens_per_second", "Average generation throughput in tokens/s", registry=r
+        )
         self.processing = Gauge("llmctl_requests_processing", "Requests the model is working on", registry=r)
         self.deferred = Gauge("llmctl_requests_deferred", "Requests waiting for the model", registry=r)
         self.in_flight = Gauge("llmctl_requests_in_flight", "HTTP requests being served", registry=r)
-        self.streams = Gauge("llmctl_streams_open", "Streaming requests admitted (waiting or sending)",
-                             registry=r)
-        self.rate_limited = Counter("llmctl_rate_limited", "Requests refused by the rate limiter (429)",
-                                    registry=r)
-        self.auth_failures = Counter("llmctl_auth_failures", "Requests refused for a missing or wrong key (401)",
-                                     registry=r)
-        self.cancelled = Counter("llmctl_generations_cancelled", "Generations stopped because the client left",
-                                 registry=r)
+        self.streams = Gauge("llmctl_streams_open", "Streaming requests admitted (waiting or sending)", registry=r)
+        self.rate_limited = Counter("llmctl_rate_limited", "Requests refused by the rate limiter (429)", registry=r)
+        self.auth_failures = Counter(
+            "llmctl_auth_failures", "Requests refused for a missing or wrong key (401)", registry=r
+        )
+        self.cancelled = Counter(
+            "llmctl_generations_cancelled", "Generations stopped because the client left", registry=r
+        )
         self.load_seconds = Gauge("llmctl_model_load_seconds", "Time it took to load the model", registry=r)
         self.info = Gauge("llmctl_model_info", "The served model", ["model"], registry=r)
         self.info.labels(model=model).set(1)
@@ -85,18 +103,25 @@ class Metrics:
         r = self.registry
         self.model_loaded = Gauge("llmctl_model_loaded", "1 while the model is loaded", ["model"], registry=r)
         self.model_loads = Counter("llmctl_model_loads", "Times the model was loaded", ["model"], registry=r)
-        self.model_unloads = Counter("llmctl_model_unloads", "Times the model was unloaded: room (for another "
-                                     "model), keep_alive (idle), request (POST /models/unload)",
-                                     ["model", "reason"], registry=r)
-        self.model_load_failures = Counter("llmctl_model_load_failures", "Loads of the model that failed",
-                                           ["model"], registry=r)
-        self.model_last_load_seconds = Gauge("llmctl_model_last_load_seconds", "How long the model's last load "
-                                             "took", ["model"], registry=r)
+        self.model_unloads = Counter(
+            "llmctl_model_unloads",
+            "Times the model was unloaded: room (for another model), keep_alive (idle), request (POST /models/unload)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "llmctl_model_load_failures", "Loads of the model that failed", ["model"], registry=r
+        )
+        self.model_last_load_seconds = Gauge(
+            "llmctl_model_last_load_seconds", "How long the model's last load took", ["model"], registry=r
+        )
         self.model_requests = Counter("llmctl_model_requests", "Generations the model ran", ["model"], registry=r)
-        self.model_prompt_tokens = Counter("llmctl_model_prompt_tokens", "Prompt tokens the model processed",
-                                           ["model"], registry=r)
-        self.model_completion_tokens = Counter("llmctl_model_completion_tokens", "Tokens the model generated",
-                                               ["model"], registry=r)
+        self.model_prompt_tokens = Counter(
+            "llmctl_model_prompt_tokens", "Prompt tokens the model processed", ["model"], registry=r
+        )
+        self.model_completion_tokens = Counter(
+            "llmctl_model_completion_tokens", "Tokens the model generated", ["model"], registry=r
+        )
         for name in names:
             self.info.labels(model=name).set(1)
             self.model_loaded.labels(model=name).set(0)
@@ -152,15 +177,24 @@ class Metrics:
             from prometheus_client import Counter, Gauge, Histogram
 
             r = self.registry
-            tokens = Histogram("llmctl_batch_tokens", "Tokens in each llama_decode (prompt chunks and next tokens)",
-                               buckets=BATCH_TOKEN_BUCKETS, registry=r)
-            seqs = Histogram("llmctl_batch_sequences", "Requests (slots) in each llama_decode",
-                             buckets=BATCH_SEQ_BUCKETS, registry=r)
+            tokens = Histogram(
+                "llmctl_batch_tokens",
+                "Tokens in each llama_decode (prompt chunks and next tokens)",
+                buckets=BATCH_TOKEN_BUCKETS,
+                registry=r,
+            )
+            seqs = Histogram(
+                "llmctl_batch_sequences", "Requests (slots) in each llama_decode", buckets=BATCH_SEQ_BUCKETS, registry=r
+            )
             decodes = Counter("llmctl_decode_calls", "llama_decode calls", registry=r)
-            cached = Counter("llmctl_prompt_tokens_cached", "Prompt tokens served from a slot's KV cache, not decoded",
-                             registry=r)
-            Gauge("llmctl_kv_cache_usage_ratio", "Share of the KV cache cells holding tokens (busy and idle slots)",
-                  registry=r).set_function(self._kv_usage)
+            cached = Counter(
+                "llmctl_prompt_tokens_cached", "Prompt tokens served from a slot's KV cache, not decoded", registry=r
+            )
+            Gauge(
+                "llmctl_kv_cache_usage_ratio",
+                "Share of the KV cache cells holding tokens (busy and idle slots)",
+                registry=r,
+            ).set_function(self._kv_usage)
             Gauge("llmctl_slots", "Slots: requests the engine decodes together", registry=r).set(engine.parallel)
 
             def on_step(step: Any) -> None:
@@ -182,8 +216,11 @@ class Metrics:
         if self.gpu_offload is None:
             from prometheus_client import Gauge
 
-            self.gpu_offload = Gauge("llmctl_gpu_offload", "GPU services: 1 when llama.cpp offloads layers to a "
-                                     "GPU device, 0 when the model runs on the CPU", registry=self.registry)
+            self.gpu_offload = Gauge(
+                "llmctl_gpu_offload",
+                "GPU services: 1 when llama.cpp offloads layers to a GPU device, 0 when the model runs on the CPU",
+                registry=self.registry,
+            )
         self.gpu_offload.set(1 if active else 0)
 
     def render(self) -> tuple[bytes, str]:

@@ -219,8 +219,9 @@ class ModelPool:
         entry = self.entries.get(name)
         if entry is None:
             shown = name if len(name) <= 80 else name[:80] + "..."
-            raise ModelNotFound(f"The model '{shown}' does not exist on this server "
-                                f"(models: {', '.join(self.entries)}).")
+            raise ModelNotFound(
+                f"The model '{shown}' does not exist on this server (models: {', '.join(self.entries)})."
+            )
         return entry
 
     def loaded(self) -> list[ModelEntry]:
@@ -289,8 +290,9 @@ class ModelPool:
         remaining = deadline - self._clock()
         if remaining <= 0:
             busy = ", ".join(e.name for e in self.entries.values() if e.occupies and e is not entry) or "none"
-            raise QueueTimeout(f"no room to load '{entry.name}' in time: the loaded models ({busy}) stayed busy; "
-                               "try again later")
+            raise QueueTimeout(
+                f"no room to load '{entry.name}' in time: the loaded models ({busy}) stayed busy; try again later"
+            )
         event = self._changed
         try:
             await asyncio.wait_for(event.wait(), min(remaining, 1.0))
@@ -317,19 +319,24 @@ class ModelPool:
         kept = [e for e in self.entries.values() if e is not entry and e.occupies and e.pinned]
         if p.memory_budget is not None and sum(e.estimate for e in kept) + entry.estimate > p.memory_budget:
             pinned = f" beside the pinned models ({', '.join(e.name for e in kept)})" if kept else ""
-            raise NoRoom(f"the model '{entry.name}' needs about {_mib(entry.estimate)} MiB (weights + KV), "
-                         f"which does not fit in memory_budget {_mib(p.memory_budget)} MiB{pinned}")
+            raise NoRoom(
+                f"the model '{entry.name}' needs about {_mib(entry.estimate)} MiB (weights + KV), "
+                f"which does not fit in memory_budget {_mib(p.memory_budget)} MiB{pinned}"
+            )
         if p.max_loaded is not None and len(kept) + 1 > p.max_loaded:
-            raise TooManyModels(f"cannot load '{entry.name}': max_loaded is {p.max_loaded} and the "
-                                f"pinned models ({', '.join(e.name for e in kept)}) take every place")
+            raise TooManyModels(
+                f"cannot load '{entry.name}': max_loaded is {p.max_loaded} and the "
+                f"pinned models ({', '.join(e.name for e in kept)}) take every place"
+            )
 
     def _victims(self, entry: ModelEntry) -> list[ModelEntry] | None:
         """The models to unload (least recently used first) so that `entry` fits now; None when
         it cannot fit now (the models in the way are busy, loading or unloading)."""
         others = [e for e in self.entries.values() if e is not entry and e.occupies]
         victims: list[ModelEntry] = []
-        idle = sorted((e for e in others if e.state == "loaded" and not e.pinned and e.active == 0),
-                      key=lambda e: e.last_used)
+        idle = sorted(
+            (e for e in others if e.state == "loaded" and not e.pinned and e.active == 0), key=lambda e: e.last_used
+        )
         while not self._fits([e for e in others if e not in victims], entry):
             if not idle:
                 return None
@@ -422,8 +429,11 @@ class ModelPool:
         if entry.pinned:
             raise Pinned(f"the model '{entry.name}' is pinned: it is never unloaded")
         if entry.state != "loaded" or entry.active:
-            raise Conflict(f"the model '{entry.name}' is busy ({entry.state}, {entry.active} active); "
-                           "try again when its requests are done", retry_after=1.0)
+            raise Conflict(
+                f"the model '{entry.name}' is busy ({entry.state}, {entry.active} active); "
+                "try again when its requests are done",
+                retry_after=1.0,
+            )
         entry.state = "unloading"
         await self._stop(entry, "request")
         return True
@@ -517,30 +527,32 @@ class ModelPool:
             rss = None
             if snapshot and e.state in ("loaded", "unloading"):
                 rss = mapped.get(str(Path(e.model.path).resolve()), 0) + e.anon_bytes
-            models.append({
-                "id": e.name,
-                "status": self.state_of(e),
-                "pinned": e.pinned,
-                "default": e.name == self.default,
-                "path": str(e.model.path),
-                "estimate_bytes": e.estimate or None,
-                "rss_bytes": rss,
-                "vram_bytes": e.vram_bytes,
-                "n_ctx": e.settings.n_ctx,
-                "slots": slots_of(e.settings, engine),
-                "busy": engine.running if engine is not None else 0,
-                "waiting": engine.waiting if engine is not None else 0,
-                "requests_1m": len(e.done),
-                "tokens_1m": tokens,
-                "tokens_per_s_1m": round(tokens / WINDOW_S, 3),
-                "idle_s": (round(now - e.last_used, 3) if e.state == "loaded" and e.active == 0 else None),
-                "loaded_s": round(now - e.loaded_at, 3) if e.loaded_at is not None else None,
-                "load_seconds": round(e.load_seconds, 3) if e.load_seconds is not None else None,
-                "loads": e.loads,
-                "unloads": e.unloads,
-                "requests": e.requests,
-                "error": e.error,
-            })
+            models.append(
+                {
+                    "id": e.name,
+                    "status": self.state_of(e),
+                    "pinned": e.pinned,
+                    "default": e.name == self.default,
+                    "path": str(e.model.path),
+                    "estimate_bytes": e.estimate or None,
+                    "rss_bytes": rss,
+                    "vram_bytes": e.vram_bytes,
+                    "n_ctx": e.settings.n_ctx,
+                    "slots": slots_of(e.settings, engine),
+                    "busy": engine.running if engine is not None else 0,
+                    "waiting": engine.waiting if engine is not None else 0,
+                    "requests_1m": len(e.done),
+                    "tokens_1m": tokens,
+                    "tokens_per_s_1m": round(tokens / WINDOW_S, 3),
+                    "idle_s": (round(now - e.last_used, 3) if e.state == "loaded" and e.active == 0 else None),
+                    "loaded_s": round(now - e.loaded_at, 3) if e.loaded_at is not None else None,
+                    "load_seconds": round(e.load_seconds, 3) if e.load_seconds is not None else None,
+                    "loads": e.loads,
+                    "unloads": e.unloads,
+                    "requests": e.requests,
+                    "error": e.error,
+                }
+            )
         doc: dict[str, Any] = {
             "models": models,
             "max_loaded": self.pool.max_loaded,
@@ -548,8 +560,7 @@ class ModelPool:
             "keep_alive_s": self.pool.keep_alive_s,
         }
         if snapshot:
-            doc["process"] = {"pid": os.getpid(), "rss_bytes": snapshot.get("rss"),
-                              "vram_bytes": snapshot.get("vram")}
+            doc["process"] = {"pid": os.getpid(), "rss_bytes": snapshot.get("rss"), "vram_bytes": snapshot.get("vram")}
         return doc
 
 

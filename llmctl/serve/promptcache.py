@@ -43,14 +43,14 @@ class PromptCache:
         if self.budget <= 0 or len(tokens) < MIN_SAVE:
             return False
         key = tuple(tokens)
-        return not any(k[:len(key)] == key for k in self._entries)
+        return not any(k[: len(key)] == key for k in self._entries)
 
     def put(self, tokens: list[int], state: tuple[Any, int]) -> None:
         size = state[1]
         if size > self.budget:
             return
         key = tuple(tokens)
-        for k in [k for k in self._entries if key[:len(k)] == k]:  # prefixes of this one: redundant
+        for k in [k for k in self._entries if key[: len(k)] == k]:  # prefixes of this one: redundant
             self._drop(k)
         while self._entries and self.used + size > self.budget:
             self._drop(next(iter(self._entries)))

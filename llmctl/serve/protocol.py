@@ -97,9 +97,11 @@ def parse_body(raw: bytes) -> dict:
     except RecursionError:
         raise InvalidRequest(f"the JSON body nests too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
     except ValueError as exc:  # JSONDecodeError, and the 4300-digit limit of int()
-        raise InvalidRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
-                             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.) "
-                             f"{str(exc)[:200]}") from None
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.) "
+            f"{str(exc)[:200]}"
+        ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     check_tree(data)
@@ -117,8 +119,10 @@ def check_tree(data: Any) -> None:
         if not isinstance(value, (dict, list)):
             continue
         if depth > MAX_JSON_DEPTH:
-            raise InvalidRequest(f"the JSON body nests too deeply (the limit is {MAX_JSON_DEPTH} levels)",
-                                 safe_text(str(path[0])) if path else None)
+            raise InvalidRequest(
+                f"the JSON body nests too deeply (the limit is {MAX_JSON_DEPTH} levels)",
+                safe_text(str(path[0])) if path else None,
+            )
         if isinstance(value, dict):
             for k, v in value.items():
                 _check_text(k, (*path, k))
@@ -133,8 +137,11 @@ def _check_text(s: str, path: tuple) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest("holds a lone UTF-16 surrogate (such as \\ud800), which is not text",
-                             safe_text(param_path(path)) or None, code="invalid_encoding") from None
+        raise InvalidRequest(
+            "holds a lone UTF-16 surrogate (such as \\ud800), which is not text",
+            safe_text(param_path(path)) or None,
+            code="invalid_encoding",
+        ) from None
 
 
 # -- the models -------------------------------------------------------------------------------------------
@@ -236,8 +243,17 @@ class EmbeddingBody(_Model):
     user: str | None = None
 
 
-SAMPLING = ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
-            "frequency_penalty", "seed")
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
 
 
 def param_path(loc: tuple) -> str:
@@ -253,8 +269,14 @@ def _validate(model: type[BaseModel], data: dict) -> Any:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         # Union members each add a segment ('str', 'list[...]'); the field path is what a client needs.
-        loc = tuple(p for p in err.get("loc", ()) if not (isinstance(p, str) and ("[" in p or p in (
-            "str", "int", "float", "bool", "function-after", "constrained-str"))))
+        loc = tuple(
+            p
+            for p in err.get("loc", ())
+            if not (
+                isinstance(p, str)
+                and ("[" in p or p in ("str", "int", "float", "bool", "function-after", "constrained-str"))
+            )
+        )
         where = param_path(loc)
         message = err.get("msg", "invalid value")
         if err.get("type") == "missing":
@@ -291,8 +313,13 @@ class Limits:
 
     @classmethod
     def of(cls, settings: ServeSettings) -> Limits:
-        return cls(settings.model_name, settings.n_ctx, settings.limits.max_tokens, settings.limits.max_prompt_tokens,
-                   settings.limits.max_n)
+        return cls(
+            settings.model_name,
+            settings.n_ctx,
+            settings.limits.max_tokens,
+            settings.limits.max_prompt_tokens,
+            settings.limits.max_n,
+        )
 
 
 def flatten_content(content: str | list[_Part] | None, where: str) -> str:
@@ -309,13 +336,17 @@ def flatten_content(content: str | list[_Part] | None, where: str) -> str:
         elif part.type == "refusal" and part.refusal is not None:
             texts.append(part.refusal)
         elif part.type in NON_TEXT_PARTS:
-            raise InvalidRequest(f"{where}[{i}]: content parts of type '{part.type}' are not supported: this "
-                                 "server takes text only", f"{where}[{i}].type", code="unsupported_content")
+            raise InvalidRequest(
+                f"{where}[{i}]: content parts of type '{part.type}' are not supported: this server takes text only",
+                f"{where}[{i}].type",
+                code="unsupported_content",
+            )
         elif part.type in ("text", "refusal"):
             raise InvalidRequest(f"{where}[{i}].{part.type}: is required", f"{where}[{i}].{part.type}")
         else:
-            raise InvalidRequest(f"{where}[{i}].type: unknown content part type {part.type!r} (text)",
-                                 f"{where}[{i}].type")
+            raise InvalidRequest(
+                f"{where}[{i}].type: unknown content part type {part.type!r} (text)", f"{where}[{i}].type"
+            )
     return "\n".join(texts)
 
 
@@ -327,12 +358,15 @@ def normalize_messages(messages: list[Message]) -> list[dict[str, Any]]:
         if m.content is None and m.role != "assistant":
             raise InvalidRequest(f"{where}.content: is required for a {m.role} message", f"{where}.content")
         if m.role == "assistant" and m.content is None and not m.tool_calls:
-            raise InvalidRequest(f"{where}.content: is required for an assistant message without tool_calls",
-                                 f"{where}.content")
+            raise InvalidRequest(
+                f"{where}.content: is required for an assistant message without tool_calls", f"{where}.content"
+            )
         if m.role == "tool" and m.tool_call_id is None:
             raise InvalidRequest(f"{where}.tool_call_id: is required for a tool message", f"{where}.tool_call_id")
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
-                               "content": flatten_content(m.content, f"{where}.content")}
+        msg: dict[str, Any] = {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": flatten_content(m.content, f"{where}.content"),
+        }
         if m.name is not None:
             msg["name"] = m.name
         if m.tool_calls:
@@ -350,8 +384,9 @@ def _token_ids(ids: list[int], n_vocab: int, where: str) -> list[int]:
         raise NotReady("the model is still loading; token ids cannot be checked yet")
     for i, t in enumerate(ids):
         if not 0 <= t < n_vocab:
-            raise InvalidRequest(f"{where}[{i}]: token id {t} is not in this model's vocabulary (0-{n_vocab - 1})",
-                                 f"{where}[{i}]")
+            raise InvalidRequest(
+                f"{where}[{i}]: token id {t} is not in this model's vocabulary (0-{n_vocab - 1})", f"{where}[{i}]"
+            )
     return ids
 
 
@@ -366,8 +401,9 @@ def _logit_bias(bias: dict[str, float], n_vocab: int) -> dict[int, float]:
             raise InvalidRequest(f"logit_bias: key {key!r} is not a token id (a non-negative integer)", "logit_bias")
         token = int(key)
         if token >= n_vocab:
-            raise InvalidRequest(f"logit_bias: token id {token} is not in this model's vocabulary (0-{n_vocab - 1})",
-                                 "logit_bias")
+            raise InvalidRequest(
+                f"logit_bias: token id {token} is not in this model's vocabulary (0-{n_vocab - 1})", "logit_bias"
+            )
         out[token] = float(value)
     return out
 
@@ -391,8 +427,9 @@ def tool_spec(body: ChatBody) -> ToolSpec | None:
     try:
         return parse_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
     except ToolError as exc:
-        raise InvalidRequest(exc.message, exc.param, code="invalid_schema" if ".parameters" in exc.param
-                             else None) from None
+        raise InvalidRequest(
+            exc.message, exc.param, code="invalid_schema" if ".parameters" in exc.param else None
+        ) from None
 
 
 def refuse_unsupported(body: ChatBody | CompletionBody) -> None:
@@ -402,8 +439,9 @@ def refuse_unsupported(body: ChatBody | CompletionBody) -> None:
         if extra.get(name) is not None:
             raise InvalidRequest(f"{name}: {why}", name, code="unsupported_parameter")
     if isinstance(body, ChatBody) and body.modalities is not None and set(body.modalities) - {"text"}:
-        raise InvalidRequest("modalities: this server answers with text only ([\"text\"])", "modalities",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            'modalities: this server answers with text only (["text"])', "modalities", code="unsupported_parameter"
+        )
 
 
 def _logprobs(body: ChatBody | CompletionBody, supported: bool) -> int | None:
@@ -418,17 +456,27 @@ def _logprobs(body: ChatBody | CompletionBody, supported: bool) -> int | None:
         if k is not None and k > MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"logprobs: at most {MAX_TOP_LOGPROBS}", "logprobs")
         if k is not None and body.echo:
-            raise InvalidRequest("logprobs: the prompt's logprobs (logprobs with echo) are not supported",
-                                 "logprobs", code="unsupported_parameter")
+            raise InvalidRequest(
+                "logprobs: the prompt's logprobs (logprobs with echo) are not supported",
+                "logprobs",
+                code="unsupported_parameter",
+            )
     if k is not None and not supported:
-        raise InvalidRequest("logprobs: logprobs are not supported by this server's engine", "logprobs",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            "logprobs: logprobs are not supported by this server's engine", "logprobs", code="unsupported_parameter"
+        )
     return k
 
 
-def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_vocab: int, *,
-                          tools: ToolSpec | None = None, tool_format: str = "generic",
-                          logprobs: bool = False) -> GenerationRequest:
+def to_generation_request(
+    body: ChatBody | CompletionBody,
+    limits: Limits,
+    n_vocab: int,
+    *,
+    tools: ToolSpec | None = None,
+    tool_format: str = "generic",
+    logprobs: bool = False,
+) -> GenerationRequest:
     """A validated chat or completion body -> the engine's request; InvalidRequest for what the
     models alone cannot see (vocabulary, combinations, context room). `tools`: the chat body's
     `tool_spec()`, rendered in `tool_format` (llmctl.serve.tools.FORMATS). `logprobs`: the engine
@@ -436,22 +484,21 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
     refuse_unsupported(body)
     top = _logprobs(body, logprobs)
     if body.n > limits.max_n:
-        raise InvalidRequest(f"n: this server returns at most {limits.max_n} choices per request "
-                             "(limits.max_n)", "n")
+        raise InvalidRequest(f"n: this server returns at most {limits.max_n} choices per request (limits.max_n)", "n")
     requested = body.max_tokens
     if isinstance(body, ChatBody):
         if body.max_completion_tokens is not None:
             requested = body.max_completion_tokens
     else:
         if body.best_of is not None and body.best_of != 1:
-            raise InvalidRequest("best_of: this server returns one choice per request (best_of must be 1)",
-                                 "best_of")
+            raise InvalidRequest("best_of: this server returns one choice per request (best_of must be 1)", "best_of")
     max_tokens = limits.max_tokens if requested is None else min(requested, limits.max_tokens)
     room = limits.n_ctx - max_tokens
     prompt_limit = room if limits.max_prompt_tokens is None else min(room, limits.max_prompt_tokens)
     if prompt_limit < 1:
-        raise InvalidRequest(f"max_tokens={max_tokens} leaves no room for a prompt in the context of "
-                             f"{limits.n_ctx} tokens", "max_tokens")
+        raise InvalidRequest(
+            f"max_tokens={max_tokens} leaves no room for a prompt in the context of {limits.n_ctx} tokens", "max_tokens"
+        )
     params: dict[str, Any] = {"max_tokens": max_tokens, "model": limits.model_name}
     for key in SAMPLING:
         value = getattr(body, key)
@@ -483,9 +530,11 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
             except T.ToolError as exc:
                 raise InvalidRequest(exc.message, exc.param, code="invalid_schema") from None
             if grammar is not None and tools is not None and tools.offered:
-                raise InvalidRequest("response_format: a JSON response_format cannot be combined with tools the "
-                                     "model may call; send tool_choice 'none', or leave one out",
-                                     "response_format")
+                raise InvalidRequest(
+                    "response_format: a JSON response_format cannot be combined with tools the "
+                    "model may call; send tool_choice 'none', or leave one out",
+                    "response_format",
+                )
             grammar = grammar or tool_grammar
         params["messages"] = messages
         if grammar is not None:
@@ -505,8 +554,11 @@ def to_generation_request(body: ChatBody | CompletionBody, limits: Limits, n_voc
             if body.echo:
                 raise InvalidRequest("echo: echo is supported only with a text prompt", "echo")
             if len(prompt) > prompt_limit:
-                raise InvalidRequest(f"prompt: the prompt has {len(prompt)} tokens; this server accepts at most "
-                                     f"{prompt_limit}", "prompt", code="context_length_exceeded")
+                raise InvalidRequest(
+                    f"prompt: the prompt has {len(prompt)} tokens; this server accepts at most {prompt_limit}",
+                    "prompt",
+                    code="context_length_exceeded",
+                )
         params.update(prompt=prompt, echo=body.echo, suffix=body.suffix)
         endpoint = "completion"
     return GenerationRequest(endpoint, params, stream=body.stream, max_prompt_tokens=prompt_limit)

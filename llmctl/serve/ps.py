@@ -44,8 +44,16 @@ class ServerStatus:
     server: dict[str, Any] = field(default_factory=dict)  # the rest of /status: version, uptime, limits
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "ok": self.ok, "error": self.error, "source": self.source,
-                "server": self.server, "process": self.process, "models": list(self.models)}
+        return {
+            "name": self.name,
+            "url": self.url,
+            "ok": self.ok,
+            "error": self.error,
+            "source": self.source,
+            "server": self.server,
+            "process": self.process,
+            "models": list(self.models),
+        }
 
 
 def collect(targets: Sequence[PsTarget], *, timeout_s: float = 5.0) -> list[ServerStatus]:
@@ -56,8 +64,9 @@ def collect(targets: Sequence[PsTarget], *, timeout_s: float = 5.0) -> list[Serv
 async def _collect(targets: Sequence[PsTarget], timeout_s: float) -> list[ServerStatus]:
     import httpx
 
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False,
-                                 headers={"User-Agent": USER_AGENT}) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT}
+    ) as client:
         return list(await asyncio.gather(*(_one(client, t, timeout_s) for t in targets)))
 
 
@@ -102,8 +111,11 @@ async def _one(client: Any, target: PsTarget, timeout_s: float) -> ServerStatus:
         if code == 404:
             code, doc = await _get(client, target, "/v1/models", timeout_s)
             if code == 200 and isinstance(doc, dict) and isinstance(doc.get("data"), list):
-                models = tuple({"id": str(m.get("id")), "status": str(m.get("status", "unknown"))}
-                               for m in doc["data"] if isinstance(m, dict))
+                models = tuple(
+                    {"id": str(m.get("id")), "status": str(m.get("status", "unknown"))}
+                    for m in doc["data"]
+                    if isinstance(m, dict)
+                )
                 return ServerStatus(target.name, url, True, source="models", models=models)
         if code != 200:
             hint = " (check the API key)" if code == 401 else ""

@@ -15,11 +15,24 @@ from starlette.responses import JSONResponse
 from llmctl.apierror import error_body, error_event, error_response, sse
 from llmctl.serve.engine import EngineError
 
-__all__ = ["SSE_DONE", "SSE_HEADERS", "engine_error_response", "error_body", "error_event", "error_response",
-           "model_card", "model_list", "sse", "usage_chunk"]
+__all__ = [
+    "SSE_DONE",
+    "SSE_HEADERS",
+    "engine_error_response",
+    "error_body",
+    "error_event",
+    "error_response",
+    "model_card",
+    "model_list",
+    "sse",
+    "usage_chunk",
+]
 
-SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-               (b"x-accel-buffering", b"no"))
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -27,8 +40,9 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def engine_error_response(exc: EngineError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.type, exc.code, param=getattr(exc, "param", None),
-                          retry_after=exc.retry_after)
+    return error_response(
+        exc.status, exc.message, exc.type, exc.code, param=getattr(exc, "param", None), retry_after=exc.retry_after
+    )
 
 
 # -- streams -----------------------------------------------------------------------------------------
@@ -37,8 +51,14 @@ def engine_error_response(exc: EngineError) -> JSONResponse:
 def usage_chunk(last: dict) -> dict:
     """The chunk that ends a stream when the client asked for `stream_options.include_usage`:
     no choices, the usage of the last chunk."""
-    return {"id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
-            "model": last.get("model"), "choices": [], "usage": last["usage"]}
+    return {
+        "id": last.get("id"),
+        "object": last.get("object"),
+        "created": last.get("created"),
+        "model": last.get("model"),
+        "choices": [],
+        "usage": last["usage"],
+    }
 
 
 # -- models ------------------------------------------------------------------------------------------

@@ -49,8 +49,7 @@ async def health(request: Request) -> Response:
     ctx = context_of(request)
     pool = ctx.pool
     if ctx.shutting_down:
-        return error_response(503, "The server is shutting down.", "server_error", "shutting_down",
-                              retry_after=1)
+        return error_response(503, "The server is shutting down.", "server_error", "shutting_down", retry_after=1)
     if not ready_to_serve(ctx):
         default = pool.entries[pool.default]
         engine = default.engine
@@ -78,8 +77,16 @@ async def ready(request: Request) -> Response:
     pool = ctx.pool
     entry = pool.try_lease()
     if entry is None:
-        return JSONResponse({"status": "ready", "model": ctx.settings.model_name, "probed": False,
-                             "loaded": False, "waiting": 0, "running": 0})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": ctx.settings.model_name,
+                "probed": False,
+                "loaded": False,
+                "waiting": 0,
+                "running": 0,
+            }
+        )
     try:
         engine = entry.engine
         if not engine.alive(120.0):
@@ -89,9 +96,12 @@ async def ready(request: Request) -> Response:
             last = engine.last_token_at
             if last is None or time.monotonic() - last > READY_FRESH_S:
                 probed = True
-                job = await engine.submit(GenerationRequest(
-                    "completion", {"prompt": "Hello", "max_tokens": 1, "temperature": 0.0,
-                                   "model": ctx.settings.model_name}))
+                job = await engine.submit(
+                    GenerationRequest(
+                        "completion",
+                        {"prompt": "Hello", "max_tokens": 1, "temperature": 0.0, "model": ctx.settings.model_name},
+                    )
+                )
                 try:
                     await job.wait_started(min(ctx.settings.limits.queue_timeout_s, 10.0))
                     result = None
@@ -101,10 +111,16 @@ async def ready(request: Request) -> Response:
                     if not job.done:
                         job.cancel()
                 if not result or job.stats.completion_tokens + job.stats.prompt_tokens == 0:
-                    return error_response(503, "The model did not answer the probe.", "server_error",
-                                          "probe_failed")
-        return JSONResponse({"status": "ready", "model": ctx.settings.model_name, "probed": probed,
-                             "waiting": engine.waiting, "running": engine.running})
+                    return error_response(503, "The model did not answer the probe.", "server_error", "probe_failed")
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": ctx.settings.model_name,
+                "probed": probed,
+                "waiting": engine.waiting,
+                "running": engine.running,
+            }
+        )
     finally:
         pool.release(entry)
 
@@ -113,14 +129,17 @@ async def models(request: Request) -> Response:
     """Every model, with its status: loaded, loading, unloading or unloaded."""
     ctx = context_of(request)
     pool = ctx.pool
-    return JSONResponse(model_list(*({**model_card(name, ctx.started_at), "status": pool.state_of(e)}
-                                     for name, e in pool.entries.items())))
+    return JSONResponse(
+        model_list(
+            *({**model_card(name, ctx.started_at), "status": pool.state_of(e)} for name, e in pool.entries.items())
+        )
+    )
 
 
 def _model_named(data: dict) -> str:
     name = data.get("model") if isinstance(data, dict) else None
     if not isinstance(name, str) or not name:
-        raise BadRequest("the body must be a JSON object with a 'model' string, such as {\"model\": \"NAME\"}")
+        raise BadRequest('the body must be a JSON object with a \'model\' string, such as {"model": "NAME"}')
     return name
 
 
@@ -141,8 +160,9 @@ async def unload_model(request: Request) -> Response:
     name = _model_named(await _json_body(request))
     was_loaded = await ctx.pool.unload(name)
     entry = ctx.pool.entry(name, strict=True)
-    return JSONResponse({"success": True, "model": entry.name, "status": ctx.pool.state_of(entry),
-                         "was_loaded": was_loaded})
+    return JSONResponse(
+        {"success": True, "model": entry.name, "status": ctx.pool.state_of(entry), "was_loaded": was_loaded}
+    )
 
 
 async def status(request: Request) -> Response:
@@ -152,9 +172,16 @@ async def status(request: Request) -> Response:
 
     ctx = context_of(request)
     snap = await asyncio.to_thread(resources.snapshot, ctx.pool.occupied_paths())
-    doc = {"object": "llmctl.status", "version": 1, "llmctl": __version__, "service": ctx.settings.service,
-           "default_model": ctx.pool.default, "uptime_s": round(time.time() - ctx.started_at, 3),
-           "ready": ready_to_serve(ctx) and not ctx.shutting_down, **ctx.pool.status(snap)}
+    doc = {
+        "object": "llmctl.status",
+        "version": 1,
+        "llmctl": __version__,
+        "service": ctx.settings.service,
+        "default_model": ctx.pool.default,
+        "uptime_s": round(time.time() - ctx.started_at, 3),
+        "ready": ready_to_serve(ctx) and not ctx.shutting_down,
+        **ctx.pool.status(snap),
+    }
     return JSONResponse(doc)
 
 
@@ -182,8 +209,14 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
         info["model"] = entry.name
         spec = protocol.tool_spec(body) if isinstance(body, protocol.ChatBody) else None
         fmt = ctx.tool_format_for(entry.settings) if isinstance(body, protocol.ChatBody) else "generic"
-        greq = protocol.to_generation_request(body, ctx.bounds_for(entry.name), engine.n_vocab, tools=spec,
-                                              tool_format=fmt, logprobs=engine.supports_logprobs)
+        greq = protocol.to_generation_request(
+            body,
+            ctx.bounds_for(entry.name),
+            engine.n_vocab,
+            tools=spec,
+            tool_format=fmt,
+            logprobs=engine.supports_logprobs,
+        )
         limit = greq.max_prompt_tokens
         # A cheap early bound before queueing (exact for completions, a lower bound for chat);
         # the engine checks the formatted prompt exactly before it decodes anything.
@@ -193,15 +226,16 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
                 raise NotReady("Loading model.")
             n = engine.count_tokens(text) if len(text) < 8192 else await asyncio.to_thread(engine.count_tokens, text)
             if limit is not None and n > limit:
-                raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limit} "
-                                    f"(context {settings.n_ctx} minus max_tokens {greq.params['max_tokens']})")
+                raise PromptTooLong(
+                    f"the prompt has {n} tokens; this server accepts at most {limit} "
+                    f"(context {settings.n_ctx} minus max_tokens {greq.params['max_tokens']})"
+                )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         info["stream"] = body.stream
         if body.stream:
             admit_stream(ctx)  # released by the EventStream, or below when it never starts
         try:
-            shaping = choices.Shaping(spec, fmt,
-                                      legacy_logprobs=endpoint == "completion" and "logprobs" in greq.params)
+            shaping = choices.Shaping(spec, fmt, legacy_logprobs=endpoint == "completion" and "logprobs" in greq.params)
             job: Any = await submit_choices(engine, greq, body.n, shaping)
         except BaseException:
             if body.stream:
@@ -238,11 +272,13 @@ async def generate(request: Request, endpoint: Literal["chat", "completion"]) ->
             handed_over = True
             return EventStream(ctx, job, first, chunks, watch, include_usage, finish, info)  # type: ignore[return-value]
         result = None
+
         async def collect() -> Any:
             out = None
             async for item in chunks:
                 out = item
             return out
+
         result = await watch.until(collect())
         if result is None:
             raise EngineError("the generation ended without output")
@@ -279,8 +315,9 @@ async def submit_choices(engine: Any, greq: GenerationRequest, n: int, shaping: 
             params = dict(greq.params)
             if seed is not None:
                 params["seed"] = seed + i if seed + i < protocol.INT64 else seed - i
-            jobs.append(await engine.submit(GenerationRequest(greq.endpoint, params, greq.stream,
-                                                                  greq.max_prompt_tokens)))
+            jobs.append(
+                await engine.submit(GenerationRequest(greq.endpoint, params, greq.stream, greq.max_prompt_tokens))
+            )
     except BaseException:
         for j in jobs:
             j.cancel()
@@ -316,9 +353,12 @@ async def embeddings(request: Request) -> Response:
     ctx = context_of(request)
     settings = ctx.settings
     if not settings.embeddings:
-        return error_response(400, f"model '{settings.model_name}' is not served with embeddings "
-                              "(set services.<name>.embeddings: true)", "invalid_request_error",
-                              "embeddings_disabled")
+        return error_response(
+            400,
+            f"model '{settings.model_name}' is not served with embeddings (set services.<name>.embeddings: true)",
+            "invalid_request_error",
+            "embeddings_disabled",
+        )
     info = request.scope.get("llmctl", {})
     info["route"], info["model"] = "local", settings.model_name
     if ctx.shutting_down:
@@ -327,8 +367,9 @@ async def embeddings(request: Request) -> Response:
     entry = await ctx.pool.acquire(body.model, settings.limits.queue_timeout_s)
     try:
         info["model"] = entry.name
-        job = await entry.engine.submit(GenerationRequest("embedding", {"input": protocol.embedding_input(body),
-                                                                        "model": entry.name}))
+        job = await entry.engine.submit(
+            GenerationRequest("embedding", {"input": protocol.embedding_input(body), "model": entry.name})
+        )
     finally:
         ctx.pool.release(entry)
     try:
@@ -361,8 +402,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_crash(request: Request, exc: Exception) -> Response:
-    return error_response(500, "The server had an error while processing your request.", "server_error",
-                          "internal_error")
+    return error_response(
+        500, "The server had an error while processing your request.", "server_error", "internal_error"
+    )
 
 
 ROUTES = [

@@ -123,8 +123,15 @@ class ChainSampler:
                     add(C.llama_sampler_init_logit_bias(backend.n_vocab, len(spec.logit_bias), arr))
                     self._bias_ids = self._bias_ids[:0]
                 if penalize:
-                    add(C.llama_sampler_init_penalties(backend.n_vocab, PENALTY_LAST_N, spec.repeat_penalty,
-                                                       spec.frequency_penalty, spec.presence_penalty))
+                    add(
+                        C.llama_sampler_init_penalties(
+                            backend.n_vocab,
+                            PENALTY_LAST_N,
+                            spec.repeat_penalty,
+                            spec.frequency_penalty,
+                            spec.presence_penalty,
+                        )
+                    )
             if spec.grammar is not None:
                 from llmctl.serve.grammar_first import GrammarFirst
 

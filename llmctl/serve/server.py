@@ -72,8 +72,10 @@ def accept_error_handler(log: logging.Logger, limiter: OncePerSecond | None = No
             held = limiter.allow()
             if held is not None:
                 exc = context.get("exception")
-                log.error(f"cannot accept connections: {exc} (the open-file limit is reached; "
-                          f"{held} more such errors since the last line)")
+                log.error(
+                    f"cannot accept connections: {exc} (the open-file limit is reached; "
+                    f"{held} more such errors since the last line)"
+                )
             return
         loop.default_exception_handler(context)
 
@@ -107,8 +109,9 @@ def connection_caps(settings: ServeSettings, open_files: int) -> tuple[int, int]
     return served, hard
 
 
-def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: int,
-                     on_close: Callable[[str], None], log: logging.Logger) -> type:
+def guarded_protocol(
+    header_timeout_s: float, body_timeout_s: float, max_open: int, on_close: Callable[[str], None], log: logging.Logger
+) -> type:
     """uvicorn's h11 protocol with the deadlines and the connection cap it lacks (module docstring)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -126,8 +129,10 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, max_open: i
             if len(self.connections) > max_open:
                 held = full.allow()
                 if held is not None:
-                    log.warning(f"{len(self.connections) - 1} connections are open, the most this server "
-                                f"takes: closing new ones ({held} more since the last line)")
+                    log.warning(
+                        f"{len(self.connections) - 1} connections are open, the most this server "
+                        f"takes: closing new ones ({held} more since the last line)"
+                    )
                 on_close("connection_limit")
                 self.transport.close()
                 return
@@ -182,8 +187,13 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         from llmctl.serve.gate import utc_iso
 
-        doc = {"ts": utc_iso(), "event": "log", "level": record.levelname.lower(), "logger": record.name,
-               "message": record.getMessage()}
+        doc = {
+            "ts": utc_iso(),
+            "event": "log",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
@@ -217,8 +227,14 @@ def log_config(level: str = "info") -> dict:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
         "filters": {"flood": {"()": FloodFilter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr",
-                                "filters": ["flood"]}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+                "filters": ["flood"],
+            }
+        },
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
@@ -234,8 +250,10 @@ def model_logger(log: logging.Logger) -> Callable[..., None]:
     def on_event(event: str, model: str, level: str = "info", **fields: object) -> None:
         what = event.removeprefix("model_").replace("_", " ")
         extra = ", ".join(f"{k} {v}" for k, v in fields.items())
-        log.log(logging.ERROR if level == "error" else logging.INFO,
-                f"model '{model}' {what}" + (f" ({extra})" if extra else ""))
+        log.log(
+            logging.ERROR if level == "error" else logging.INFO,
+            f"model '{model}' {what}" + (f" ({extra})" if extra else ""),
+        )
 
     return on_event
 
@@ -246,8 +264,9 @@ class RunResult:
     worker_stopped: bool
 
 
-def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (),
-        router: Fallback | None = None) -> RunResult:
+def run(
+    settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str, ...] = (), router: Fallback | None = None
+) -> RunResult:
     """Serve until SIGTERM/SIGINT. Raises OperationFailed when the model fails to load or the port
     cannot be bound. `router`: see create_app (upstream fallback and the usage ledger)."""
     import uvicorn
@@ -265,15 +284,25 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
     pool.on_engine = lambda name, engine: ctx.metrics.attach_engine(engine, engines=pool.engines)
     for m in pool.entries.values():
         if pool.pool.memory_budget is not None and m.estimate > pool.pool.memory_budget:
-            warnings = (*warnings, (f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more "
-                                    f"than memory_budget ({pool.pool.memory_budget >> 20} MiB): requests for it get 503"))
+            warnings = (
+                *warnings,
+                (
+                    f"model '{m.name}' needs about {m.estimate >> 20} MiB (weights + KV), more "
+                    f"than memory_budget ({pool.pool.memory_budget >> 20} MiB): requests for it get 503"
+                ),
+            )
     limits = settings.limits
     open_files = ensure_open_files(limits.open_files)
     served, max_open = connection_caps(settings, open_files)
-    closed = Counter("llmctl_connections_closed", "Connections the server closed: header_timeout, body_timeout, "
-                     "connection_limit", ["reason"], registry=ctx.metrics.registry)
-    protocol = guarded_protocol(limits.header_timeout_s, limits.body_timeout_s, max_open,
-                                lambda reason: closed.labels(reason=reason).inc(), log)
+    closed = Counter(
+        "llmctl_connections_closed",
+        "Connections the server closed: header_timeout, body_timeout, connection_limit",
+        ["reason"],
+        registry=ctx.metrics.registry,
+    )
+    protocol = guarded_protocol(
+        limits.header_timeout_s, limits.body_timeout_s, max_open, lambda reason: closed.labels(reason=reason).inc(), log
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -294,8 +323,13 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     if served < limits.max_connections:
-        warnings = (*warnings, (f"the open-file limit ({open_files}) allows {served} connections, not "
-                                f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)"))
+        warnings = (
+            *warnings,
+            (
+                f"the open-file limit ({open_files}) allows {served} connections, not "
+                f"max_connections={limits.max_connections}; raise it (LimitNOFILE=, ulimit -n)"
+            ),
+        )
     failure: list[str] = []
 
     class Server(uvicorn.Server):
@@ -317,8 +351,10 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
                     self.force_exit = True
                     return
                 if not self.should_exit:
-                    log.info(f"received {signal.Signals(sig).name}: shutting down "
-                             f"(in-flight requests get {settings.shutdown_timeout_s:g}s)")
+                    log.info(
+                        f"received {signal.Signals(sig).name}: shutting down "
+                        f"(in-flight requests get {settings.shutdown_timeout_s:g}s)"
+                    )
                     notify("STOPPING=1")
                 ctx.shutting_down = True
                 self.should_exit = True
@@ -386,10 +422,15 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
             log.info(f"ready: models {', '.join(pool.entries)} on {where} (loaded: {loaded})")
         if engine is not None:
             kv = getattr(engine, "kv_bytes", None)
-            log.info(f"{slots_of(settings, engine)} slots of {settings.n_ctx} tokens: "
-                     + (f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this"
-                        + (", for each model loaded at once)" if not pool.single else ")")
-                        if kv else "KV cache size unknown"))
+            log.info(
+                f"{slots_of(settings, engine)} slots of {settings.n_ctx} tokens: "
+                + (
+                    f"KV cache at most {kv / 2**20:.0f} MiB (size MemoryMax= for the model file plus this"
+                    + (", for each model loaded at once)" if not pool.single else ")")
+                    if kv
+                    else "KV cache size unknown"
+                )
+            )
         names = settings.model_name if pool.single else ", ".join(pool.entries)
         notify("READY=1", f"STATUS=serving {names} on {settings.host}:{settings.port}")
         reaper = asyncio.ensure_future(pool.reap())
@@ -425,8 +466,10 @@ def run(settings: ServeSettings, *, log_level: str = "info", warnings: tuple[str
         asyncio.run(main())
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         if exc.code not in (0, None):
-            raise OperationFailed(f"could not listen on {settings.host}:{settings.port}",
-                                  hint="is another server using the port? see the log line above") from None
+            raise OperationFailed(
+                f"could not listen on {settings.host}:{settings.port}",
+                hint="is another server using the port? see the log line above",
+            ) from None
     stopped = pool.close(5.0)  # the running jobs were cancelled with their requests: this is quick
     if not stopped:
         log.warning("the model worker did not stop in time; exiting anyway")

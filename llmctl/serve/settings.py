@@ -87,8 +87,14 @@ class ServeSettings:
 
     def for_model(self, model: ServedModel) -> ServeSettings:
         """The settings one model's engine runs with (its name, file and chat format)."""
-        return replace(self, model_name=model.name, model_path=model.path, verified=model.verified,
-                       chat_format=model.chat_format, models=())
+        return replace(
+            self,
+            model_name=model.name,
+            model_path=model.path,
+            verified=model.verified,
+            chat_format=model.chat_format,
+            models=(),
+        )
 
     @property
     def auth_enabled(self) -> bool:
@@ -130,8 +136,7 @@ def resolve_settings(
     elif target is None and not refs:
         if len(cfg.services) != 1:
             names = ", ".join(sorted(cfg.services)) or "none configured"
-            raise UsageError(f"name a service or a model to serve (services: {names})",
-                             hint="llmctl serve smoke")
+            raise UsageError(f"name a service or a model to serve (services: {names})", hint="llmctl serve smoke")
         service, spec = next(iter(cfg.services.items()))
     elif target is not None and refs:
         raise UsageError(f"'{target}' is not a service in the config; with --model, name a service or nothing")
@@ -159,8 +164,10 @@ def resolve_settings(
     for ref in refs or spec.served_models:
         m = _resolve_served(ref, store, cfg, allow, where, progress)
         if any(other.name == m.name for other in served):
-            raise UsageError(f"two of the models to serve are named '{m.name}'",
-                             hint="import one under another name: llmctl models import PATH --name NAME")
+            raise UsageError(
+                f"two of the models to serve are named '{m.name}'",
+                hint="import one under another name: llmctl models import PATH --name NAME",
+            )
         served.append(m)
     served_names = [m.name for m in served]
     pinned: tuple[str, ...] = ()
@@ -205,13 +212,17 @@ def resolve_settings(
         swa_full=spec.swa_full,
         prompt_cache_mib=spec.prompt_cache_mib,
         models=tuple(served) if len(served) > 1 else (),
-        pool=PoolSettings(max_loaded=cap, memory_budget=spec.memory_budget, pinned=pinned,
-                          keep_alive_s=spec.keep_alive_s, preload=preload),
+        pool=PoolSettings(
+            max_loaded=cap,
+            memory_budget=spec.memory_budget,
+            pinned=pinned,
+            keep_alive_s=spec.keep_alive_s,
+            preload=preload,
+        ),
     )
 
 
-def _resolve_served(ref: str, store, cfg, allow_unverified: bool, where: str,
-                    progress: Progress | None) -> ServedModel:
+def _resolve_served(ref: str, store, cfg, allow_unverified: bool, where: str, progress: Progress | None) -> ServedModel:
     """One model to serve: resolved through the store and verified (quick), or an allowed path."""
     from llmctl.models.resolve import ResolvedModel, resolve_model
 

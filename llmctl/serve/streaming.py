@@ -61,8 +61,17 @@ class DisconnectWatch:
 class EventStream:
     """An SSE response relaying a job's chunks; stops the job when the client leaves or on cancel."""
 
-    def __init__(self, ctx: ServerContext, job: Job, first: dict, chunks, watch: DisconnectWatch,
-                 include_usage: bool, finish: Callable[[], None], info: dict) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        job: Job,
+        first: dict,
+        chunks,
+        watch: DisconnectWatch,
+        include_usage: bool,
+        finish: Callable[[], None],
+        info: dict,
+    ) -> None:
         self.ctx, self.job, self.first, self.chunks, self.watch = ctx, job, first, chunks, watch
         self.include_usage, self.finish, self.info = include_usage, finish, info
 
@@ -70,11 +79,13 @@ class EventStream:
         ctx = self.ctx
         last: dict | None = None
         try:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": SSE_HEADERS,
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": SSE_HEADERS,
+                }
+            )
             await send({"type": "http.response.body", "body": sse(self.first), "more_body": True})
             last = self.first
             try:
@@ -85,8 +96,13 @@ class EventStream:
                     await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
             except EngineError as exc:
                 self.info["error"] = exc.code
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": error_event(exc.message, exc.type, exc.code)})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "more_body": True,
+                        "body": error_event(exc.message, exc.type, exc.code),
+                    }
+                )
             if self.watch.gone.is_set():
                 return
             if self.include_usage and last is not None and "usage" in last:
@@ -101,8 +117,15 @@ class EventStream:
             self.job.cancel()
             self.info["error"] = "cut_at_shutdown"
             with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "more_body": False, "body": error_event(
-                    "The server is shutting down; this stream was cut.", "server_error", "shutting_down")})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "more_body": False,
+                        "body": error_event(
+                            "The server is shutting down; this stream was cut.", "server_error", "shutting_down"
+                        ),
+                    }
+                )
         finally:
             if not self.job.done:
                 self.job.cancel()

@@ -45,7 +45,7 @@ class TextStream:
             start = max(0, before - self._longest + 1)
             hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
             if hits:
-                self.text = self.text[:min(hits)]
+                self.text = self.text[: min(hits)]
                 self.stopped = True
                 final = True
         end = len(self.text)
@@ -53,7 +53,7 @@ class TextStream:
             end -= self._held_back()
         if end <= self.sent:
             return ""
-        out = self.text[self.sent:end]
+        out = self.text[self.sent : end]
         self.sent = end
         return out
 
@@ -79,8 +79,13 @@ class Shaper:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + str(uuid.uuid4())
 
     def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [choice]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
 
     def role(self) -> dict[str, Any]:
         return self._chunk({"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None})
@@ -97,8 +102,9 @@ class Shaper:
             return self._chunk({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": None})
         return self._chunk({"text": text, "index": 0, "logprobs": lp, "finish_reason": None})
 
-    def final(self, finish_reason: str, usage: dict[str, int],
-              logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def final(
+        self, finish_reason: str, usage: dict[str, int], logprobs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         lp = self._logprobs(logprobs)
         if self.chat:
             chunk = self._chunk({"index": 0, "delta": {}, "logprobs": lp, "finish_reason": finish_reason})
@@ -107,15 +113,26 @@ class Shaper:
         chunk["usage"] = usage
         return chunk
 
-    def result(self, text: str, finish_reason: str, usage: dict[str, int],
-               logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def result(
+        self, text: str, finish_reason: str, usage: dict[str, int], logprobs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         lp = self._logprobs(logprobs)
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "logprobs": lp, "finish_reason": finish_reason}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": lp,
+                "finish_reason": finish_reason,
+            }
             obj = "chat.completion"
         else:
             choice = {"text": text, "index": 0, "logprobs": lp, "finish_reason": finish_reason}
             obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
-                "usage": usage}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage,
+        }

@@ -133,7 +133,7 @@ def _tool(raw: Any, where: str) -> Tool:
     from llmctl.serve.grammar import SchemaError, schema_to_gbnf
 
     if not isinstance(raw, dict):
-        raise ToolError("must be an object such as {\"type\": \"function\", \"function\": {...}}", where)
+        raise ToolError('must be an object such as {"type": "function", "function": {...}}', where)
     kind = raw.get("type")
     if kind != "function":
         raise ToolError(f"unsupported tool type {kind!r}: this server supports 'function' tools", f"{where}.type")
@@ -144,8 +144,9 @@ def _tool(raw: Any, where: str) -> Tool:
     if not isinstance(name, str):
         raise ToolError("is required (a string)", f"{where}.function.name")
     if not NAME.fullmatch(name):
-        raise ToolError(f"{name[:80]!r} is not a valid function name (a-z, A-Z, 0-9, _ and -, at most 64)",
-                        f"{where}.function.name")
+        raise ToolError(
+            f"{name[:80]!r} is not a valid function name (a-z, A-Z, 0-9, _ and -, at most 64)", f"{where}.function.name"
+        )
     description = fn.get("description")
     if description is not None and not isinstance(description, str):
         raise ToolError("must be a string", f"{where}.function.description")
@@ -162,7 +163,7 @@ def _tool(raw: Any, where: str) -> Tool:
     if not isinstance(params, dict):
         raise ToolError("must be a JSON schema (an object)", f"{where}.function.parameters")
     if params.get("type", "object") != "object":
-        raise ToolError("must be the schema of an object (\"type\": \"object\")", f"{where}.function.parameters")
+        raise ToolError('must be the schema of an object ("type": "object")', f"{where}.function.parameters")
     try:
         schema_to_gbnf(params, f"{where}.function.parameters")
     except SchemaError as exc:
@@ -175,12 +176,16 @@ def _choice(value: Any, names: list[str]) -> str:
         return "auto"
     if isinstance(value, str):
         if value not in CHOICES:
-            raise ToolError(f"unknown value {value[:40]!r} (none, auto, required, or "
-                            "{\"type\": \"function\", \"function\": {\"name\": ...}})", "tool_choice")
+            raise ToolError(
+                f"unknown value {value[:40]!r} (none, auto, required, or "
+                '{"type": "function", "function": {"name": ...}})',
+                "tool_choice",
+            )
         return value
     if not isinstance(value, dict):
-        raise ToolError("must be none, auto, required, or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                        "tool_choice")
+        raise ToolError(
+            'must be none, auto, required, or {"type": "function", "function": {"name": ...}}', "tool_choice"
+        )
     if value.get("type") != "function":
         raise ToolError(f"unsupported type {value.get('type')!r} (function)", "tool_choice.type")
     fn = value.get("function")
@@ -233,30 +238,41 @@ def _instructions(spec: ToolSpec, fmt: str) -> str:
     one = "" if spec.parallel else " Call at most one function at a time."
     if fmt == "hermes":
         tools = "\n".join(_dumps({"type": "function", "function": d}) for d in _definitions(offered))
-        return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-                f"{tools}\n</tools>\n\nFor each function call, return a json object with function name and "
-                "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-                '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>\n\n' + must + one)
+        return (
+            "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+            f"{tools}\n</tools>\n\nFor each function call, return a json object with function name and "
+            "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>\n\n' + must + one
+        )
     if fmt == "llama3":
         tools = "\n\n".join(_dumps({"type": "function", "function": d}) for d in _definitions(offered))
-        return ("You have access to the following functions. To call a function, respond with only a JSON "
-                'object of the form {"name": function name, "parameters": dictionary of argument name and its '
-                f"value}}. Do not use variables.\n\n{tools}\n\n{must}{one}")
+        return (
+            "You have access to the following functions. To call a function, respond with only a JSON "
+            'object of the form {"name": function name, "parameters": dictionary of argument name and its '
+            f"value}}. Do not use variables.\n\n{tools}\n\n{must}{one}"
+        )
     if fmt == "mistral":
         tools = _dumps([{"type": "function", "function": d} for d in _definitions(offered)])
-        return (f"[AVAILABLE_TOOLS]{tools}[/AVAILABLE_TOOLS]\nTo call functions, answer with [TOOL_CALLS] "
-                'followed by a JSON list: [{"name": function name, "arguments": {arguments}}].\n' + must + one)
+        return (
+            f"[AVAILABLE_TOOLS]{tools}[/AVAILABLE_TOOLS]\nTo call functions, answer with [TOOL_CALLS] "
+            'followed by a JSON list: [{"name": function name, "arguments": {arguments}}].\n' + must + one
+        )
     tools = _dumps(_definitions(offered))
     if spec.forced:
-        shape = ('Answer with one JSON object and nothing else: {"tool_calls": [{"name": "<function name>", '
-                 '"arguments": {<arguments>}}]}.')
+        shape = (
+            'Answer with one JSON object and nothing else: {"tool_calls": [{"name": "<function name>", '
+            '"arguments": {<arguments>}}]}.'
+        )
     else:
-        shape = ('Answer with one JSON object and nothing else: either {"tool_calls": [{"name": "<function name>", '
-                 '"arguments": {<arguments>}}]} to call functions, or {"response": "<your answer>"} to answer '
-                 "the user directly.")
-    return (f"You can call these functions (their arguments are described by JSON schemas):\n{tools}\n\n"
-            f"{shape} {must}{one}")
+        shape = (
+            'Answer with one JSON object and nothing else: either {"tool_calls": [{"name": "<function name>", '
+            '"arguments": {<arguments>}}]} to call functions, or {"response": "<your answer>"} to answer '
+            "the user directly."
+        )
+    return (
+        f"You can call these functions (their arguments are described by JSON schemas):\n{tools}\n\n{shape} {must}{one}"
+    )
 
 
 def _call_text(calls: list[dict], fmt: str) -> str:
@@ -342,8 +358,12 @@ _BOUNDS_ARGS: dict[str, int] = {"max_nodes": 4000, "max_alternatives": MAX_TOOLS
 
 
 def _call_schema(tool: Tool, args_key: str) -> dict:
-    return {"type": "object", "properties": {"name": {"const": tool.name}, args_key: tool.parameters},
-            "required": ["name", args_key], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.name}, args_key: tool.parameters},
+        "required": ["name", args_key],
+        "additionalProperties": False,
+    }
 
 
 def grammar_for(spec: ToolSpec, fmt: str) -> str | None:
@@ -362,11 +382,27 @@ def grammar_for(spec: ToolSpec, fmt: str) -> str | None:
     if not many:
         listing["maxItems"] = 1
     if fmt == "generic":
-        envelope = {"type": "object", "properties": {"tool_calls": listing}, "required": ["tool_calls"],
-                    "additionalProperties": False}
-        schema: dict = envelope if spec.forced else {"anyOf": [envelope, {
-            "type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
-            "additionalProperties": False}]}
+        envelope = {
+            "type": "object",
+            "properties": {"tool_calls": listing},
+            "required": ["tool_calls"],
+            "additionalProperties": False,
+        }
+        schema: dict = (
+            envelope
+            if spec.forced
+            else {
+                "anyOf": [
+                    envelope,
+                    {
+                        "type": "object",
+                        "properties": {"response": {"type": "string"}},
+                        "required": ["response"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        )
     elif fmt == "mistral":
         schema = listing
     else:
@@ -379,8 +415,9 @@ def grammar_for(spec: ToolSpec, fmt: str) -> str | None:
         return gbnf
     # Wrap the JSON in the format's markers: the converter's root becomes one rule among the others.
     lines = gbnf.splitlines()
-    renamed = [("tool-json ::= " + line[len("root ::= "):]) if line.startswith("root ::= ") else line
-               for line in lines]
+    renamed = [
+        ("tool-json ::= " + line[len("root ::= ") :]) if line.startswith("root ::= ") else line for line in lines
+    ]
     if fmt == "mistral":
         root = 'root ::= "[TOOL_CALLS]" tool-json'
     else:
@@ -456,7 +493,7 @@ def _parse_generic(text: str, spec: ToolSpec) -> Parsed:
     if found is None and _RESPONSE_PREFIX.match(text):  # an answer cut short (max_tokens): its text so far
         assembler = StreamAssembler(spec, "generic")
         return Parsed("".join(d.get("content", "") for d in assembler.feed(text)), ())
-    if found is None or text[found[1]:].strip() or not isinstance(found[0], dict):
+    if found is None or text[found[1] :].strip() or not isinstance(found[0], dict):
         return Parsed(text, ())
     obj = found[0]
     if isinstance(obj.get("tool_calls"), list):
@@ -479,7 +516,7 @@ def _parse_hermes(text: str, spec: ToolSpec) -> Parsed:
     calls: list[ToolCall] = []
     for m in _HERMES.finditer(text, start):
         found = _json_at(m.group(1), 0)
-        call = _call_of(found[0], spec, "arguments") if found and not m.group(1)[found[1]:].strip() else None
+        call = _call_of(found[0], spec, "arguments") if found and not m.group(1)[found[1] :].strip() else None
         if call is None:
             return Parsed(text, ())
         calls.append(call)
@@ -497,11 +534,11 @@ def _parse_hermes(text: str, spec: ToolSpec) -> Parsed:
 def _parse_mistral(text: str, spec: ToolSpec) -> Parsed:
     body = text.strip()
     if body.startswith("[TOOL_CALLS]"):
-        body = body[len("[TOOL_CALLS]"):]
+        body = body[len("[TOOL_CALLS]") :]
     elif not body.startswith("["):  # llama.cpp drops the special token when it detokenizes
         return Parsed(text, ())
     found = _json_at(body, 0)
-    if found is None or body[found[1]:].strip() or not isinstance(found[0], list) or not found[0]:
+    if found is None or body[found[1] :].strip() or not isinstance(found[0], list) or not found[0]:
         return Parsed(text, ())
     calls = [_call_of(c, spec, "arguments") for c in found[0]]
     if not all(c is not None for c in calls):
@@ -512,7 +549,7 @@ def _parse_mistral(text: str, spec: ToolSpec) -> Parsed:
 def _parse_llama3(text: str, spec: ToolSpec) -> Parsed:
     body = text.strip()
     if body.startswith("<|python_tag|>"):
-        body = body[len("<|python_tag|>"):]
+        body = body[len("<|python_tag|>") :]
     calls: list[ToolCall] = []
     i = 0
     while True:
@@ -521,7 +558,7 @@ def _parse_llama3(text: str, spec: ToolSpec) -> Parsed:
         if call is None or found is None:
             return Parsed(text, ())
         calls.append(call)
-        rest = body[found[1]:].strip()
+        rest = body[found[1] :].strip()
         if not rest:
             return Parsed(None, _limit(calls, spec))
         if not rest.startswith(";"):
@@ -637,8 +674,18 @@ class StreamAssembler:
                     self.progressive = False  # not a call this server can vouch for: parse at the end
                     return out
                 call = ToolCall(name, "")
-                out.append({"tool_calls": [{"index": self._emitted, "id": call.id, "type": "function",
-                                            "function": {"name": name, "arguments": ""}}]})
+                out.append(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": self._emitted,
+                                "id": call.id,
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 self.calls.append(call)
                 self._args = _ValueScan(self.text, m.end())
                 self._args_sent = m.end()
@@ -647,8 +694,7 @@ class StreamAssembler:
             upto = end if end is not None else len(self.text)
             start = max(self._args_sent, scan.start if scan.start is not None else upto)
             if upto > start:
-                out.append({"tool_calls": [{"index": self._emitted,
-                                            "function": {"arguments": self.text[start:upto]}}]})
+                out.append({"tool_calls": [{"index": self._emitted, "function": {"arguments": self.text[start:upto]}}]})
             self._args_sent = max(self._args_sent, upto)
             if end is None:
                 return out
@@ -684,7 +730,7 @@ class StreamAssembler:
         return self._decode_response()
 
     def _decode_response(self) -> list[dict]:
-        body = self.text[self._response_at:]
+        body = self.text[self._response_at :]
         out: list[str] = []
         i = self._decoded
         while i < len(body):
@@ -699,14 +745,19 @@ class StreamAssembler:
                 if esc == "u":
                     if i + 6 > len(body):
                         break
-                    code = int(body[i + 2:i + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6]) else 0xFFFD
+                    code = (
+                        int(body[i + 2 : i + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]) else 0xFFFD
+                    )
                     if 0xD800 <= code < 0xDC00:  # a surrogate pair: wait for its second half
                         if i + 12 > len(body):
                             break
-                        if body[i + 6:i + 8] == "\\u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 8:i + 12]):
-                            low = int(body[i + 8:i + 12], 16)
-                            out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))
-                                       if 0xDC00 <= low < 0xE000 else "\ufffd")
+                        if body[i + 6 : i + 8] == "\\u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 8 : i + 12]):
+                            low = int(body[i + 8 : i + 12], 16)
+                            out.append(
+                                chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))
+                                if 0xDC00 <= low < 0xE000
+                                else "\ufffd"
+                            )
                             i += 12
                             continue
                         code = 0xFFFD
@@ -750,7 +801,7 @@ class StreamAssembler:
     def _pass_content(self, upto: int) -> list[dict]:
         if upto <= self.sent:
             return []
-        piece = self.text[self.sent:upto]
+        piece = self.text[self.sent : upto]
         self.sent = upto
         return [{"content": piece}]
 
@@ -771,10 +822,20 @@ class StreamAssembler:
             return self._pass_content(len(self.text)), False
         out: list[dict] = []
         if parsed.content and self.fmt == "hermes":
-            out += self._pass_content(len(self.text[:self.text.find("<tool_call>")].rstrip()))
+            out += self._pass_content(len(self.text[: self.text.find("<tool_call>")].rstrip()))
         for i, call in enumerate(parsed.calls):
-            out.append({"tool_calls": [{"index": i, "id": call.id, "type": "function",
-                                        "function": {"name": call.name, "arguments": ""}}]})
+            out.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
             out.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]})
         self.calls = list(parsed.calls)
         return out, True

@@ -31,8 +31,10 @@ def no_control(label: str, value: str, where: str = "a rendered file") -> str:
     """`value`, unless it holds a control character: then a UsageError naming `label`."""
     ch = control_char(value)
     if ch is not None:
-        raise UsageError(f"{label}: {printable(repr(value))} contains a control character, {describe_char(ch)}: "
-                         f"not allowed in {where}")
+        raise UsageError(
+            f"{label}: {printable(repr(value))} contains a control character, {describe_char(ch)}: "
+            f"not allowed in {where}"
+        )
     return value
 
 
@@ -79,8 +81,7 @@ def unit_path(label: str, value: str) -> str:
     if not _PLAIN_PATH.fullmatch(value):
         raise UsageError(f"{label}: {value!r} must be an absolute path without spaces or quotes")
     if any(part in ("", ".", "..") for part in value.split("/")[1:]):
-        raise UsageError(f"{label}: {value!r} must be a normalized absolute path (no '//', '.', '..' or "
-                         "trailing '/')")
+        raise UsageError(f"{label}: {value!r} must be a normalized absolute path (no '//', '.', '..' or trailing '/')")
     return value
 
 

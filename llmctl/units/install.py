@@ -37,8 +37,9 @@ def run_command(argv: Sequence[str]) -> None:
         raise OperationFailed(f"`{' '.join(argv)}` did not finish in 120 s") from None
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise OperationFailed(f"`{' '.join(argv)}` failed (exit {proc.returncode})"
-                              + (f": {detail[-1]}" if detail else ""))
+        raise OperationFailed(
+            f"`{' '.join(argv)}` failed (exit {proc.returncode})" + (f": {detail[-1]}" if detail else "")
+        )
 
 
 def user_unit_dir() -> Path:
@@ -146,11 +147,12 @@ def install(
         try:
             atomic_write_text(path, f.content, 0o644)
         except OSError as exc:
-            raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}",
-                                  hint="run as root, or use --root DIR or --user") from None
+            raise OperationFailed(
+                f"cannot write {path}: {exc.strerror or exc}", hint="run as root, or use --root DIR or --user"
+            ) from None
         written.append(str(path))
     removed = [str(p) for p in stale if p.exists()] if dry_run else _remove(stale)
-    for d in ([] if dry_run else rendered.directories):  # ReadWritePaths= of a missing directory would be ignored
+    for d in [] if dry_run else rendered.directories:  # ReadWritePaths= of a missing directory would be ignored
         target = root / Path(d).relative_to("/") if root is not None else Path(d)
         try:
             target.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -135,8 +135,7 @@ def _header(comment: str, source: str, what: str) -> Rendered:
 
 
 def system_paths() -> Paths:
-    return Paths("system", SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, SYSTEM_DATA_DIR / "state",
-                 Path("/var/cache/llmctl"))
+    return Paths("system", SYSTEM_CONFIG_DIR, SYSTEM_DATA_DIR, SYSTEM_DATA_DIR / "state", Path("/var/cache/llmctl"))
 
 
 def _lock_entry(store_paths: Paths | None, model_ref: str):
@@ -170,8 +169,10 @@ def model_file(config: Config, model_ref: str, store_paths: Paths | None, models
     if spec is None:
         if model_ref.startswith("/"):
             return Path(model_ref)
-        raise UsageError(f"services: model '{model_ref}' is not in models: and not installed",
-                         hint="add it under models:, or use smoke")
+        raise UsageError(
+            f"services: model '{model_ref}' is not in models: and not installed",
+            hint="add it under models:, or use smoke",
+        )
     filename = spec.file if spec.file is not None else PurePosixPath(spec.path or "").name
     return models_dir / model_ref / PurePosixPath(filename).name
 
@@ -207,8 +208,7 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
     chosen = known if not services else list(dict.fromkeys(services))
     for name in chosen:
         if name not in config.services:
-            raise NotFound(f"no service '{name}' in the config",
-                           hint=f"configured: {', '.join(known) or 'none'}")
+            raise NotFound(f"no service '{name}' in the config", hint=f"configured: {', '.join(known) or 'none'}")
     env = _Templates()
     system = not options.user
     systemd_cfg = config.systemd
@@ -233,8 +233,9 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             "model_name": spec.model,
             "exec_start": exec_line(argv),
             "credential": credential_name(),
-            "api_keys_file": (unit_path(f"services.{name}.api_keys_file", spec.api_keys_file)
-                              if spec.api_keys_file else None),
+            "api_keys_file": (
+                unit_path(f"services.{name}.api_keys_file", spec.api_keys_file) if spec.api_keys_file else None
+            ),
             "restart_sec": RESTART_SEC,
             "start_limit_interval": START_LIMIT_INTERVAL,
             "start_limit_burst": START_LIMIT_BURST,
@@ -255,15 +256,20 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
             # Where serve writes (the usage ledger), and nothing else: StateDirectory= of the
             # dynamic user in system mode; in user mode the home is read-only but for this.
             "state_directory": (str(system_paths().serve_state_dir.relative_to("/var/lib")) if system else ""),
-            "read_write_paths": ([] if system or options.paths is None else
-                                 ["-" + unit_path("the state directory", str(options.paths.serve_state_dir))]),
+            "read_write_paths": (
+                []
+                if system or options.paths is None
+                else ["-" + unit_path("the state directory", str(options.paths.serve_state_dir))]
+            ),
         }
         if system:
-            for label, p in (("the llmctl path", options.llmctl), ("the config file", options.config_path),
-                             *(("the model", str(f)) for f in model_files)):
+            for label, p in (
+                ("the llmctl path", options.llmctl),
+                ("the config file", options.config_path),
+                *(("the model", str(f)) for f in model_files),
+            ):
                 if p.startswith(("/home/", "/root/", "/run/user/")):
-                    warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides "
-                                    f"from {unit}")
+                    warnings.append(f"{label} {p} is under a home directory, which ProtectHome=yes hides from {unit}")
         for ref in spec.served_models:
             warnings += _readable_warnings(unit, name, ref, options, system)
         content = env.render("systemd", "server.service.j2", ctx)
@@ -284,8 +290,11 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         health_argv += ["--textfile", systemd_cfg.health_textfile]
         textfile_dir = str(PurePosixPath(systemd_cfg.health_textfile).parent)
         read_write.append("-" + unit_path("systemd.health_textfile", textfile_dir))
-    credentials = [(credential_name(n), unit_path(f"services.{n}.api_keys_file", s.api_keys_file))
-                   for n, s in config.services.items() if s.api_keys_file]
+    credentials = [
+        (credential_name(n), unit_path(f"services.{n}.api_keys_file", s.api_keys_file))
+        for n, s in config.services.items()
+        if s.api_keys_file
+    ]
     if system:
         state_rel = str(system_paths().state_dir.relative_to("/var/lib"))
     else:
@@ -306,33 +315,49 @@ def render(config: Config, options: RenderOptions, services: list[str] | None = 
         "ip_allow": _ip_allow(probe_hosts or ["127.0.0.1"]),
         "protect_home": "yes" if system else "read-only",
     }
-    files.append(RenderedFile(HEALTH_UNIT, "service", _unit_rel(HEALTH_UNIT, system),
-                              env.render("systemd", "health.service.j2", hctx)))
+    files.append(
+        RenderedFile(
+            HEALTH_UNIT, "service", _unit_rel(HEALTH_UNIT, system), env.render("systemd", "health.service.j2", hctx)
+        )
+    )
     tctx = {
         "header": _header("#", options.config_path, "health check timer"),
         "interval": h.interval,
         "health_unit": HEALTH_UNIT,
     }
-    files.append(RenderedFile(HEALTH_TIMER, "timer", _unit_rel(HEALTH_TIMER, system),
-                              env.render("systemd", "health.timer.j2", tctx)))
+    files.append(
+        RenderedFile(
+            HEALTH_TIMER, "timer", _unit_rel(HEALTH_TIMER, system), env.render("systemd", "health.timer.j2", tctx)
+        )
+    )
     if system:
         pctx = {
             "header": _header("//", options.config_path, "health check restarts"),
             "health_user": systemd_cfg.health_user,
             "server_units": server_units,
         }
-        files.append(RenderedFile(POLKIT_RULES, "polkit", str(POLKIT_DIR / POLKIT_RULES),
-                                  env.render("polkit", "polkit.rules.j2", pctx)))
+        files.append(
+            RenderedFile(
+                POLKIT_RULES, "polkit", str(POLKIT_DIR / POLKIT_RULES), env.render("polkit", "polkit.rules.j2", pctx)
+            )
+        )
         sctx = {
             "header": _header("#", options.config_path, "users"),
             "health_user": systemd_cfg.health_user,
             "gecos": "llmctl health check",
             "health_home": str(system_paths().state_dir),
         }
-        files.append(RenderedFile(SYSUSERS_CONF, "sysusers", str(SYSUSERS_DIR / SYSUSERS_CONF),
-                                  env.render("sysusers", "sysusers.conf.j2", sctx)))
-    directories = () if system or options.paths is None else (
-        str(options.paths.state_dir), str(options.paths.serve_state_dir))
+        files.append(
+            RenderedFile(
+                SYSUSERS_CONF,
+                "sysusers",
+                str(SYSUSERS_DIR / SYSUSERS_CONF),
+                env.render("sysusers", "sysusers.conf.j2", sctx),
+            )
+        )
+    directories = (
+        () if system or options.paths is None else (str(options.paths.state_dir), str(options.paths.serve_state_dir))
+    )
     return RenderResult(tuple(files), tuple(warnings), tuple(dict.fromkeys(directories)))
 
 
@@ -353,8 +378,9 @@ def _readable_warnings(unit: str, service: str, model_ref: str, options: RenderO
         except OSError:
             continue
         if not mode & 0o004:
-            out.append(f"{label} {path} is not world-readable; {unit} runs as a dynamic user and cannot "
-                       f"read it (chmod o+r)")
+            out.append(
+                f"{label} {path} is not world-readable; {unit} runs as a dynamic user and cannot read it (chmod o+r)"
+            )
     return out
 
 

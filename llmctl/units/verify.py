@@ -50,8 +50,7 @@ def _analyze() -> str:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, **_ENV})
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **_ENV})
     except subprocess.TimeoutExpired:
         raise OperationFailed(f"`{' '.join(argv)}` did not finish in 120 s") from None
 
@@ -62,8 +61,7 @@ def security_score(path: Path, analyze: str | None = None) -> tuple[float, str]:
     match = _OVERALL.search(proc.stdout + proc.stderr)
     if not match:
         last = (proc.stderr or proc.stdout).strip().splitlines()
-        raise OperationFailed(f"systemd-analyze security gave no score for {path}"
-                              + (f": {last[-1]}" if last else ""))
+        raise OperationFailed(f"systemd-analyze security gave no score for {path}" + (f": {last[-1]}" if last else ""))
     return float(match.group(2)), match.group(3)
 
 

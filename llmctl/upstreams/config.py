@@ -75,8 +75,10 @@ def read_api_key(name: str, spec: UpstreamSpec, environ: dict[str, str]) -> str 
     if spec.api_key_env:
         value = environ.get(spec.api_key_env, "").strip()
         if not value:
-            raise ConfigError(f"{where}.api_key_env: the environment variable {spec.api_key_env} is not set",
-                              hint=f"export {spec.api_key_env}=..., or drop the upstream from the routing")
+            raise ConfigError(
+                f"{where}.api_key_env: the environment variable {spec.api_key_env} is not set",
+                hint=f"export {spec.api_key_env}=..., or drop the upstream from the routing",
+            )
         return value
     if spec.api_key_file:
         path = Path(spec.api_key_file).expanduser()
@@ -103,17 +105,28 @@ def routing_for(cfg: Config, service: str | None, environ: dict[str, str] | None
     airgap = airgap_on(cfg, env)
     names = [] if airgap else cfg.upstreams_for(service)
     upstreams = tuple(
-        Upstream(name=n, base_url=cfg.upstreams[n].base_url, api_key=read_api_key(n, cfg.upstreams[n], env),
-                 models=dict(cfg.upstreams[n].models), default_model=cfg.upstreams[n].default_model,
-                 timeout_s=cfg.upstreams[n].timeout_s, price_in_per_1k=cfg.upstreams[n].price_in_per_1k,
-                 price_out_per_1k=cfg.upstreams[n].price_out_per_1k, cloud=cfg.upstreams[n].cloud)
+        Upstream(
+            name=n,
+            base_url=cfg.upstreams[n].base_url,
+            api_key=read_api_key(n, cfg.upstreams[n], env),
+            models=dict(cfg.upstreams[n].models),
+            default_model=cfg.upstreams[n].default_model,
+            timeout_s=cfg.upstreams[n].timeout_s,
+            price_in_per_1k=cfg.upstreams[n].price_in_per_1k,
+            price_out_per_1k=cfg.upstreams[n].price_out_per_1k,
+            cloud=cfg.upstreams[n].cloud,
+        )
         for n in names
     )
     return RoutingConfig(
-        strategy=strategy, upstreams=upstreams, airgap=airgap,
+        strategy=strategy,
+        upstreams=upstreams,
+        airgap=airgap,
         privacy_headers=tuple(policy.privacy_headers),
         privacy_patterns=tuple(re.compile(p) for p in policy.privacy_patterns),
-        failures=policy.circuit.failures, cooldown_s=policy.circuit.cooldown_s, retries=policy.retries,
-        backoff_initial_s=policy.backoff_initial_s, backoff_max_s=policy.backoff_max_s,
+        failures=policy.circuit.failures,
+        cooldown_s=policy.circuit.cooldown_s,
+        retries=policy.retries,
+        backoff_initial_s=policy.backoff_initial_s,
+        backoff_max_s=policy.backoff_max_s,
     )
-

@@ -113,8 +113,7 @@ class Router:
         self.recorder = recorder
         self.dropped = dropped
         self.rng = rng
-        self.breakers = {u.name: CircuitBreaker(routing.failures, routing.cooldown_s, clock)
-                         for u in routing.upstreams}
+        self.breakers = {u.name: CircuitBreaker(routing.failures, routing.cooldown_s, clock) for u in routing.upstreams}
         self._transport = transport
         self._client: Any = None
         self._m: dict[str, Any] = {}
@@ -125,22 +124,42 @@ class Router:
         """Register this router's metrics in the server's registry."""
         from prometheus_client import Counter, Gauge
 
-        self._m["routes"] = Counter("llmctl_route_requests", "Generation requests by the route that served them "
-                                    "(local, upstream:<name>)", ["route"], registry=registry)
-        self._m["fallbacks"] = Counter("llmctl_fallbacks", "Local failures handed to the upstreams, by local reason",
-                                       ["reason"], registry=registry)
-        self._m["attempts"] = Counter("llmctl_upstream_attempts", "Requests sent to an upstream, by outcome",
-                                      ["upstream", "outcome"], registry=registry)
-        state = Gauge("llmctl_upstream_circuit_state", "Circuit per upstream: 0 closed, 1 half-open, 2 open",
-                      ["upstream"], registry=registry)
+        self._m["routes"] = Counter(
+            "llmctl_route_requests",
+            "Generation requests by the route that served them (local, upstream:<name>)",
+            ["route"],
+            registry=registry,
+        )
+        self._m["fallbacks"] = Counter(
+            "llmctl_fallbacks", "Local failures handed to the upstreams, by local reason", ["reason"], registry=registry
+        )
+        self._m["attempts"] = Counter(
+            "llmctl_upstream_attempts",
+            "Requests sent to an upstream, by outcome",
+            ["upstream", "outcome"],
+            registry=registry,
+        )
+        state = Gauge(
+            "llmctl_upstream_circuit_state",
+            "Circuit per upstream: 0 closed, 1 half-open, 2 open",
+            ["upstream"],
+            registry=registry,
+        )
         for name, breaker in self.breakers.items():
             state.labels(upstream=name).set_function(functools.partial(_circuit_value, breaker))
-        self._m["cost"] = Counter("llmctl_route_cost_usd", "What the requests an upstream served cost, in USD, "
-                                  "from its prices (the usage ledger's cost; local is free)", ["route"],
-                                  registry=registry)
+        self._m["cost"] = Counter(
+            "llmctl_route_cost_usd",
+            "What the requests an upstream served cost, in USD, "
+            "from its prices (the usage ledger's cost; local is free)",
+            ["route"],
+            registry=registry,
+        )
         if self.dropped is not None:
-            registry.register(_ReadCounter("llmctl_usage_ledger_dropped",
-                                           "Usage records dropped (queue full or write failed)", self.dropped))
+            registry.register(
+                _ReadCounter(
+                    "llmctl_usage_ledger_dropped", "Usage records dropped (queue full or write failed)", self.dropped
+                )
+            )
 
     def _inc(self, name: str, **labels: str) -> None:
         m = self._m.get(name)
@@ -159,29 +178,34 @@ class Router:
             self._inc("routes", route=route)
         prompt = int(record.get("prompt_tokens") or 0)
         completion = int(record.get("completion_tokens") or 0)
-        upstream = (next((u for u in self.routing.upstreams if u.route == route), None)
-                    if route not in ("local", "none") else None)
+        upstream = (
+            next((u for u in self.routing.upstreams if u.route == route), None)
+            if route not in ("local", "none")
+            else None
+        )
         cost = upstream.cost(prompt, completion) if upstream is not None else 0.0
         if cost > 0 and "cost" in self._m:
             self._m["cost"].labels(route=route).inc(cost)
         if self.recorder is None:
             return
         # A tuple in the ledger's COLUMNS order (usage/ledger.py): the cheapest row to build and to write.
-        self.recorder((
-            time.time(),                                          # ts
-            record.get("key_id"),                                 # key_id
-            record.get("client"),                                 # client
-            route,                                                # route
-            record.get("model") or self.served_model,             # model
-            endpoint,                                             # endpoint
-            bool(record.get("stream")),                           # stream
-            prompt,                                               # prompt_tokens
-            completion,                                           # completion_tokens
-            float(record.get("duration_ms") or 0.0),              # latency_ms
-            int(record.get("status") or 0),                       # status
-            record.get("error"),                                  # error
-            cost,                                                 # cost
-        ))
+        self.recorder(
+            (
+                time.time(),  # ts
+                record.get("key_id"),  # key_id
+                record.get("client"),  # client
+                route,  # route
+                record.get("model") or self.served_model,  # model
+                endpoint,  # endpoint
+                bool(record.get("stream")),  # stream
+                prompt,  # prompt_tokens
+                completion,  # completion_tokens
+                float(record.get("duration_ms") or 0.0),  # latency_ms
+                int(record.get("status") or 0),  # status
+                record.get("error"),  # error
+                cost,  # cost
+            )
+        )
 
     # -- routing -----------------------------------------------------------------------------------
 
@@ -198,7 +222,7 @@ class Router:
         return False
 
     def backoff(self, n: int) -> float:
-        cap = min(self.routing.backoff_max_s, self.routing.backoff_initial_s * (2 ** n))
+        cap = min(self.routing.backoff_max_s, self.routing.backoff_initial_s * (2**n))
         return self.rng() * cap
 
     async def handle(self, request: Any, endpoint: str, error: Exception, info: dict) -> Any:
@@ -208,9 +232,14 @@ class Router:
         message = getattr(error, "message", str(error))
         if self.routing.airgap:
             info["error"] = "airgap"
-            return error_response(503, f"The local model cannot take this request ({code}: {message}) and airgap "
-                                  "mode keeps every request on this host; try again later.", "server_error",
-                                  "local_unavailable_airgap", retry_after=getattr(error, "retry_after", None) or 1)
+            return error_response(
+                503,
+                f"The local model cannot take this request ({code}: {message}) and airgap "
+                "mode keeps every request on this host; try again later.",
+                "server_error",
+                "local_unavailable_airgap",
+                retry_after=getattr(error, "retry_after", None) or 1,
+            )
         if not self.routing.upstreams or request.headers.get(FORWARDED_HEADER):
             return None  # no fallback; nor for a request another llmctl forwarded (no loops)
         try:
@@ -238,11 +267,17 @@ class Router:
                 return result
             tried.append(f"{up.name}: {result}")
         info["error"] = "no_route"
-        return error_response(503, f"The local model cannot take this request ({code}) and no upstream could: "
-                              + "; ".join(tried), "server_error", "no_route", retry_after=1)
+        return error_response(
+            503,
+            f"The local model cannot take this request ({code}) and no upstream could: " + "; ".join(tried),
+            "server_error",
+            "no_route",
+            retry_after=1,
+        )
 
-    async def _try(self, up: Upstream, breaker: CircuitBreaker, endpoint: str, body: dict, remote: str,
-                   info: dict) -> Any:
+    async def _try(
+        self, up: Upstream, breaker: CircuitBreaker, endpoint: str, body: dict, remote: str, info: dict
+    ) -> Any:
         attempts = 1 + self.routing.retries
         last: Failed = Failed("not tried", False)
         for n in range(attempts):
@@ -273,8 +308,11 @@ class Router:
         import httpx
 
         if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, follow_redirects=False,
-                                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            )
         return self._client
 
     def _payload(self, body: dict, remote: str, stream: bool) -> dict:
@@ -298,13 +336,17 @@ class Router:
 
         stream = bool(body.get("stream"))
         url = up.base_url + ("/chat/completions" if endpoint == "chat" else "/completions")
-        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json",
-                   FORWARDED_HEADER: "1"}
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            FORWARDED_HEADER: "1",
+        }
         if up.api_key:
             headers["authorization"] = f"Bearer {up.api_key}"
         client = self._client_for()
-        request = client.build_request("POST", url, json=self._payload(body, remote, stream), headers=headers,
-                                       timeout=httpx.Timeout(up.timeout_s))
+        request = client.build_request(
+            "POST", url, json=self._payload(body, remote, stream), headers=headers, timeout=httpx.Timeout(up.timeout_s)
+        )
         try:
             response = await client.send(request, stream=True)
         except httpx.TimeoutException:
@@ -328,9 +370,12 @@ class Router:
             if not isinstance(data, dict) or "choices" not in data:
                 return Failed("bad_response (no choices)", False)
             usage = data.get("usage") or {}
-            info.update(route=up.route, model=str(data.get("model") or remote),
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0))
+            info.update(
+                route=up.route,
+                model=str(data.get("model") or remote),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
             if data.get("choices"):
                 info["finish"] = data["choices"][0].get("finish_reason")
             return JSONResponse(data)
@@ -421,9 +466,17 @@ class SSERelay:
             await send({"type": "http.response.body", "body": data, "more_body": more})
 
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
             try:
                 for line in self.first:
                     data = self._event(line)
@@ -439,8 +492,9 @@ class SSERelay:
                         await out(data)
             except httpx.HTTPError as exc:
                 self.info["error"] = "upstream_broke"
-                await out(error_event(f"the upstream stream broke: {type(exc).__name__}", "server_error",
-                                      "upstream_broke"))
+                await out(
+                    error_event(f"the upstream stream broke: {type(exc).__name__}", "server_error", "upstream_broke")
+                )
             await out(b"data: [DONE]\n\n", more=False)
         except OSError:  # the client left mid-write
             self.info["error"] = "client_disconnected"

@@ -35,7 +35,11 @@ def build_router(cfg: Config, paths: Paths, settings: ServeSettings) -> tuple[Ro
     elif routing.upstreams:
         names = ", ".join(u.name for u in routing.upstreams)
         notes.append(f"fallback ({routing.strategy}): {names}")
-    router = Router(routing, served_model=settings.model_name, max_tokens=settings.limits.max_tokens,
-                    recorder=ledger.record if ledger is not None else None,
-                    dropped=(lambda: ledger.dropped) if ledger is not None else None)
+    router = Router(
+        routing,
+        served_model=settings.model_name,
+        max_tokens=settings.limits.max_tokens,
+        recorder=ledger.record if ledger is not None else None,
+        dropped=(lambda: ledger.dropped) if ledger is not None else None,
+    )
     return router, ledger, notes

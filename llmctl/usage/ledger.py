@@ -21,8 +21,21 @@ from itertools import chain
 from pathlib import Path
 
 FILENAME = "usage.db"
-COLUMNS = ("ts", "key_id", "client", "route", "model", "endpoint", "stream", "prompt_tokens",
-           "completion_tokens", "latency_ms", "status", "error", "cost")
+COLUMNS = (
+    "ts",
+    "key_id",
+    "client",
+    "route",
+    "model",
+    "endpoint",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "status",
+    "error",
+    "cost",
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
@@ -89,14 +102,30 @@ def _reader_uri(path: Path) -> str:
 def _row_error(exc: Exception) -> bool:
     """An error of one row (a NULL in a NOT NULL column, a value sqlite3 cannot bind), not of the
     database (full, locked, read-only, broken): only then is the batch retried row by row."""
-    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-                            TypeError, ValueError, OverflowError))
+    return isinstance(
+        exc,
+        (
+            sqlite3.IntegrityError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+            TypeError,
+            ValueError,
+            OverflowError,
+        ),
+    )
 
 
 class Ledger:
-    def __init__(self, path: Path, *, maxsize: int = 10_000, start: bool = True,
-                 max_pages: int | None = None, on_error: Callable[[Exception], None] | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        maxsize: int = 10_000,
+        start: bool = True,
+        max_pages: int | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
         """`max_pages` caps the database (SQLite's max_page_count): past it, writes fail as on a full
         disk. `start=False` leaves the writer stopped (tests fill the buffer with it)."""
         self.path = Path(path)
@@ -184,7 +213,7 @@ class Ledger:
             with self._conn:
                 full = len(rows) - len(rows) % CHUNK
                 for i in range(0, full, CHUNK):
-                    self._conn.execute(INSERT_CHUNK, list(chain.from_iterable(rows[i:i + CHUNK])))
+                    self._conn.execute(INSERT_CHUNK, list(chain.from_iterable(rows[i : i + CHUNK])))
                 if full < len(rows):
                     self._conn.executemany(INSERT, rows[full:])
             self.written += len(rows)

@@ -32,10 +32,14 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # whatever type a value had. Rows whose figures are not numbers of the right type are counted and
 # left out of the report, never summed.
 _NUM = "typeof({0}) IN ('integer', 'real') AND {0} BETWEEN -1e300 AND 1e300"
-WELL_TYPED = " AND ".join([
-    _NUM.format("ts"), _NUM.format("latency_ms"), _NUM.format("cost"),
-    *(f"typeof({c}) = 'integer'" for c in ("status", "prompt_tokens", "completion_tokens")),
-])
+WELL_TYPED = " AND ".join(
+    [
+        _NUM.format("ts"),
+        _NUM.format("latency_ms"),
+        _NUM.format("cost"),
+        *(f"typeof({c}) = 'integer'" for c in ("status", "prompt_tokens", "completion_tokens")),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,17 @@ class UsageRow:
 
     def as_dict(self) -> dict:
         return {
-            "group": self.group, "requests": self.requests, "succeeded": self.succeeded,
+            "group": self.group,
+            "requests": self.requests,
+            "succeeded": self.succeeded,
             "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "cost_usd": round(self.cost, 6),
-            "reference_cost_usd": round(self.reference_cost, 6), "savings_usd": round(self.savings, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms,
+            "cost_usd": round(self.cost, 6),
+            "reference_cost_usd": round(self.reference_cost, 6),
+            "savings_usd": round(self.savings, 6),
         }
 
 
@@ -105,20 +115,26 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return round(sorted_values[k], 1)
 
 
-def summarize(state_dir: Path, *, since: float | None, by: str | None, reference_in_per_1k: float = 0.0,
-              reference_out_per_1k: float = 0.0) -> UsageReport:
+def summarize(
+    state_dir: Path,
+    *,
+    since: float | None,
+    by: str | None,
+    reference_in_per_1k: float = 0.0,
+    reference_out_per_1k: float = 0.0,
+) -> UsageReport:
     if by is not None and by not in GROUPS:
         raise UsageError(f"--by: must be one of {', '.join(GROUPS)}")
     path = Path(state_dir) / FILENAME
-    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0,
-                                                             "lat": []})
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []})
     total: dict[str, Any] = {"n": 0, "ok": 0, "pt": 0, "ct": 0, "cost": 0.0, "lat": []}
     unreadable_hint = "read it as the user that runs llmctl serve, or as root (the server units run as a dynamic user)"
     try:
         present = path.exists()
     except OSError as exc:  # PermissionError: /var/lib/private, the server units' own, is root's
-        raise OperationFailed(f"cannot read the usage ledger {path}: {exc.strerror or exc}",
-                              hint=unreadable_hint) from None
+        raise OperationFailed(
+            f"cannot read the usage ledger {path}: {exc.strerror or exc}", hint=unreadable_hint
+        ) from None
     skipped = 0
     if present:
         key = GROUPS[by] if by else "'all'"
@@ -128,10 +144,14 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
             try:
                 skipped = conn.execute(
                     f"SELECT count(*) FROM requests WHERE NOT ({WELL_TYPED}) AND NOT (typeof(ts) IN "
-                    "('integer', 'real') AND ts < ?)", window).fetchone()[0]
+                    "('integer', 'real') AND ts < ?)",
+                    window,
+                ).fetchone()[0]
                 cur = conn.execute(
                     f"SELECT {key}, status, prompt_tokens, completion_tokens, latency_ms, cost FROM requests "
-                    f"WHERE {WELL_TYPED} AND ts >= ? ORDER BY 1", window)
+                    f"WHERE {WELL_TYPED} AND ts >= ? ORDER BY 1",
+                    window,
+                )
                 for group, status, pt, ct, lat, cost in cur:
                     for acc in (groups[str(group)], total):
                         acc["n"] += 1
@@ -144,15 +164,16 @@ def summarize(state_dir: Path, *, since: float | None, by: str | None, reference
                 conn.close()
         except sqlite3.Error as exc:
             readable = os.access(path, os.R_OK)
-            raise OperationFailed(f"cannot read the usage ledger {path}: {exc}",
-                                  hint=None if readable else unreadable_hint) from None
+            raise OperationFailed(
+                f"cannot read the usage ledger {path}: {exc}", hint=None if readable else unreadable_hint
+            ) from None
 
     def row(name: str, acc: dict) -> UsageRow:
         lat = sorted(acc["lat"])
         ref = acc["pt"] / 1000 * reference_in_per_1k + acc["ct"] / 1000 * reference_out_per_1k
-        return UsageRow(name, acc["n"], acc["ok"], acc["pt"], acc["ct"], percentile(lat, 50), percentile(lat, 95),
-                        acc["cost"], ref)
+        return UsageRow(
+            name, acc["n"], acc["ok"], acc["pt"], acc["ct"], percentile(lat, 50), percentile(lat, 95), acc["cost"], ref
+        )
 
     rows = tuple(row(k, v) for k, v in sorted(groups.items())) if by else ()
-    return UsageReport(path, since, by, rows, row("total", total), reference_in_per_1k, reference_out_per_1k,
-                       skipped)
+    return UsageReport(path, since, by, rows, row("total", total), reference_in_per_1k, reference_out_per_1k, skipped)

@@ -66,8 +66,7 @@ def test_help_lists_the_flags(llmctl):
 
 
 def test_endpoint_json_and_gates(llmctl, sse_server, tmp_path):  # noqa: F811
-    r = llmctl("bench", "--url", sse_server.url, "--concurrency", "1,2", "--requests", "2", "-n", "4",
-               "--json")
+    r = llmctl("bench", "--url", sse_server.url, "--concurrency", "1,2", "--requests", "2", "-n", "4", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["mode"] == "endpoint" and doc["kind"] == "bench"
@@ -82,16 +81,46 @@ def test_endpoint_json_and_gates(llmctl, sse_server, tmp_path):  # noqa: F811
 
     base = tmp_path / "base.json"
     base.write_text(r.stdout)
-    ok = llmctl("bench", "--url", sse_server.url, "--concurrency", "1,2", "--requests", "2", "-n", "4",
-                "-o", "csv", "--baseline", str(base), "--max-regression", "100", "-q")
+    ok = llmctl(
+        "bench",
+        "--url",
+        sse_server.url,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "-n",
+        "4",
+        "-o",
+        "csv",
+        "--baseline",
+        str(base),
+        "--max-regression",
+        "100",
+        "-q",
+    )
     assert ok.returncode == 0, ok.stderr
     assert [row["test"] for row in csv.DictReader(io.StringIO(ok.stdout))] == ["c1", "c2"]
 
     for x in doc["results"]:
         x["avg_ts"] *= 1e9  # a baseline nobody can reach
     base.write_text(json.dumps(doc))
-    bad = llmctl("bench", "--url", sse_server.url, "--concurrency", "1,2", "--requests", "2", "-n", "4",
-                 "--baseline", str(base), "--max-regression", "10", "-q")
+    bad = llmctl(
+        "bench",
+        "--url",
+        sse_server.url,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "-n",
+        "4",
+        "--baseline",
+        str(base),
+        "--max-regression",
+        "10",
+        "-q",
+    )
     assert bad.returncode == 1
     assert "gate FAILED: output t/s at concurrency 1" in bad.stderr
     assert "gate FAILED: output t/s at concurrency 2" in bad.stderr
@@ -127,8 +156,17 @@ def test_endpoint_unreachable_exit_1(llmctl, sse_server):  # noqa: F811
 
 def test_api_key_from_env_is_never_printed(llmctl, sse_server):  # noqa: F811
     sse_server.api_key = "very-secret-key"
-    r = llmctl("bench", "--url", sse_server.url, "--requests", "1", "-n", "2", "--json",
-               env={"OPENAI_API_KEY": "very-secret-key"})
+    r = llmctl(
+        "bench",
+        "--url",
+        sse_server.url,
+        "--requests",
+        "1",
+        "-n",
+        "2",
+        "--json",
+        env={"OPENAI_API_KEY": "very-secret-key"},
+    )
     assert r.returncode == 0, r.stderr
     assert "very-secret-key" not in r.stdout + r.stderr
 
@@ -186,8 +224,18 @@ def test_compare_a_fleet_one_row_per_host(llmctl, tmp_path):
     paths = []
     for name, factor, threads in (("web1", 1.0, 2), ("web2", 2.0, 8), ("web3", 0.95, 4)):
         p = tmp_path / f"{name}.json"
-        p.write_text(json.dumps({"schema_version": 1, "kind": "bench", "mode": "engine", "host": {"hostname": name},
-                                 "results": _rows(factor, n_threads=threads), "gates": []}))
+        p.write_text(
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "kind": "bench",
+                    "mode": "engine",
+                    "host": {"hostname": name},
+                    "results": _rows(factor, n_threads=threads),
+                    "gates": [],
+                }
+            )
+        )
         paths.append(str(p))
     r = llmctl("bench", "compare", *paths, "--min-tg", "0.1")
     assert r.returncode == 0, r.stderr

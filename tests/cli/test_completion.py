@@ -36,9 +36,15 @@ def host(home: Path, write_config) -> Path:
     write_config(CONFIG)
     lock = {"version": 1, "models": {}}
     for name in ("smoke", "qwen-0.5b"):
-        lock["models"][name] = {"file": f"{name}.gguf", "path": f"{name}/{name}.gguf", "size": 1,
-                                "sha256": "0" * 64, "pulled_at": "2026-01-01T00:00:00Z", "repo": "org/repo",
-                                "revision": "0" * 40}
+        lock["models"][name] = {
+            "file": f"{name}.gguf",
+            "path": f"{name}/{name}.gguf",
+            "size": 1,
+            "sha256": "0" * 64,
+            "pulled_at": "2026-01-01T00:00:00Z",
+            "repo": "org/repo",
+            "revision": "0" * 40,
+        }
     (home / "models.lock").write_text(json.dumps(lock))
     return home
 
@@ -48,16 +54,29 @@ def bash_complete(line: str, **env: str) -> list[str]:
     space: completing a new word)."""
     words = line.split()
     cword = len(words) if line.endswith(" ") else len(words) - 1
-    proc = subprocess.run([LLMCTL], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "_LLMCTL_COMPLETE": "complete_bash", "COMP_WORDS": line,
-                               "COMP_CWORD": str(cword), **env})
+    proc = subprocess.run(
+        [LLMCTL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "_LLMCTL_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(cword), **env},
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 
 
 def test_commands_and_subcommands():
-    assert set(bash_complete("llmctl ")) == {"models", "systemd", "monitoring", "k8s", "health", "bench", "serve",
-                                             "usage", "config"}
+    assert set(bash_complete("llmctl ")) == {
+        "models",
+        "systemd",
+        "monitoring",
+        "k8s",
+        "health",
+        "bench",
+        "serve",
+        "usage",
+        "config",
+    }
     assert sorted(bash_complete("llmctl mo")) == ["models", "monitoring"]
     assert "discover" in bash_complete("llmctl models ")
 
@@ -93,23 +112,38 @@ def test_a_broken_config_completes_nothing_and_says_nothing(home, write_config, 
 
 
 def test_zsh_protocol(host):
-    proc = subprocess.run([LLMCTL], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "_LLMCTL_COMPLETE": "complete_zsh",
-                               "_TYPER_COMPLETE_ARGS": "llmctl models show s"})
+    proc = subprocess.run(
+        [LLMCTL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "_LLMCTL_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "llmctl models show s"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"smoke"' in proc.stdout and "qwen" not in proc.stdout
 
 
 def test_completing_imports_nothing_heavy(host):
-    code = ("import json, os, sys\n"
-            "sys.argv = ['llmctl']\n"
-            "from llmctl.cli.app import main\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "sys.stderr.write('MODULES=' + json.dumps(sorted(sys.modules)))\n")
+    code = (
+        "import json, os, sys\n"
+        "sys.argv = ['llmctl']\n"
+        "from llmctl.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write('MODULES=' + json.dumps(sorted(sys.modules)))\n"
+    )
     for line in ("llmctl health ", "llmctl models show "):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "_LLMCTL_COMPLETE": "complete_bash", "COMP_WORDS": line,
-                                   "COMP_CWORD": "2" if line.count(" ") == 2 else "3"})
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "_LLMCTL_COMPLETE": "complete_bash",
+                "COMP_WORDS": line,
+                "COMP_CWORD": "2" if line.count(" ") == 2 else "3",
+            },
+        )
         modules = {m.split(".")[0] for m in json.loads(proc.stderr.split("MODULES=")[-1])}
         assert not modules & {"pydantic", "httpx", "rich", "jinja2", "huggingface_hub", "llama_cpp"}, line
         assert proc.stdout.split(), line  # it did complete
@@ -136,12 +170,23 @@ def test_tab_in_a_real_bash(host, tmp_path):
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
-    script = subprocess.run([LLMCTL, "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    script = subprocess.run(
+        [LLMCTL, "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
+    )
     assert script.returncode == 0 and "_LLMCTL_COMPLETE=complete_bash" in script.stdout, script.stderr
     (tmp_path / "llmctl.bash").write_text(script.stdout)
-    env = {**os.environ, "HOME": str(tmp_path), "INPUTRC": "/dev/null", "PS1": "READY> ", "TERM": "dumb",
-           "PATH": f"{Path(LLMCTL).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "INPUTRC": "/dev/null",
+        "PS1": "READY> ",
+        "TERM": "dumb",
+        "PATH": f"{Path(LLMCTL).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     pid, fd = pty.fork()
     if pid == 0:  # the child: an interactive bash without the user's rc files
         os.execve(bash, [bash, "--norc", "--noprofile", "-i"], env)

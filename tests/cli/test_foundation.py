@@ -15,8 +15,19 @@ from llmctl.cli.app import app
 
 runner = CliRunner()
 GROUPS = ["models", "systemd", "monitoring", "k8s", "health", "bench", "serve", "ps", "config", "usage"]
-HEAVY = ["httpx", "huggingface_hub", "llama_cpp", "jinja2", "prometheus_client", "yaml", "pydantic",
-         "fastapi", "uvicorn", "filelock", "psutil"]
+HEAVY = [
+    "httpx",
+    "huggingface_hub",
+    "llama_cpp",
+    "jinja2",
+    "prometheus_client",
+    "yaml",
+    "pydantic",
+    "fastapi",
+    "uvicorn",
+    "filelock",
+    "psutil",
+]
 
 
 def invoke(*args: str):
@@ -126,11 +137,12 @@ def loaded_modules(argv: list[str], env: dict[str, str] | None = None) -> set[st
         "    pass\n"
         "sys.stderr.write('\\nMODULES=' + json.dumps(sorted(sys.modules)) + '\\n')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES=")]
     assert line, proc.stderr[-500:]
-    return set(json.loads(line[-1][len("MODULES="):]))
+    return set(json.loads(line[-1][len("MODULES=") :]))
 
 
 def heavy_in(modules: set[str], heavy: list[str]) -> list[str]:
@@ -156,8 +168,23 @@ def test_group_help_imports_no_heavy_module(group):
 
 # What cron runs every minute: `llmctl health` against a closed port. After the first run has cached
 # its plan (llmctl/health/plan.py), a run imports none of these (benchmarks/bench_cold_start.py times it).
-HEALTH_AVOIDS = ["httpx", "httpcore", "h11", "anyio", "pydantic", "pydantic_core", "yaml", "rich", "click",
-                 "jinja2", "huggingface_hub", "prometheus_client", "psutil", "llama_cpp", "email"]
+HEALTH_AVOIDS = [
+    "httpx",
+    "httpcore",
+    "h11",
+    "anyio",
+    "pydantic",
+    "pydantic_core",
+    "yaml",
+    "rich",
+    "click",
+    "jinja2",
+    "huggingface_hub",
+    "prometheus_client",
+    "psutil",
+    "llama_cpp",
+    "email",
+]
 
 
 def test_a_health_run_imports_only_what_it_needs(write_config):

@@ -35,16 +35,25 @@ def _lock(home: Path, entries: dict) -> None:
 
 
 def _entry(path: str, f: Path) -> dict:
-    return {"file": f.name, "path": path, "size": f.stat().st_size, "sha256": sha256_of(f),
-            "pulled_at": "2026-01-01T00:00:00Z", "source": "import"}
+    return {
+        "file": f.name,
+        "path": path,
+        "size": f.stat().st_size,
+        "sha256": sha256_of(f),
+        "pulled_at": "2026-01-01T00:00:00Z",
+        "source": "import",
+    }
 
 
 # -- item 5 and 6 through the CLI ------------------------------------------------------------------------
 
 
 def test_the_issue_injection_is_refused_by_config_check_and_render(write_config, llmctl):
-    path = write_config(json.dumps({"services": {"chat": {
-        "model": "/srv/m.gguf\n[Service]\nExecStartPre=+/bin/sh -c 'id > /tmp/pwned'"}}}))
+    path = write_config(
+        json.dumps(
+            {"services": {"chat": {"model": "/srv/m.gguf\n[Service]\nExecStartPre=+/bin/sh -c 'id > /tmp/pwned'"}}}
+        )
+    )
     line = one_error_line(llmctl("config", "check", str(path)), 2)
     assert line.startswith("Error: services.chat.model: ") and "control character" in line
     proc = llmctl("systemd", "render", "--llmctl", "/usr/bin/true")
@@ -65,8 +74,13 @@ def test_a_name_with_a_newline_creates_no_store_dir(home, llmctl, tmp_path):
 def test_lock_paths_outside_the_store_exit_3_and_rm_deletes_nothing(home, llmctl, tmp_path):
     victim = make_gguf(tmp_path / "outside" / "victim.gguf", payload_bytes=1024)
     _lock(home, {"evil": _entry(os.path.relpath(victim, home / "models"), victim)})
-    for args in (["models", "list"], ["models", "ls"], ["models", "show", "evil"], ["models", "verify"],
-                 ["models", "list", "--json"]):
+    for args in (
+        ["models", "list"],
+        ["models", "ls"],
+        ["models", "show", "evil"],
+        ["models", "verify"],
+        ["models", "list", "--json"],
+    ):
         proc = llmctl(*args)
         assert proc.returncode == 3, (args, proc.stderr)
         assert "model 'evil'" in proc.stderr and "Traceback" not in proc.stderr
@@ -83,8 +97,11 @@ def test_lock_paths_outside_the_store_exit_3_and_rm_deletes_nothing(home, llmctl
 def test_hostile_yaml_in_config_show_and_health(write_config, llmctl, kind):
     from tests.unit.test_config_hostile import _bomb
 
-    text = {"alias bomb": _bomb(), "deep": "health: " + "[" * 50_000 + "]" * 50_000 + "\n",
-            "long int": "services: {chat: {model: smoke, port: 1" + "0" * 5000 + "}}\n"}[kind]
+    text = {
+        "alias bomb": _bomb(),
+        "deep": "health: " + "[" * 50_000 + "]" * 50_000 + "\n",
+        "long int": "services: {chat: {model: smoke, port: 1" + "0" * 5000 + "}}\n",
+    }[kind]
     write_config(text)
     one_error_line(llmctl("config", "show"), 2)
     proc = llmctl("health")
@@ -109,8 +126,9 @@ def _gguf_header(kind: str) -> bytes:
     return head + struct.pack("<Q", 1) + key + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 100_000
 
 
-@pytest.mark.parametrize("kind", ["kv count 2^63", "2^62 strings", "u32 array of 2^63", "tensor count 2^64-1",
-                                  "arrays nested 100000 deep"])
+@pytest.mark.parametrize(
+    "kind", ["kv count 2^63", "2^62 strings", "u32 array of 2^63", "tensor count 2^64-1", "arrays nested 100000 deep"]
+)
 def test_absurd_gguf_headers_are_one_line(llmctl, tmp_path, kind):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(_gguf_header(kind))
@@ -118,8 +136,13 @@ def test_absurd_gguf_headers_are_one_line(llmctl, tmp_path, kind):
     assert str(bad) in line
 
 
-@pytest.mark.parametrize("raw", [b'{"version": 1, "models": {"\xff": {}}}',
-                                 b'{"version": 1, "models": {"m": {"file": 5, "path": ["a"], "size": "x"}}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"version": 1, "models": {"\xff": {}}}',
+        b'{"version": 1, "models": {"m": {"file": 5, "path": ["a"], "size": "x"}}}',
+    ],
+)
 @pytest.mark.parametrize("cmd", [["models", "list"], ["models", "ls"], ["models", "verify"], ["models", "rm", "m"]])
 def test_a_corrupt_lockfile_is_one_line_exit_3(home, llmctl, raw, cmd):
     (home / "models.lock").write_bytes(raw)
@@ -156,10 +179,19 @@ def test_a_store_the_user_cannot_read(home, llmctl, tmp_path):
     import subprocess
     import sys
 
-    for args in (["models", "list"], ["models", "import", str(src), "--name", "t"], ["models", "rm", "t"],
-                 ["models", "pull", "smoke"]):
-        proc = subprocess.run([*prefix, sys.executable, "-m", "llmctl", *args], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "LLMCTL_DEBUG": ""})
+    for args in (
+        ["models", "list"],
+        ["models", "import", str(src), "--name", "t"],
+        ["models", "rm", "t"],
+        ["models", "pull", "smoke"],
+    ):
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "llmctl", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LLMCTL_DEBUG": ""},
+        )
         line = one_error_line(proc, 1)
         assert "Permission denied" in line or "cannot access" in line, (args, line)
 
@@ -170,10 +202,14 @@ def test_a_ledger_with_wrong_column_types_is_reported_without_them(home, llmctl)
     (home / "state").mkdir(exist_ok=True)
     conn = sqlite3.connect(home / "state" / "usage.db")
     conn.executescript(SCHEMA)
-    conn.execute("INSERT INTO requests (ts, route, status, prompt_tokens, completion_tokens, latency_ms, cost) "
-                 "VALUES (strftime('%s','now'), 'local', 'ok', 'many', 3, 'slow', 'free')")
-    conn.execute("INSERT INTO requests (ts, route, status, prompt_tokens, completion_tokens, latency_ms, cost) "
-                 "VALUES (strftime('%s','now'), 'local', 200, 10, 3, 12.5, 0)")
+    conn.execute(
+        "INSERT INTO requests (ts, route, status, prompt_tokens, completion_tokens, latency_ms, cost) "
+        "VALUES (strftime('%s','now'), 'local', 'ok', 'many', 3, 'slow', 'free')"
+    )
+    conn.execute(
+        "INSERT INTO requests (ts, route, status, prompt_tokens, completion_tokens, latency_ms, cost) "
+        "VALUES (strftime('%s','now'), 'local', 200, 10, 3, 12.5, 0)"
+    )
     conn.commit()
     conn.close()
     proc = llmctl("usage", "--since", "all", "--json")
@@ -242,8 +278,7 @@ def test_an_unexpected_exception_is_one_line_with_a_hint(broken_list, monkeypatc
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: internal error: RuntimeError: boom\\x1b[2J",
-        ("Hint: this is a bug in llmctl; please report it with the output of the same command run with "
-         "LLMCTL_DEBUG=1"),
+        ("Hint: this is a bug in llmctl; please report it with the output of the same command run with LLMCTL_DEBUG=1"),
     ]
 
 

@@ -26,7 +26,9 @@ def invoke(*args: str, env: dict | None = None):
 
 
 def service(name: str, port: int, **extra) -> str:
-    fields = ", ".join([f"model: {extra.pop('model', 'smoke')}", f"port: {port}", *(f"{k}: {v}" for k, v in extra.items())])
+    fields = ", ".join(
+        [f"model: {extra.pop('model', 'smoke')}", f"port: {port}", *(f"{k}: {v}" for k, v in extra.items())]
+    )
     return f"  {name}: {{{fields}}}\n"
 
 
@@ -167,11 +169,20 @@ def test_restart_command_placeholders_and_recovery(write_config, tmp_path):
     record = tmp_path / "restarted.txt"
     with StandIn(mode="hang_completions") as s:
         # The "restart" records its arguments; the stand-in is fixed from outside when it has run.
-        cmd = [sys.executable, "-c",
-               "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))",
-               str(record), "{unit}", "{service}", "x{unit}y"]
-        config(write_config, service("chat", s.port, unit="custom.service"),
-               health=FAST.replace("}", f", restart_command: {json.dumps(cmd)}}}"))
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))",
+            str(record),
+            "{unit}",
+            "{service}",
+            "x{unit}y",
+        ]
+        config(
+            write_config,
+            service("chat", s.port, unit="custom.service"),
+            health=FAST.replace("}", f", restart_command: {json.dumps(cmd)}}}"),
+        )
 
         import threading
 
@@ -198,7 +209,9 @@ def test_dry_run_and_no_restart_run_nothing(write_config, tmp_path, home):
     record = tmp_path / "ran"
     cmd = [sys.executable, "-c", f"open({str(record)!r}, 'w').write('x')"]
     with StandIn(mode="fail_completions") as s:
-        config(write_config, service("chat", s.port), health=FAST.replace("}", f", restart_command: {json.dumps(cmd)}}}"))
+        config(
+            write_config, service("chat", s.port), health=FAST.replace("}", f", restart_command: {json.dumps(cmd)}}}")
+        )
         dry = invoke("health", "--dry-run")
         no = invoke("health", "--no-restart")
     assert not record.exists()
@@ -208,8 +221,11 @@ def test_dry_run_and_no_restart_run_nothing(write_config, tmp_path, home):
 
 def test_restart_command_missing_is_critical(write_config):
     with StandIn(mode="fail_completions") as s:
-        config(write_config, service("chat", s.port),
-               health=FAST.replace("}", ', restart_command: ["/nonexistent/restart", "{unit}"]}'))
+        config(
+            write_config,
+            service("chat", s.port),
+            health=FAST.replace("}", ', restart_command: ["/nonexistent/restart", "{unit}"]}'),
+        )
         r = invoke("health")
     assert r.exit_code == 2
     assert "restart failed: /nonexistent/restart: no such file or directory" in r.stdout.lower()

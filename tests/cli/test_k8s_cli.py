@@ -16,12 +16,21 @@ IMAGE = "registry.example.com/llmctl@sha256:" + "0" * 64
 def test_render_prints_one_stream_that_is_the_snapshots(llmctl):
     proc = llmctl("--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE)
     assert proc.returncode == 0, proc.stderr
-    expected = "".join((SNAPSHOTS / "example" / name).read_text()
-                       for name in ("00-namespace.yaml", "01-config.yaml", "llmctl-chat.yaml"))
+    expected = "".join(
+        (SNAPSHOTS / "example" / name).read_text()
+        for name in ("00-namespace.yaml", "01-config.yaml", "llmctl-chat.yaml")
+    )
     assert proc.stdout == expected
     kinds = [d["kind"] for d in yaml.safe_load_all(proc.stdout) if d]
-    assert kinds == ["Namespace", "ConfigMap", "Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy",
-                     "PodDisruptionBudget"]
+    assert kinds == [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    ]
     # stderr: the Secret the pod needs, and how to create it from this host's files
     assert "kubectl -n llmctl create secret generic llmctl-chat-credentials " in proc.stderr
     assert "--from-file=upstream-lan-gpu=/etc/llmctl/lan-gpu.key" in proc.stderr
@@ -38,8 +47,9 @@ def test_render_output_dir_writes_one_file_each(llmctl, tmp_path: Path):
 
 
 def test_render_json(llmctl, tmp_path: Path):
-    proc = llmctl("--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "--json",
-                  "--namespace", "other")
+    proc = llmctl(
+        "--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "--json", "--namespace", "other"
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["schema_version"] == 1 and doc["kind"] == "k8s.render"
@@ -53,8 +63,19 @@ def test_render_json(llmctl, tmp_path: Path):
     assert secret["keys"] == ["api-keys", "upstream-lan-gpu", "upstream-peer", "metrics-key"]
     assert secret["create_command"].startswith("kubectl -n other create secret generic llmctl-gpu-credentials ")
     out = tmp_path / "o"
-    doc = json.loads(llmctl("--config", str(SNAPSHOTS / "gpu.yaml"), "k8s", "render", "--image", IMAGE, "--json",
-                            "--output-dir", str(out)).stdout)
+    doc = json.loads(
+        llmctl(
+            "--config",
+            str(SNAPSHOTS / "gpu.yaml"),
+            "k8s",
+            "render",
+            "--image",
+            IMAGE,
+            "--json",
+            "--output-dir",
+            str(out),
+        ).stdout
+    )
     assert [f["path"] for f in doc["files"]] == [str(out / f["name"]) for f in doc["files"]]
     assert all("content" not in f for f in doc["files"])
 
@@ -76,13 +97,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(llmctl, tmp_path: Pa
     cases = [
         (["--config", str(EXAMPLE), "k8s", "render"], "Error: no image: pass --image or set k8s.image"),
         (["--config", str(EXAMPLE), "k8s", "render", "--image", "Bad Image"], "Error: --image: 'Bad Image' is not"),
-        (["--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "--namespace", "x_y"],
-         "Error: --namespace: 'x_y' is not a Kubernetes name"),
+        (
+            ["--config", str(EXAMPLE), "k8s", "render", "--image", IMAGE, "--namespace", "x_y"],
+            "Error: --namespace: 'x_y' is not a Kubernetes name",
+        ),
     ]
     bad_service = tmp_path / "bad.yaml"
     bad_service.write_text("services:\n  my_chat: {model: smoke}\n")
-    cases.append((["--config", str(bad_service), "k8s", "render", "--image", IMAGE],
-                  "Error: services.my_chat: the service name cannot name Kubernetes objects"))
+    cases.append(
+        (
+            ["--config", str(bad_service), "k8s", "render", "--image", IMAGE],
+            "Error: services.my_chat: the service name cannot name Kubernetes objects",
+        )
+    )
     bad_key = tmp_path / "badkey.yaml"
     bad_key.write_text("k8s:\n  namespace: Prod\n")
     cases.append((["--config", str(bad_key), "k8s", "render"], "Error: k8s.namespace: 'Prod' is not a Kubernetes name"))

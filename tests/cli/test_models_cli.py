@@ -20,8 +20,14 @@ def lock(home: Path) -> dict:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    return make_gguf(tmp_path / "Tiny-7B-Q8_0.gguf", arch="qwen2", name="Tiny 7B", context_length=8192,
-                     file_type=7, payload_bytes=256 << 10)
+    return make_gguf(
+        tmp_path / "Tiny-7B-Q8_0.gguf",
+        arch="qwen2",
+        name="Tiny 7B",
+        context_length=8192,
+        file_type=7,
+        payload_bytes=256 << 10,
+    )
 
 
 def test_import_list_show_verify_rm(home, llmctl, tiny):
@@ -40,8 +46,12 @@ def test_import_list_show_verify_rm(home, llmctl, tiny):
 
     r = llmctl("models", "list", "--json")
     (m,) = json.loads(r.stdout)["models"]
-    assert (m["quantization"], m["architecture"], m["context_length"], m["model_name"]) == \
-        ("Q8_0", "qwen2", 8192, "Tiny 7B")
+    assert (m["quantization"], m["architecture"], m["context_length"], m["model_name"]) == (
+        "Q8_0",
+        "qwen2",
+        8192,
+        "Tiny 7B",
+    )
 
     r = llmctl("models", "show", "tiny-7b-q8_0", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["sha256"] == sha256_of(tiny)
@@ -82,19 +92,22 @@ def test_verify_missing_file_exit_3(home, llmctl, tiny):
     assert r.returncode == 3 and "missing" in r.stderr
 
 
-@pytest.mark.parametrize("args,code,words", [
-    (["models", "verify", "nope"], 2, "not installed: nope"),
-    (["models", "show", "nope"], 2, "not installed"),
-    (["models", "rm", "nope"], 2, "not installed"),
-    (["models", "import", "/no/such/file.gguf"], 2, "no such file"),
-    (["models", "pull", "owner/repo"], 2, "FILE is missing"),
-    (["models", "pull", "not-a-repo", "x.gguf"], 2, "owner/name"),
-    (["models", "pull", "a/b", "x.gguf", "--name", "Bad Name"], 2, "--name"),
-    (["models", "pull", "a/b", "notes.txt"], 2, "must name a .gguf file"),
-    (["models", "pull", "a/b", "../x.gguf"], 2, "inside the repository"),
-    (["models", "pull", "a/b", "x.gguf", "--revision", ""], 2, "--revision"),
-    (["models", "pull", "a/b c", "x.gguf"], 2, "bad repository or file name"),
-])
+@pytest.mark.parametrize(
+    "args,code,words",
+    [
+        (["models", "verify", "nope"], 2, "not installed: nope"),
+        (["models", "show", "nope"], 2, "not installed"),
+        (["models", "rm", "nope"], 2, "not installed"),
+        (["models", "import", "/no/such/file.gguf"], 2, "no such file"),
+        (["models", "pull", "owner/repo"], 2, "FILE is missing"),
+        (["models", "pull", "not-a-repo", "x.gguf"], 2, "owner/name"),
+        (["models", "pull", "a/b", "x.gguf", "--name", "Bad Name"], 2, "--name"),
+        (["models", "pull", "a/b", "notes.txt"], 2, "must name a .gguf file"),
+        (["models", "pull", "a/b", "../x.gguf"], 2, "inside the repository"),
+        (["models", "pull", "a/b", "x.gguf", "--revision", ""], 2, "--revision"),
+        (["models", "pull", "a/b c", "x.gguf"], 2, "bad repository or file name"),
+    ],
+)
 def test_bad_input_one_line_and_exit_code(home, llmctl, args, code, words):
     r = llmctl(*args)
     assert r.returncode == code, r.stderr
@@ -154,8 +167,14 @@ def test_pull_dry_run_of_installed_smoke_is_present(home, llmctl, smoke_model):
 
 def test_concurrent_imports_keep_the_lock_whole(home, tmp_path):
     files = [make_gguf(tmp_path / f"m{i}.gguf", payload_bytes=64 << 10, seed=i) for i in range(6)]
-    procs = [subprocess.Popen([sys.executable, "-m", "llmctl", "models", "import", str(f), "--quiet"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for f in files]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "llmctl", "models", "import", str(f), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for f in files
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

@@ -77,11 +77,19 @@ def test_discover_lists_both_stores_text_and_json(home, llmctl, smoke_stores, wr
     doc = json.loads(r.stdout)
     assert doc["kind"] == "models.discover" and doc["schema_version"] == 1 and doc["warnings"] == []
     models = {m["source"]: m for m in doc["models"]}
-    assert list(models) == ["ollama:gemma3:270m", f"hf-cache:{HF_REPO}/gemma-3-270m-Q4_K_M.gguf",
-                            str(plain / "Tiny-Q8_0.gguf")]
+    assert list(models) == [
+        "ollama:gemma3:270m",
+        f"hf-cache:{HF_REPO}/gemma-3-270m-Q4_K_M.gguf",
+        str(plain / "Tiny-Q8_0.gguf"),
+    ]
     o = models["ollama:gemma3:270m"]
-    assert (o["kind"], o["sha256"], o["architecture"], o["quantization"], o["name"]) == \
-        ("ollama", SMOKE_SHA256, "gemma3", "Q4_K_M", "gemma3-270m")
+    assert (o["kind"], o["sha256"], o["architecture"], o["quantization"], o["name"]) == (
+        "ollama",
+        SMOKE_SHA256,
+        "gemma3",
+        "Q4_K_M",
+        "gemma3-270m",
+    )
     assert o["size"] == os.path.getsize(smoke_stores["ollama"] / "blobs" / f"sha256-{SMOKE_SHA256}")
     h = models[f"hf-cache:{HF_REPO}/gemma-3-270m-Q4_K_M.gguf"]
     assert (h["sha256"], h["repo"], h["revision"], h["architecture"]) == (SMOKE_SHA256, HF_REPO, COMMIT, "gemma3")
@@ -95,11 +103,19 @@ def test_import_ollama_verifies_hard_links_and_records(home, llmctl, smoke_store
     r = llmctl("models", "import", "ollama:gemma3:270m", "--json")
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(r.stdout)["models"]
-    assert (res["name"], res["status"], res["sha256"], res["source"], res["linked"]) == \
-        ("gemma3-270m", "installed", SMOKE_SHA256, "ollama:gemma3:270m", True)
+    assert (res["name"], res["status"], res["sha256"], res["source"], res["linked"]) == (
+        "gemma3-270m",
+        "installed",
+        SMOKE_SHA256,
+        "ollama:gemma3:270m",
+        True,
+    )
     entry = lock(home)["gemma3-270m"]
-    assert (entry["sha256"], entry["source"], entry["size"]) == (SMOKE_SHA256, "ollama:gemma3:270m",
-                                                                 blob.stat().st_size)
+    assert (entry["sha256"], entry["source"], entry["size"]) == (
+        SMOKE_SHA256,
+        "ollama:gemma3:270m",
+        blob.stat().st_size,
+    )
     stored = home / "models" / entry["path"]
     assert stored.name == "gemma3-270m.gguf" and os.path.samefile(stored, blob)
     assert [p.name for p in store_files(home) if ".partial" in p.parts] == []
@@ -121,8 +137,13 @@ def test_import_hf_cache_copy_and_name(home, llmctl, smoke_stores):
     assert r.returncode == 0, r.stderr
     assert "g270: installed, copied" in r.stderr
     entry = lock(home)["g270"]
-    assert (entry["repo"], entry["revision"], entry["file"], entry["source"], entry["sha256"]) == \
-        (HF_REPO, COMMIT, "gemma-3-270m-Q4_K_M.gguf", src, SMOKE_SHA256)
+    assert (entry["repo"], entry["revision"], entry["file"], entry["source"], entry["sha256"]) == (
+        HF_REPO,
+        COMMIT,
+        "gemma-3-270m-Q4_K_M.gguf",
+        src,
+        SMOKE_SHA256,
+    )
     stored = home / "models" / entry["path"]
     blob = smoke_stores["hf"] / f"models--{HF_REPO.replace('/', '--')}" / "blobs" / SMOKE_SHA256
     assert not os.path.samefile(stored, blob) and sha256_of(stored) == SMOKE_SHA256
@@ -159,8 +180,11 @@ def test_hostile_stores_warn_in_one_line_and_import_exits_3(home, llmctl, stores
     add_ollama_model(stores["ollama"], tiny, "good")
     man = stores["ollama"] / "manifests" / "registry.ollama.ai" / "library"
     size = tiny.stat().st_size
-    for model, text in [("badjson", "{"), ("nothex", json.dumps(ollama_manifest("sha256:" + "x" * 64, size))),
-                        ("escape", json.dumps(ollama_manifest("sha256:../../../../etc/shadow", size)))]:
+    for model, text in [
+        ("badjson", "{"),
+        ("nothex", json.dumps(ollama_manifest("sha256:" + "x" * 64, size))),
+        ("escape", json.dumps(ollama_manifest("sha256:../../../../etc/shadow", size))),
+    ]:
         (man / model).mkdir()
         (man / model / "latest").write_text(text)
     outside = make_gguf(tmp_path / "elsewhere" / "secret.gguf", payload_bytes=1024)
@@ -180,10 +204,13 @@ def test_hostile_stores_warn_in_one_line_and_import_exits_3(home, llmctl, stores
     r = llmctl("models", "discover", "--json")
     assert r.returncode == 0 and len(json.loads(r.stdout)["warnings"]) == 5
 
-    for source, words in [("ollama:badjson", "not JSON"), ("ollama:nothex", "not sha256:<64 hex digits>"),
-                          ("ollama:escape", "not sha256:<64 hex digits>"),
-                          ("ollama:linkout", "points outside its store"),
-                          ("hf-cache:org/out/out.gguf", "points outside its store")]:
+    for source, words in [
+        ("ollama:badjson", "not JSON"),
+        ("ollama:nothex", "not sha256:<64 hex digits>"),
+        ("ollama:escape", "not sha256:<64 hex digits>"),
+        ("ollama:linkout", "points outside its store"),
+        ("hf-cache:org/out/out.gguf", "points outside its store"),
+    ]:
         r = llmctl("models", "import", source)
         assert r.returncode == 3, (source, r.stderr)
         assert r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1 and words in r.stderr
@@ -192,15 +219,18 @@ def test_hostile_stores_warn_in_one_line_and_import_exits_3(home, llmctl, stores
     assert llmctl("models", "import", "ollama:good").returncode == 0
 
 
-@pytest.mark.parametrize("args,code,words", [
-    (["models", "import", "ollama:"], 2, "not an Ollama model name"),
-    (["models", "import", "ollama:../../etc/passwd"], 2, "not an Ollama model name"),
-    (["models", "import", "hf-cache:nope"], 2, "not a Hugging Face cache file"),
-    (["models", "import", "ollama:absent"], 2, "not found in"),
-    (["models", "import", "hf-cache:org/repo/absent.gguf"], 2, "not found in"),
-    (["models", "import", "ollama:x", "--name", "Bad Name"], 2, "--name"),
-    (["models", "import", "ollama:x", "--sha256", "nothex"], 2, "--sha256"),
-])
+@pytest.mark.parametrize(
+    "args,code,words",
+    [
+        (["models", "import", "ollama:"], 2, "not an Ollama model name"),
+        (["models", "import", "ollama:../../etc/passwd"], 2, "not an Ollama model name"),
+        (["models", "import", "hf-cache:nope"], 2, "not a Hugging Face cache file"),
+        (["models", "import", "ollama:absent"], 2, "not found in"),
+        (["models", "import", "hf-cache:org/repo/absent.gguf"], 2, "not found in"),
+        (["models", "import", "ollama:x", "--name", "Bad Name"], 2, "--name"),
+        (["models", "import", "ollama:x", "--sha256", "nothex"], 2, "--sha256"),
+    ],
+)
 def test_bad_sources_one_line_and_exit_code(home, llmctl, stores, args, code, words):
     r = llmctl(*args)
     assert r.returncode == code, r.stderr

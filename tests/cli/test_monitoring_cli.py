@@ -86,18 +86,32 @@ def test_runbooks_name_the_config_in_use_unless_it_is_the_default(tmp_path: Path
     assert "llmctl --config /srv/llm.yaml health" in rules
 
 
-@pytest.mark.parametrize("text, message", [
-    ("version: 1\n", "Error: services: no service is configured, so there is nothing to monitor"),
-    ("services: {chat: {model: smoke}}\nmonitoring: {alert_for: 5 min}\n",
-     "Error: monitoring.alert_for: '5 min' is not a Prometheus duration such as 30s, 5m or 1h30m"),
-    ("services: {chat: {model: smoke}}\nmonitoring: {ttft_p95: 3}\n",
-     "Error: monitoring.ttft_p95: unknown key (did you mean 'ttft_p95_s'?)"),
-    ("services: {chat: {model: smoke}}\nmonitoring: {alert_labels: {severity: page}}\n",
-     "Error: monitoring.alert_labels: 'severity' is set by the rules themselves"),
-    ("services: {chat: {model: smoke, host: 'a b'}}\n",
-     "Error: services.chat.host: 'a b' is not a host name or address Prometheus can scrape"),
-    ("services: {chat: {model: smoke, unit: 'x y'}}\n", "Error: services.chat.unit: 'x y' is not a valid unit name"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("version: 1\n", "Error: services: no service is configured, so there is nothing to monitor"),
+        (
+            "services: {chat: {model: smoke}}\nmonitoring: {alert_for: 5 min}\n",
+            "Error: monitoring.alert_for: '5 min' is not a Prometheus duration such as 30s, 5m or 1h30m",
+        ),
+        (
+            "services: {chat: {model: smoke}}\nmonitoring: {ttft_p95: 3}\n",
+            "Error: monitoring.ttft_p95: unknown key (did you mean 'ttft_p95_s'?)",
+        ),
+        (
+            "services: {chat: {model: smoke}}\nmonitoring: {alert_labels: {severity: page}}\n",
+            "Error: monitoring.alert_labels: 'severity' is set by the rules themselves",
+        ),
+        (
+            "services: {chat: {model: smoke, host: 'a b'}}\n",
+            "Error: services.chat.host: 'a b' is not a host name or address Prometheus can scrape",
+        ),
+        (
+            "services: {chat: {model: smoke, unit: 'x y'}}\n",
+            "Error: services.chat.unit: 'x y' is not a valid unit name",
+        ),
+    ],
+)
 def test_bad_config_exits_2_with_one_line(tmp_path: Path, text, message):
     config = tmp_path / "c.yaml"
     config.write_text(text)
@@ -131,8 +145,10 @@ def test_help_does_not_import_jinja2_or_yaml():
     import subprocess
     import sys
 
-    code = ("import sys; from llmctl.cli.app import app\n"
-            "try:\n    app(['monitoring', 'render', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('jinja2', 'yaml', 'pydantic', 'prometheus_client') if m in sys.modules))")
+    code = (
+        "import sys; from llmctl.cli.app import app\n"
+        "try:\n    app(['monitoring', 'render', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('jinja2', 'yaml', 'pydantic', 'prometheus_client') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

@@ -38,8 +38,19 @@ COMMANDS = list(_commands())
 
 def test_the_walk_sees_every_command():
     names = {" ".join(path) for path, _ in COMMANDS}
-    assert {"health", "usage", "config show", "config check", "models pull", "models show", "systemd render",
-            "monitoring render", "k8s render", "bench", "serve"} <= names
+    assert {
+        "health",
+        "usage",
+        "config show",
+        "config check",
+        "models pull",
+        "models show",
+        "systemd render",
+        "monitoring render",
+        "k8s render",
+        "bench",
+        "serve",
+    } <= names
 
 
 @pytest.mark.parametrize("path, cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
@@ -79,8 +90,9 @@ def test_o_for_a_directory_is_refused_with_the_new_spelling(argv, tmp_path):
 
 def test_json_is_printed_under_quiet(tmp_path, write_config):
     write_config("services:\n  chat: {model: smoke}\n")
-    result = runner.invoke(app, ["config", "check", "--json", "--quiet", str(tmp_path.parent / "none.yaml")],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        app, ["config", "check", "--json", "--quiet", str(tmp_path.parent / "none.yaml")], catch_exceptions=False
+    )
     assert result.exit_code == 2  # the file does not exist
     good = tmp_path / "good.yaml"
     good.write_text("services:\n  chat: {model: smoke}\n")

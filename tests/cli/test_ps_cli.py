@@ -39,8 +39,10 @@ def test_configured_services_with_their_key_and_a_down_one(write_config, tmp_pat
     keys.write_text("k-1\n")
     down = free_port()
     try:
-        write_config(f"version: 1\nservices:\n  up: {{model: smoke, port: {s.port}, api_keys_file: {keys}}}\n"
-                     f"  down: {{model: smoke, port: {down}}}\n")
+        write_config(
+            f"version: 1\nservices:\n  up: {{model: smoke, port: {s.port}, api_keys_file: {keys}}}\n"
+            f"  down: {{model: smoke, port: {down}}}\n"
+        )
         r = invoke("ps", "--json")
         assert r.exit_code == 1, r.output
         servers = {x["name"]: x for x in json.loads(r.stdout)["servers"]}

@@ -20,8 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
 FLEET = REPO / "tests" / "snapshots" / "units" / "fleet.yaml"
 FIXED = ["--llmctl", "/opt/llmctl/bin/llmctl", "--config-path", "/etc/llmctl/config.yaml"]
-needs_systemctl = pytest.mark.skipif(shutil.which("systemctl") is None or shutil.which("systemd-sysusers") is None,
-                                     reason="needs systemctl and systemd-sysusers")
+needs_systemctl = pytest.mark.skipif(
+    shutil.which("systemctl") is None or shutil.which("systemd-sysusers") is None,
+    reason="needs systemctl and systemd-sysusers",
+)
 
 
 def test_render_to_stdout_matches_the_snapshots(llmctl):
@@ -29,8 +31,13 @@ def test_render_to_stdout_matches_the_snapshots(llmctl):
     assert proc.returncode == 0, proc.stderr
     parts = proc.stdout.split("==> ")
     names = [p.split(" <==\n", 1)[0] for p in parts[1:]]
-    assert names == ["llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer",
-                     "50-llmctl-health.rules", "llmctl.conf"]
+    assert names == [
+        "llmctl-chat.service",
+        "llmctl-health.service",
+        "llmctl-health.timer",
+        "50-llmctl-health.rules",
+        "llmctl.conf",
+    ]
     snap = REPO / "tests" / "snapshots" / "units" / "example"
     for part in parts[1:]:
         name, body = part.split(" <==\n", 1)
@@ -44,7 +51,8 @@ def test_render_output_dir_and_json(llmctl, tmp_path: Path):
     written = proc.stdout.split()
     assert str(out / "llmctl-gpu.service") in written
     assert (out / "llmctl-gpu.service").read_text() == (
-        REPO / "tests" / "snapshots" / "units" / "fleet" / "llmctl-gpu.service").read_text()
+        REPO / "tests" / "snapshots" / "units" / "fleet" / "llmctl-gpu.service"
+    ).read_text()
     assert not (out / "llmctl-chat.service").exists()
     proc = llmctl("--config", str(FLEET), "systemd", "render", "--json", *FIXED)
     doc = json.loads(proc.stdout)
@@ -78,12 +86,20 @@ def test_install_under_root_enables_offline_and_uninstall_cleans_up(llmctl, tmp_
     doc = json.loads(proc.stdout)
     assert doc["commands"] == [
         ["systemd-sysusers", f"--root={root}"],
-        ["systemctl", f"--root={root}", "enable", "llmctl-chat.service", "llmctl-gpu.service",
-         "llm-public.service", "llmctl-health.timer"],
+        [
+            "systemctl",
+            f"--root={root}",
+            "enable",
+            "llmctl-chat.service",
+            "llmctl-gpu.service",
+            "llm-public.service",
+            "llmctl-health.timer",
+        ],
     ]  # no daemon-reload, no --now: nothing runs in another root
     unit_dir = root / "etc/systemd/system"
     assert (unit_dir / "llmctl-gpu.service").read_text() == (
-        REPO / "tests/snapshots/units/fleet/llmctl-gpu.service").read_text()
+        REPO / "tests/snapshots/units/fleet/llmctl-gpu.service"
+    ).read_text()
     assert stat.S_IMODE((unit_dir / "llmctl-gpu.service").stat().st_mode) == 0o644
     assert (unit_dir / "multi-user.target.wants/llmctl-chat.service").is_symlink()
     assert (unit_dir / "timers.target.wants/llmctl-health.timer").is_symlink()
@@ -91,18 +107,19 @@ def test_install_under_root_enables_offline_and_uninstall_cleans_up(llmctl, tmp_
     assert "llmctl-health:" in (root / "etc/passwd").read_text()
     assert not list(unit_dir.glob(".*.tmp"))
 
-    again = json.loads(llmctl("--config", str(FLEET), "systemd", "install", "--root", str(root),
-                              "--json", *FIXED).stdout)
+    again = json.loads(
+        llmctl("--config", str(FLEET), "systemd", "install", "--root", str(root), "--json", *FIXED).stdout
+    )
     assert again["written"] == [] and len(again["unchanged"]) == 7
 
     # A service dropped from the config: its unit is disabled and removed on the next install.
     smaller = tmp_path / "smaller.yaml"
     smaller.write_text("services:\n  chat:\n    model: smoke\n")
-    doc = json.loads(llmctl("--config", str(smaller), "systemd", "install", "--root", str(root),
-                            "--json", *FIXED).stdout)
+    doc = json.loads(
+        llmctl("--config", str(smaller), "systemd", "install", "--root", str(root), "--json", *FIXED).stdout
+    )
     assert sorted(Path(p).name for p in doc["removed"]) == ["llm-public.service", "llmctl-gpu.service"]
-    assert doc["commands"][0] == ["systemctl", f"--root={root}", "disable", "llm-public.service",
-                                  "llmctl-gpu.service"]
+    assert doc["commands"][0] == ["systemctl", f"--root={root}", "disable", "llm-public.service", "llmctl-gpu.service"]
     assert not (unit_dir / "multi-user.target.wants/llmctl-gpu.service").exists()
 
     mine = unit_dir / "not-llmctl.service"
@@ -110,8 +127,7 @@ def test_install_under_root_enables_offline_and_uninstall_cleans_up(llmctl, tmp_
     proc = llmctl("systemd", "uninstall", "--root", str(root), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["commands"] == [["systemctl", f"--root={root}", "disable", "llmctl-chat.service",
-                                "llmctl-health.timer"]]
+    assert doc["commands"] == [["systemctl", f"--root={root}", "disable", "llmctl-chat.service", "llmctl-health.timer"]]
     assert not (unit_dir / "llmctl-chat.service").exists()
     assert not (unit_dir / "timers.target.wants/llmctl-health.timer").exists()
     assert not (root / "etc/polkit-1/rules.d/50-llmctl-health.rules").exists()
@@ -123,7 +139,7 @@ def _recording_systemctl(tmp_path: Path) -> tuple[Path, Path]:
     """A stand-in for systemctl (systemd is not PID 1 here): appends its argv to a log."""
     log = tmp_path / "systemctl.log"
     script = tmp_path / "systemctl"
-    script.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     script.chmod(0o755)
     return script, log
 
@@ -131,8 +147,19 @@ def _recording_systemctl(tmp_path: Path) -> tuple[Path, Path]:
 def test_user_install_runs_daemon_reload_and_enable_now(llmctl, tmp_path: Path):
     script, log = _recording_systemctl(tmp_path)
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    proc = llmctl("--config", str(EXAMPLE), "systemd", "install", "--user", "--enable", "--now",
-                  "--systemctl", str(script), *FIXED, env=env)
+    proc = llmctl(
+        "--config",
+        str(EXAMPLE),
+        "systemd",
+        "install",
+        "--user",
+        "--enable",
+        "--now",
+        "--systemctl",
+        str(script),
+        *FIXED,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().splitlines() == [
         "--user daemon-reload",
@@ -140,7 +167,10 @@ def test_user_install_runs_daemon_reload_and_enable_now(llmctl, tmp_path: Path):
     ]
     unit_dir = tmp_path / "xdg/systemd/user"
     assert sorted(p.name for p in unit_dir.iterdir()) == [
-        "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
+        "llmctl-chat.service",
+        "llmctl-health.service",
+        "llmctl-health.timer",
+    ]
     assert "Ran: " in proc.stderr
     state = Path(os.environ["LLMCTL_HOME"]) / "state"  # ReadWritePaths= of both units: install made it
     assert state.is_dir() and f"ReadWritePaths=-{state}" in (unit_dir / "llmctl-chat.service").read_text()
@@ -158,8 +188,9 @@ def test_user_install_runs_daemon_reload_and_enable_now(llmctl, tmp_path: Path):
 
 def test_no_systemctl_only_lists_the_commands(llmctl, tmp_path: Path):
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    proc = llmctl("--config", str(EXAMPLE), "systemd", "install", "--user", "--enable", "--no-systemctl",
-                  *FIXED, env=env)
+    proc = llmctl(
+        "--config", str(EXAMPLE), "systemd", "install", "--user", "--enable", "--no-systemctl", *FIXED, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Would run: systemctl --user daemon-reload" in proc.stderr
 
@@ -167,8 +198,19 @@ def test_no_systemctl_only_lists_the_commands(llmctl, tmp_path: Path):
 def test_install_dry_run_writes_removes_and_runs_nothing(llmctl, tmp_path: Path):
     script, log = _recording_systemctl(tmp_path)
     root = tmp_path / "root"
-    args = ["--config", str(FLEET), "systemd", "install", "--root", str(root), "--enable", "--json",
-            "--systemctl", str(script), *FIXED]
+    args = [
+        "--config",
+        str(FLEET),
+        "systemd",
+        "install",
+        "--root",
+        str(root),
+        "--enable",
+        "--json",
+        "--systemctl",
+        str(script),
+        *FIXED,
+    ]
     proc = llmctl(*args, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -192,7 +234,7 @@ def test_install_dry_run_writes_removes_and_runs_nothing(llmctl, tmp_path: Path)
     assert {p: p.read_bytes() for p in unit_dir.iterdir() if p.is_file()} == before
     assert not log.exists()
 
-    proc = llmctl(*args[:-len(FIXED) - 3], "--dry-run", *FIXED)  # the table for people
+    proc = llmctl(*args[: -len(FIXED) - 3], "--dry-run", *FIXED)  # the table for people
     assert proc.returncode == 0, proc.stderr
     assert f"would be written  {gpu}" in proc.stdout and f"would be removed  {stale}" in proc.stdout
 
@@ -201,15 +243,23 @@ def test_failing_systemctl_exits_1_with_one_line(llmctl, tmp_path: Path):
     script = tmp_path / "systemctl"
     script.write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")
     script.chmod(0o755)
-    proc = llmctl("--config", str(EXAMPLE), "systemd", "install", "--user", "--systemctl", str(script),
-                  *FIXED, env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    proc = llmctl(
+        "--config",
+        str(EXAMPLE),
+        "systemd",
+        "install",
+        "--user",
+        "--systemctl",
+        str(script),
+        *FIXED,
+        env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")},
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[0].endswith("failed (exit 1): Failed to connect to bus")
 
 
 def test_now_with_root_is_a_usage_error(llmctl, tmp_path: Path):
-    proc = llmctl("--config", str(EXAMPLE), "systemd", "install", "--root", str(tmp_path), "--enable", "--now",
-                  *FIXED)
+    proc = llmctl("--config", str(EXAMPLE), "systemd", "install", "--root", str(tmp_path), "--enable", "--now", *FIXED)
     assert proc.returncode == 2
     assert "--now cannot be used with --root" in proc.stderr
     assert not (tmp_path / "etc").exists()  # nothing half-written
@@ -257,9 +307,12 @@ def test_verify_missing_file_exits_2(llmctl, tmp_path: Path):
 def test_help_does_not_import_jinja2():
     import subprocess
 
-    code = ("import sys; from llmctl.cli.app import app\n"
-            "try:\n    app(['systemd', 'install', '--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'jinja2' not in sys.modules and 'pydantic' not in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "NO_COLOR": "1"})
+    code = (
+        "import sys; from llmctl.cli.app import app\n"
+        "try:\n    app(['systemd', 'install', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'jinja2' not in sys.modules and 'pydantic' not in sys.modules"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"}
+    )
     assert proc.returncode == 0, proc.stderr

@@ -13,17 +13,58 @@ from llmctl.usage.ledger import FILENAME, Ledger
 def fill(home, now: float) -> None:
     ledger = Ledger(home / "state" / FILENAME)
     for i in range(4):
-        ledger.record({"ts": now - 100, "key_id": "key-one", "client": "127.0.0.1", "route": "local",
-                       "model": "smoke", "endpoint": "chat", "stream": False, "prompt_tokens": 20,
-                       "completion_tokens": 10, "latency_ms": 50.0 + i, "status": 200, "error": None, "cost": 0.0})
+        ledger.record(
+            {
+                "ts": now - 100,
+                "key_id": "key-one",
+                "client": "127.0.0.1",
+                "route": "local",
+                "model": "smoke",
+                "endpoint": "chat",
+                "stream": False,
+                "prompt_tokens": 20,
+                "completion_tokens": 10,
+                "latency_ms": 50.0 + i,
+                "status": 200,
+                "error": None,
+                "cost": 0.0,
+            }
+        )
     for _ in range(2):
-        ledger.record({"ts": now - 50, "key_id": None, "client": "10.0.0.9", "route": "upstream:cloud",
-                       "model": "gpt-x", "endpoint": "chat", "stream": True, "prompt_tokens": 1000,
-                       "completion_tokens": 1000, "latency_ms": 300.0, "status": 200, "error": None,
-                       "cost": 0.002 + 0.006})
-    ledger.record({"ts": now - 30 * 86400, "key_id": "key-old", "client": "127.0.0.1", "route": "local",
-                   "model": "smoke", "endpoint": "chat", "stream": False, "prompt_tokens": 1,
-                   "completion_tokens": 1, "latency_ms": 1.0, "status": 200, "error": None, "cost": 0.0})
+        ledger.record(
+            {
+                "ts": now - 50,
+                "key_id": None,
+                "client": "10.0.0.9",
+                "route": "upstream:cloud",
+                "model": "gpt-x",
+                "endpoint": "chat",
+                "stream": True,
+                "prompt_tokens": 1000,
+                "completion_tokens": 1000,
+                "latency_ms": 300.0,
+                "status": 200,
+                "error": None,
+                "cost": 0.002 + 0.006,
+            }
+        )
+    ledger.record(
+        {
+            "ts": now - 30 * 86400,
+            "key_id": "key-old",
+            "client": "127.0.0.1",
+            "route": "local",
+            "model": "smoke",
+            "endpoint": "chat",
+            "stream": False,
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "latency_ms": 1.0,
+            "status": 200,
+            "error": None,
+            "cost": 0.0,
+        }
+    )
     ledger.close()
 
 

@@ -41,18 +41,20 @@ def tool(name: str) -> str:
 
 def ansible_env(root: Path, collections: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMCTL_", "ANSIBLE_"))}
-    env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(collections),
-        "ANSIBLE_HOME": str(root / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-tmp"),
-        "ANSIBLE_REMOTE_TEMP": str(root / "ansible-remote-tmp"),
-        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),  # does not exist: no ansible.cfg from elsewhere
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-        "NO_COLOR": "1",
-        "LC_ALL": "C.UTF-8",  # ansible-core refuses to start without a UTF-8 locale (CI may set none)
-    })
+    env.update(
+        {
+            "ANSIBLE_COLLECTIONS_PATH": str(collections),
+            "ANSIBLE_HOME": str(root / "ansible-home"),
+            "ANSIBLE_LOCAL_TEMP": str(root / "ansible-tmp"),
+            "ANSIBLE_REMOTE_TEMP": str(root / "ansible-remote-tmp"),
+            "ANSIBLE_CONFIG": str(root / "ansible.cfg"),  # does not exist: no ansible.cfg from elsewhere
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+            "NO_COLOR": "1",
+            "LC_ALL": "C.UTF-8",  # ansible-core refuses to start without a UTF-8 locale (CI may set none)
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -62,13 +64,22 @@ def collections(tmp_path_factory) -> Path:
     """The collection built from ansible/ and installed into a temp collections path."""
     out = tmp_path_factory.mktemp("galaxy")
     path = out / "collections"
-    build = subprocess.run([tool("ansible-galaxy"), "collection", "build", str(REPO / "ansible"),
-                            "--output-path", str(out)], capture_output=True, text=True, timeout=300,
-                           env=ansible_env(out, path))  # ANSIBLE_HOME in the temp dir, not ~/.ansible
+    build = subprocess.run(
+        [tool("ansible-galaxy"), "collection", "build", str(REPO / "ansible"), "--output-path", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ansible_env(out, path),
+    )  # ANSIBLE_HOME in the temp dir, not ~/.ansible
     assert build.returncode == 0, build.stdout + build.stderr
     (tarball,) = out.glob("llmctl-fleet-*.tar.gz")
-    inst = subprocess.run([tool("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(path)],
-                          capture_output=True, text=True, timeout=300, env=ansible_env(out, path))
+    inst = subprocess.run(
+        [tool("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ansible_env(out, path),
+    )
     assert inst.returncode == 0, inst.stdout + inst.stderr
     assert (path / "ansible_collections/llmctl/fleet/plugins/modules/model.py").is_file()
     return path
@@ -88,25 +99,36 @@ class Fleet:
         return Path(self.hosts[host]["llmctl_home"])
 
     def write_inventory(self) -> None:
-        doc = {"all": {"children": {"llm": {
-            "hosts": self.hosts,
-            "vars": {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": sys.executable,
-                "llmctl_mode": "user",
-                "llmctl_install": False,
-                "llmctl_executable": str(BIN / "llmctl"),
-                "llmctl_systemctl": False,
-                "llmctl_models": ["smoke"],
-                "llmctl_results_dir": str(self.root / "results"),
-            },
-        }}}}
+        doc = {
+            "all": {
+                "children": {
+                    "llm": {
+                        "hosts": self.hosts,
+                        "vars": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": sys.executable,
+                            "llmctl_mode": "user",
+                            "llmctl_install": False,
+                            "llmctl_executable": str(BIN / "llmctl"),
+                            "llmctl_systemctl": False,
+                            "llmctl_models": ["smoke"],
+                            "llmctl_results_dir": str(self.root / "results"),
+                        },
+                    }
+                }
+            }
+        }
         self.inventory.write_text(json.dumps(doc, indent=2))  # JSON is YAML
 
     def playbook(self, name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([tool("ansible-playbook"), "-i", str(self.inventory), f"llmctl.fleet.{name}", *args],
-                              capture_output=True, text=True, timeout=timeout, cwd=self.root,
-                              env=ansible_env(self.root, self.collections))
+        return subprocess.run(
+            [tool("ansible-playbook"), "-i", str(self.inventory), f"llmctl.fleet.{name}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env=ansible_env(self.root, self.collections),
+        )
 
 
 def make_fleet(root: Path, collections: Path, n: int = 3) -> Fleet:
@@ -124,8 +146,10 @@ def make_fleet(root: Path, collections: Path, n: int = 3) -> Fleet:
 
 
 def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    rows = {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
-            for m in RECAP.findall(proc.stdout)}
+    rows = {
+        m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+        for m in RECAP.findall(proc.stdout)
+    }
     assert rows, proc.stdout + proc.stderr
     return rows
 
@@ -158,7 +182,10 @@ def test_first_run_provisions_all_three_hosts(fleet):
         assert (home / "models" / lock(home)["smoke"]["path"]).stat().st_size == 253113024
         units = home / "xdg/systemd/user"
         assert sorted(p.name for p in units.iterdir()) == [
-            "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
+            "llmctl-chat.service",
+            "llmctl-health.service",
+            "llmctl-health.timer",
+        ]
         chat = (units / "llmctl-chat.service").read_text()
         assert f"--config {home / 'config.yaml'} serve chat" in chat  # this host's config, absolute
         assert f"{BIN / 'llmctl'} " in chat  # this venv's llmctl
@@ -209,9 +236,16 @@ def test_role_installs_llmctl_into_a_venv_from_a_wheel(collections, tmp_path):
     wheel = build_wheel(tmp_path / "dist")
     one = make_fleet(tmp_path / "install", collections, n=1)
     venv = tmp_path / "venv"
-    one.hosts["host1"].update({"llmctl_install": True, "llmctl_venv": str(venv), "llmctl_pip_spec": str(wheel),
-                               "llmctl_python": sys.executable, "llmctl_models": [],
-                               "llmctl_executable": f"{venv}/bin/llmctl"})  # the group's is this venv's
+    one.hosts["host1"].update(
+        {
+            "llmctl_install": True,
+            "llmctl_venv": str(venv),
+            "llmctl_pip_spec": str(wheel),
+            "llmctl_python": sys.executable,
+            "llmctl_models": [],
+            "llmctl_executable": f"{venv}/bin/llmctl",
+        }
+    )  # the group's is this venv's
     one.write_inventory()
 
     proc = one.playbook("site", "--check")  # llmctl is not there yet: pip would install it, the host ends
@@ -252,12 +286,15 @@ def test_a_tampered_model_fails_verify_on_that_host_only(fleet):
 @pytest.mark.model
 def test_bench_gathers_one_json_file_per_host_on_the_controller(fleet):
     assert fleet.first_run.returncode == 0, show(fleet.first_run)
-    extra = {"llmctl_bench_model": "smoke", "llmctl_bench_args": ["-p", "8", "-n", "4", "-r", "1", "-t", "1"],
-             "llmctl_compare_executable": str(BIN / "llmctl")}
+    extra = {
+        "llmctl_bench_model": "smoke",
+        "llmctl_bench_args": ["-p", "8", "-n", "4", "-r", "1", "-t", "1"],
+        "llmctl_compare_executable": str(BIN / "llmctl"),
+    }
     proc = fleet.playbook("bench", "-e", json.dumps(extra), "--forks", "1")
     assert proc.returncode == 0, show(proc)
     # The report step: llmctl bench compare on the controller, one row per host.
-    report = proc.stdout[proc.stdout.index("Show the table"):]
+    report = proc.stdout[proc.stdout.index("Show the table") :]
     assert all(host in report for host in fleet.hosts) and "pp8" in report and "tg4" in report, show(proc)
     results = fleet.root / "results"
     assert sorted(p.name for p in results.iterdir()) == ["host1.json", "host2.json", "host3.json"]
@@ -291,8 +328,14 @@ def test_ansible_lint_passes_on_the_collection(tmp_path):
     tree.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(REPO / "ansible"), str(tree / "fleet")], check=True)
     env = ansible_env(tmp_path, tmp_path, {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    proc = subprocess.run([tool("ansible-lint"), "--offline", "--nocolor"], cwd=tree / "fleet",
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [tool("ansible-lint"), "--offline", "--nocolor"],
+        cwd=tree / "fleet",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, show(proc)
     assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout, show(proc)
 
@@ -300,28 +343,52 @@ def test_ansible_lint_passes_on_the_collection(tmp_path):
 # -- the modules one by one, with the ad hoc `ansible` command -------------------------------------
 
 
-def adhoc(collections: Path, root: Path, module: str, args: dict, *flags: str,
-          env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+def adhoc(
+    collections: Path, root: Path, module: str, args: dict, *flags: str, env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, dict]:
     """Run one llmctl.fleet module on localhost; returns the process and the module's result."""
-    proc = subprocess.run([tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                           "-m", f"llmctl.fleet.{module}", "-a", json.dumps(args), *flags],
-                          capture_output=True, text=True, timeout=300, cwd=root,
-                          env=ansible_env(root, collections, env))
+    proc = subprocess.run(
+        [
+            tool("ansible"),
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-m",
+            f"llmctl.fleet.{module}",
+            "-a",
+            json.dumps(args),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=ansible_env(root, collections, env),
+    )
     m = ADHOC.search(proc.stdout)
     assert m, show(proc)
     return proc, json.loads(m.group(3))
 
 
-def test_model_module_pulls_from_the_hub_once_checks_without_downloading_and_hides_the_token(
-        collections, tmp_path):
+def test_model_module_pulls_from_the_hub_once_checks_without_downloading_and_hides_the_token(collections, tmp_path):
     repo, file, token = "acme/Tiny-GGUF", "Tiny-Q4_K_M.gguf", "hf_sekrit_token_0123456789"
     gguf = make_gguf(tmp_path / file, payload_bytes=2 << 20)
     home = tmp_path / "home"
     with FakeHub() as hub:
         hub.add(repo, file, gguf)
         hub.faults.require_token = token
-        base = {"executable": str(BIN / "llmctl"), "home": str(home), "mode": "user", "name": "tiny",
-                "repo": repo, "file": file, "hf_endpoint": hub.url, "hf_token": token}
+        base = {
+            "executable": str(BIN / "llmctl"),
+            "home": str(home),
+            "mode": "user",
+            "name": "tiny",
+            "repo": repo,
+            "file": file,
+            "hf_endpoint": hub.url,
+            "hf_token": token,
+        }
 
         def run(args: dict, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
             return adhoc(collections, tmp_path, "model", args, *flags, env={"HF_HOME": str(tmp_path / "hf")})
@@ -353,8 +420,9 @@ def test_model_module_pulls_from_the_hub_once_checks_without_downloading_and_hid
         proc, res = run({**base, "state": "verified"})
         assert proc.returncode == 0 and res["changed"] is False and res["verify"]["ok"] is True, show(proc)
 
-        proc, res = run({"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"},
-                        "--check")
+        proc, res = run(
+            {"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"}, "--check"
+        )
         assert res["changed"] is True and "tiny" in lock(home), show(proc)
         proc, res = run({"executable": base["executable"], "home": str(home), "name": "tiny", "state": "absent"})
         assert res["changed"] is True and lock(home) == {}, show(proc)
@@ -404,8 +472,14 @@ def test_units_module_enables_once_and_notices_a_stopped_unit(collections, tmp_p
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.yaml").write_text(f"services:\n  chat:\n    model: smoke\n    port: {free_port()}\n")
-    args = {"executable": str(BIN / "llmctl"), "home": str(home), "mode": "user", "enable": True, "now": True,
-            "systemctl_path": str(script)}
+    args = {
+        "executable": str(BIN / "llmctl"),
+        "home": str(home),
+        "mode": "user",
+        "enable": True,
+        "now": True,
+        "systemctl_path": str(script),
+    }
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     unit_dir = tmp_path / "xdg/systemd/user"
 
@@ -418,7 +492,10 @@ def test_units_module_enables_once_and_notices_a_stopped_unit(collections, tmp_p
     assert proc.returncode == 0 and res["changed"] is True and len(res["written"]) == 3, show(proc)
     assert calls[-2:] == ["--user daemon-reload", "--user enable --now llmctl-chat.service llmctl-health.timer"]
     assert sorted(p.name for p in unit_dir.iterdir()) == [
-        "llmctl-chat.service", "llmctl-health.service", "llmctl-health.timer"]
+        "llmctl-chat.service",
+        "llmctl-health.service",
+        "llmctl-health.timer",
+    ]
 
     proc, res, calls = run()
     assert proc.returncode == 0 and res["changed"] is False, show(proc)

@@ -15,9 +15,25 @@ from tests.vendor_compare import run_compare
 pytestmark = pytest.mark.model
 
 FIELDS = [
-    "build_commit", "cpu_info", "gpu_info", "backends", "model_type", "model_size", "model_n_params",
-    "n_threads", "n_gpu_layers", "n_batch", "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns",
-    "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
+    "build_commit",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_threads",
+    "n_gpu_layers",
+    "n_batch",
+    "n_prompt",
+    "n_gen",
+    "test_time",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
+    "samples_ns",
+    "samples_ts",
 ]
 
 
@@ -52,8 +68,28 @@ def test_smoke_json_full_and_gates(llmctl, smoke_model, tmp_path):
         x["avg_ts"] *= 1e6
     base = tmp_path / "base.json"
     base.write_text(json.dumps(doc))
-    bad = llmctl("bench", "smoke", "-p", "16", "-n", "0", "-r", "1", "-t", "2", "--min-pp", "1e9",
-                 "--baseline", str(base), "--max-regression", "50", "-o", "csv", "-q", timeout=300)
+    bad = llmctl(
+        "bench",
+        "smoke",
+        "-p",
+        "16",
+        "-n",
+        "0",
+        "-r",
+        "1",
+        "-t",
+        "2",
+        "--min-pp",
+        "1e9",
+        "--baseline",
+        str(base),
+        "--max-regression",
+        "50",
+        "-o",
+        "csv",
+        "-q",
+        timeout=300,
+    )
     assert bad.returncode == 1, bad.stderr
     assert "gate FAILED: pp16 (threads=2, ngl=0, batch=2048, fa=0)" in bad.stderr
     assert "is below --min-pp 1000000000.00 by" in bad.stderr
@@ -64,19 +100,62 @@ def test_smoke_json_full_and_gates(llmctl, smoke_model, tmp_path):
 def test_depth_pg_and_ubatch(llmctl, smoke_model):
     """-pg, -d and -ub with llama-bench's test names, order and context sizes; the depth is filled once
     and restored for the next repetitions."""
-    r = llmctl("bench", "smoke", "-p", "8", "-n", "2", "-pg", "4,2", "-d", "0,6", "-ub", "4", "-r", "2", "-t", "2",
-               "-o", "json", timeout=300)
+    r = llmctl(
+        "bench",
+        "smoke",
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-pg",
+        "4,2",
+        "-d",
+        "0,6",
+        "-ub",
+        "4",
+        "-r",
+        "2",
+        "-t",
+        "2",
+        "-o",
+        "json",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [LB.test_name(x["n_prompt"], x["n_gen"], x["n_depth"]) for x in rows] == [
-        "pp8", "tg2", "pp4+tg2", "pp8 @ d6", "tg2 @ d6", "pp4+tg2 @ d6"]
+        "pp8",
+        "tg2",
+        "pp4+tg2",
+        "pp8 @ d6",
+        "tg2 @ d6",
+        "pp4+tg2 @ d6",
+    ]
     assert {x["n_ubatch"] for x in rows} == {4}
     assert all(len(x["samples_ns"]) == 2 and x["avg_ts"] > 0 for x in rows)
     assert "bench 4/6: pp8 @ d6 threads=2: filling depth 6, repetition 1/2" in r.stderr
     assert "bench 4/6: pp8 @ d6 threads=2: depth 6 restored, repetition 2/2" in r.stderr
     assert "bench 5/6: tg2 @ d6 threads=2: depth 6 restored, repetition 1/2" in r.stderr  # kept across tests
-    md = llmctl("bench", "smoke", "-p", "8", "-n", "0", "-d", "4", "-ub", "4", "-r", "1", "-t", "1", "-o", "md",
-                "-q", timeout=300)
+    md = llmctl(
+        "bench",
+        "smoke",
+        "-p",
+        "8",
+        "-n",
+        "0",
+        "-d",
+        "4",
+        "-ub",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "-o",
+        "md",
+        "-q",
+        timeout=300,
+    )
     assert md.returncode == 0, md.stderr
     head = [c.strip() for c in md.stdout.splitlines()[0].strip("|").split("|")]
     assert "n_ubatch" in head and head[-2:] == ["test", "t/s"]
@@ -100,13 +179,16 @@ def test_table_and_markdown(llmctl, smoke_model):
 
 
 def test_config_defaults_apply(llmctl, smoke_model, write_config):
-    write_config("version: 1\nbench:\n  n_prompt: [8]\n  n_gen: [0]\n  pg: [[4, 1]]\n  n_depth: [0]\n"
-                 "  ubatch_size: [8]\n  repetitions: 1\n  threads: [1]\n  flash_attn: auto\n")
+    write_config(
+        "version: 1\nbench:\n  n_prompt: [8]\n  n_gen: [0]\n  pg: [[4, 1]]\n  n_depth: [0]\n"
+        "  ubatch_size: [8]\n  repetitions: 1\n  threads: [1]\n  flash_attn: auto\n"
+    )
     r = llmctl("bench", "-o", "jsonl", "-q", timeout=300)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [(x["n_prompt"], x["n_gen"], x["n_threads"], x["n_ubatch"], x["flash_attn"], len(x["samples_ns"]))
-            for x in rows] == [(8, 0, 1, 8, -1, 1), (4, 1, 1, 8, -1, 1)]
+    assert [
+        (x["n_prompt"], x["n_gen"], x["n_threads"], x["n_ubatch"], x["flash_attn"], len(x["samples_ns"])) for x in rows
+    ] == [(8, 0, 1, 8, -1, 1), (4, 1, 1, 8, -1, 1)]
 
 
 def test_llama_cpps_compare_script_reads_every_format(llmctl, smoke_model, tmp_path):

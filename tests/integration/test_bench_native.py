@@ -58,8 +58,12 @@ def test_native_llama_bench_and_llmctl_rows_agree(llama_bench, llmctl, smoke_mod
     native: dict[str, str] = {}
     ours: dict[str, str] = {}
     for fmt in ("json", "sql"):
-        n = subprocess.run([str(binary), "-m", str(smoke_model), *ARGS, "-ngl", "0", "-fa", "0", *repack, "-o", fmt],
-                           capture_output=True, text=True, timeout=600)
+        n = subprocess.run(
+            [str(binary), "-m", str(smoke_model), *ARGS, "-ngl", "0", "-fa", "0", *repack, "-o", fmt],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert n.returncode == 0, n.stderr
         native[fmt] = n.stdout
         r = llmctl("bench", str(smoke_model), *ARGS, "-o", fmt, "-q", timeout=600)
@@ -78,8 +82,9 @@ def test_native_llama_bench_and_llmctl_rows_agree(llama_bench, llmctl, smoke_mod
     commit = theirs_rows[0]["build_commit"]
     marker = "llmctl0"[: len(commit)].ljust(len(commit), "0")
     (tmp_path / "native.json").write_text(native["json"])
-    (tmp_path / "llmctl.json").write_text(ours["json"].replace(f'"build_commit": "{commit}"',
-                                                               f'"build_commit": "{marker}"'))
+    (tmp_path / "llmctl.json").write_text(
+        ours["json"].replace(f'"build_commit": "{commit}"', f'"build_commit": "{marker}"')
+    )
     db = tmp_path / "llama-bench.sqlite"
     _sqlite(db, native["sql"])
     _sqlite(db, ours["sql"].replace(f"VALUES ('{commit}'", f"VALUES ('{marker}'"))
@@ -94,8 +99,16 @@ def test_native_llama_bench_and_llmctl_rows_agree(llama_bench, llmctl, smoke_mod
     # llmctl's own compare, strict: every row of one has its twin in the other
     (tmp_path / "native.sql").write_text(native["sql"])
     (tmp_path / "ours.json").write_text(ours["json"])
-    c = llmctl("bench", "compare", str(tmp_path / "native.sql"), str(tmp_path / "ours.json"), "--strict",
-               "--max-regression", "100", "--json")
+    c = llmctl(
+        "bench",
+        "compare",
+        str(tmp_path / "native.sql"),
+        str(tmp_path / "ours.json"),
+        "--strict",
+        "--max-regression",
+        "100",
+        "--json",
+    )
     assert c.returncode == 0, c.stderr
     doc = json.loads(c.stdout)
     assert len(doc["rows"]) == 6 and all(len(row["speedup"]) == 1 and row["speedup"]["ours"] for row in doc["rows"])

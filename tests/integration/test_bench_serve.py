@@ -21,8 +21,12 @@ def serve_smoke(smoke_model, tmp_path):
     port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:  # the store and config of the test's LLMCTL_HOME (smoke_model)
-        proc = subprocess.Popen([sys.executable, "-m", "llmctl", "serve", "smoke", "--port", str(port), "-t", "1"],
-                                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmctl", "serve", "smoke", "--port", str(port), "-t", "1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
     server = Server(proc, port, tmp_path, log_path)
     try:
         wait_healthy(server)
@@ -32,8 +36,21 @@ def serve_smoke(smoke_model, tmp_path):
 
 
 def test_bench_measures_llmctl_serve(llmctl, serve_smoke):
-    r = llmctl("bench", "--url", serve_smoke, "--concurrency", "1,2", "--requests", "2", "-n", "8",
-               "--prompt", "Count from one to twenty.", "--json", timeout=300)
+    r = llmctl(
+        "bench",
+        "--url",
+        serve_smoke,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "-n",
+        "8",
+        "--prompt",
+        "Count from one to twenty.",
+        "--json",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [x["test"] for x in doc["results"]] == ["c1", "c2"]

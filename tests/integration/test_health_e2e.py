@@ -56,7 +56,9 @@ def wait_ready(port: int, deadline_s: float, log: Path, pidfile: Path) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise AssertionError(f"server on port {port} not ready (exited or {deadline_s}s passed):\n{log.read_text()[-3000:]}")
+    raise AssertionError(
+        f"server on port {port} not ready (exited or {deadline_s}s passed):\n{log.read_text()[-3000:]}"
+    )
 
 
 def alive(pid: int) -> bool:
@@ -103,8 +105,18 @@ def test_end_to_end_hang_restart_recover_fail_budget(server_kind, tmp_path, writ
         server = [sys.executable, str(REPO / "tests" / "health_standin.py"), "--port", str(port)]
         timeout, ready_s = 2, 20
     pidfile, log, count = tmp_path / "server.pid", tmp_path / "server.log", tmp_path / "restarts"
-    restart = [sys.executable, str(RESTART), "--pidfile", str(pidfile), "--log", str(log), "--count", str(count),
-               "--", *server]
+    restart = [
+        sys.executable,
+        str(RESTART),
+        "--pidfile",
+        str(pidfile),
+        "--log",
+        str(log),
+        "--count",
+        str(count),
+        "--",
+        *server,
+    ]
     failing = [sys.executable, str(RESTART), "--count", str(count), "--fail"]
     write_config(
         "version: 1\n"

@@ -81,8 +81,14 @@ class Hostile:
 
 
 def _target(port: int) -> Target:
-    return Target(name="chat", host="127.0.0.1", port=port, base_url=f"http://127.0.0.1:{port}", model="smoke",
-                  unit="llmctl-chat.service")
+    return Target(
+        name="chat",
+        host="127.0.0.1",
+        port=port,
+        base_url=f"http://127.0.0.1:{port}",
+        model="smoke",
+        unit="llmctl-chat.service",
+    )
 
 
 async def _check(port: int):
@@ -123,9 +129,12 @@ def test_perfdata_labels_are_escaped():
 
 
 BAD_ANYWHERE = ["1e999", "Infinity", "-Infinity", "NaN", "-5", "true", '"3"', "[1]", "{}"]
-BAD_STATE = ([("consecutive_failures", v) for v in [*BAD_ANYWHERE, "1.5", "2000001"]]
-             + [("restarts", f"[{v}]") for v in [*BAD_ANYWHERE, "1e11"]]
-             + [("restarts", "{}"), ("last_restart", "1e11")] + [("last_ok", v) for v in BAD_ANYWHERE])
+BAD_STATE = (
+    [("consecutive_failures", v) for v in [*BAD_ANYWHERE, "1.5", "2000001"]]
+    + [("restarts", f"[{v}]") for v in [*BAD_ANYWHERE, "1e11"]]
+    + [("restarts", "{}"), ("last_restart", "1e11")]
+    + [("last_ok", v) for v in BAD_ANYWHERE]
+)
 
 
 @pytest.mark.parametrize("field, raw", BAD_STATE)
@@ -136,16 +145,22 @@ def test_state_values_out_of_range_reset_the_state_and_repair_the_file(tmp_path,
     path = state_dir / pol.STATE_FILE
     path.write_text(f'{{"version": 1, "services": {{"chat": {{"{field}": {raw}}}}}}}')
     events = []
-    report = run_health([_target(free_port())], state_dir=state_dir, settings=FAST,
-                        policy=pol.PolicySettings(restart=False), restarter=None,
-                        log=lambda e, level="info", **f: events.append(e))
+    report = run_health(
+        [_target(free_port())],
+        state_dir=state_dir,
+        settings=FAST,
+        policy=pol.PolicySettings(restart=False),
+        restarter=None,
+        log=lambda e, level="info", **f: events.append(e),
+    )
     assert report.status is Status.CRITICAL  # the port is closed: the run itself went on
     assert "state_reset" in events
     assert pol.load_state(path).get("chat").consecutive_failures == 1  # rewritten, readable again
 
 
-@pytest.mark.parametrize("field, raw", [("consecutive_failures", "3"), ("restarts", "[1.5, 2e9]"),
-                                        ("last_ok", "1700000000.25")])
+@pytest.mark.parametrize(
+    "field, raw", [("consecutive_failures", "3"), ("restarts", "[1.5, 2e9]"), ("last_ok", "1700000000.25")]
+)
 def test_state_values_in_range_are_kept(tmp_path, field, raw):
     path = tmp_path / pol.STATE_FILE
     path.write_text(f'{{"version": 1, "services": {{"chat": {{"{field}": {raw}}}}}}}')
@@ -157,8 +172,14 @@ def test_deeply_nested_state_is_reset(tmp_path):
     state_dir.mkdir()
     (state_dir / pol.STATE_FILE).write_text("[" * 100_000 + "]" * 100_000)
     events = []
-    run_health([_target(free_port())], state_dir=state_dir, settings=FAST, policy=pol.PolicySettings(),
-               restarter=None, log=lambda e, level="info", **f: events.append(e))  # restart: no restarter
+    run_health(
+        [_target(free_port())],
+        state_dir=state_dir,
+        settings=FAST,
+        policy=pol.PolicySettings(),
+        restarter=None,
+        log=lambda e, level="info", **f: events.append(e),
+    )  # restart: no restarter
     assert "state_reset" in events
     assert pol.load_state(state_dir / pol.STATE_FILE).get("chat").consecutive_failures == 1
 

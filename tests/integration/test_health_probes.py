@@ -41,8 +41,15 @@ class Events:
 
 
 def target(port: int, name: str = "chat", *, unit: str | None = "llmctl-chat.service", **kw) -> Target:
-    return Target(name=name, host="127.0.0.1", port=port, base_url=f"http://127.0.0.1:{port}", model=kw.pop("model", "smoke"),
-                  unit=unit, **kw)
+    return Target(
+        name=name,
+        host="127.0.0.1",
+        port=port,
+        base_url=f"http://127.0.0.1:{port}",
+        model=kw.pop("model", "smoke"),
+        unit=unit,
+        **kw,
+    )
 
 
 def run(targets, state=None, *, settings=FAST, policy=POLICY, restarter=None, clock=None, events=None, **kw):
@@ -173,9 +180,14 @@ def test_gpu_not_checked_when_disabled():
 
 def test_hung_service_does_not_spoil_the_others():
     with StandIn() as a, StandIn() as b, HangServer() as h:
-        report, _ = run([target(a.port, "a", unit=None), target(h.port, "hung", unit=None), target(b.port, "b", unit=None)])
+        report, _ = run(
+            [target(a.port, "a", unit=None), target(h.port, "hung", unit=None), target(b.port, "b", unit=None)]
+        )
     assert [(r.name, r.status) for r in report.services] == [
-        ("a", Status.OK), ("hung", Status.CRITICAL), ("b", Status.OK)]
+        ("a", Status.OK),
+        ("hung", Status.CRITICAL),
+        ("b", Status.OK),
+    ]
     assert report.status is Status.CRITICAL
 
 
@@ -196,7 +208,9 @@ def test_restart_that_fixes_the_service_is_warning_recovered():
     r = only(report)
     assert calls == ["llmctl-chat.service"]
     assert r.status is Status.WARNING and r.recovered is True and r.action == "restarted"
-    assert r.summary.startswith("chat recovered after restart") and "was: completion: HTTP 500: engine failed" in r.summary
+    assert (
+        r.summary.startswith("chat recovered after restart") and "was: completion: HTTP 500: engine failed" in r.summary
+    )
     assert r.after_restart.ok
     names = events.names()
     assert names.index("restart_issued") < names.index("recovered")
@@ -246,7 +260,9 @@ def test_budget_spent_over_runs_with_injected_clock():
 def test_dry_run_restarts_nothing():
     calls = []
     with StandIn(mode="fail_completions") as s:
-        r = only(run([target(s.port)], restarter=lambda t: calls.append(t) or RestartOutcome(True, ""), dry_run=True)[0])
+        r = only(
+            run([target(s.port)], restarter=lambda t: calls.append(t) or RestartOutcome(True, ""), dry_run=True)[0]
+        )
     assert calls == [] and r.action == "would_restart"
     assert "would restart llmctl-chat.service (dry run)" in r.summary
 
@@ -283,8 +299,13 @@ def test_run_saves_state_and_dry_run_does_not(tmp_path):
     with StandIn(mode="fail_completions") as s:
         run_health([target(s.port)], state_dir=state_dir, settings=FAST, policy=POLICY, restarter=None, dry_run=True)
         assert not (state_dir / pol.STATE_FILE).exists()
-        run_health([target(s.port)], state_dir=state_dir, settings=FAST, policy=POLICY,
-                   restarter=lambda t: RestartOutcome(False, "no"))
+        run_health(
+            [target(s.port)],
+            state_dir=state_dir,
+            settings=FAST,
+            policy=POLICY,
+            restarter=lambda t: RestartOutcome(False, "no"),
+        )
     saved = pol.load_state(state_dir / pol.STATE_FILE).get("chat")
     assert saved.consecutive_failures == 1 and len(saved.restarts) == 1
 
@@ -295,14 +316,16 @@ def test_corrupt_state_is_reset_with_a_warning(tmp_path):
     (state_dir / pol.STATE_FILE).write_text("{not json")
     events = Events()
     with StandIn() as s:
-        report = run_health([target(s.port)], state_dir=state_dir, settings=FAST, policy=POLICY, restarter=None,
-                            log=events)
+        report = run_health(
+            [target(s.port)], state_dir=state_dir, settings=FAST, policy=POLICY, restarter=None, log=events
+        )
     assert report.status is Status.OK and "state_reset" in events.names()
     assert pol.load_state(state_dir / pol.STATE_FILE).get("chat").last_ok is not None
 
 
-
-@pytest.mark.parametrize(("listed", "status", "gpu"), [("self", Status.OK, "active"), ("other", Status.WARNING, "inactive")])
+@pytest.mark.parametrize(
+    ("listed", "status", "gpu"), [("self", Status.OK, "active"), ("other", Status.WARNING, "inactive")]
+)
 def test_gpu_offload_from_nvidia_smi(monkeypatch, tmp_path, listed, status, gpu):
     """A fake nvidia-smi (no GPU on this machine): it lists our pid, or another one, as a compute app.
     The stand-in serves from this process, so the pid behind the port is ours."""
@@ -310,7 +333,7 @@ def test_gpu_offload_from_nvidia_smi(monkeypatch, tmp_path, listed, status, gpu)
 
     pid = os.getpid() if listed == "self" else 999_999_999
     smi = tmp_path / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\n[ \"$1\" = --query-compute-apps=pid ] || exit 9\necho {pid}\n")
+    smi.write_text(f'#!/bin/sh\n[ "$1" = --query-compute-apps=pid ] || exit 9\necho {pid}\n')
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     with StandIn() as s:  # its /health does not report gpu_offload

@@ -29,8 +29,15 @@ from tests._store import link_smoke_store
 
 IMAGE = "registry.example.com/llmctl@sha256:" + "0" * 64
 CONFIG = {
-    "services": {"chat": {"model": "smoke", "n_ctx": 512, "memory_max": "2G", "api_keys_file": "/etc/llmctl/chat.keys",
-                          "shutdown_timeout_s": 2}},
+    "services": {
+        "chat": {
+            "model": "smoke",
+            "n_ctx": 512,
+            "memory_max": "2G",
+            "api_keys_file": "/etc/llmctl/chat.keys",
+            "shutdown_timeout_s": 2,
+        }
+    },
     # An upstream whose key the pod must find in the Secret (it is never called: nothing listens there).
     "upstreams": {"peer": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "PEER_API_KEY", "default_model": "m"}},
     "routing": {"strategy": "cascade"},
@@ -56,8 +63,11 @@ def _argv(root: Path, container: dict) -> list[str]:
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -71,8 +81,9 @@ def test_the_rendered_pod_pulls_verifies_and_serves(smoke_store: Path, tmp_path:
 
     # The volumes: the ConfigMap's file, the Secret's files, the model volume (already holding smoke).
     volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {m["name"]: m["mountPath"] for c in [*pod["initContainers"], *pod["containers"]]
-              for m in c["volumeMounts"]}
+    mounts = {
+        m["name"]: m["mountPath"] for c in [*pod["initContainers"], *pod["containers"]] for m in c["volumeMounts"]
+    }
     for path in mounts.values():
         (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
     config_dir = root / mounts["config"].lstrip("/")
@@ -87,8 +98,14 @@ def test_the_rendered_pod_pulls_verifies_and_serves(smoke_store: Path, tmp_path:
 
     # Init containers, in order; each must succeed before the next starts.
     for init in pod["initContainers"]:
-        proc = subprocess.run(_argv(root, init), env=_run_env(root, init), capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            _argv(root, init),
+            env=_run_env(root, init),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, (init["name"], proc.stdout, proc.stderr)
     assert (model_volume / "models.lock").is_file()
     before = _files(model_volume)
@@ -102,9 +119,11 @@ def test_the_rendered_pod_pulls_verifies_and_serves(smoke_store: Path, tmp_path:
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, env=_run_env(root, server), stdout=subprocess.DEVNULL, stderr=err,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, env=_run_env(root, server), stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+        )
     try:
+
         def answers(path: str) -> bool:
             assert proc.poll() is None, log.read_text()[-3000:]
             try:
@@ -113,15 +132,19 @@ def test_the_rendered_pod_pulls_verifies_and_serves(smoke_store: Path, tmp_path:
                 return False
 
         probe = server["startupProbe"]
-        poll(lambda: answers(probe["httpGet"]["path"]),
-             probe["periodSeconds"] * probe["failureThreshold"], "the startup probe")
+        poll(
+            lambda: answers(probe["httpGet"]["path"]),
+            probe["periodSeconds"] * probe["failureThreshold"],
+            "the startup probe",
+        )
         poll(lambda: answers(server["readinessProbe"]["httpGet"]["path"]), 120, "the readiness probe")
         assert answers(server["livenessProbe"]["httpGet"]["path"])
 
         body = {"model": "smoke", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         assert httpx.post(url + "/v1/chat/completions", json=body, timeout=120).status_code == 401
-        ok = httpx.post(url + "/v1/chat/completions", json=body, timeout=120,
-                        headers={"Authorization": "Bearer sk-pod-key"})
+        ok = httpx.post(
+            url + "/v1/chat/completions", json=body, timeout=120, headers={"Authorization": "Bearer sk-pod-key"}
+        )
         assert ok.status_code == 200, ok.text
         assert ok.headers.get("x-llmctl-route") == "local"
     finally:

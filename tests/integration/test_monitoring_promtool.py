@@ -126,31 +126,44 @@ def test_hostile_values_reach_prometheus_unchanged(value, tmp_path: Path, write_
     proc = promtool("check", "rules", RULES_FILE, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    series = ('up{job=' + promql_str(job) + ', instance="127.0.0.1:8000", service="chat", '
-              'unit="llmctl-chat.service"}')
-    runbook = (f"{runbook_llmctl(config_path)} health chat (probes it, restarts it under the health policy); "
-               "systemctl status llmctl-chat.service; journalctl -u llmctl-chat.service -n 100")
+    series = "up{job=" + promql_str(job) + ', instance="127.0.0.1:8000", service="chat", unit="llmctl-chat.service"}'
+    runbook = (
+        f"{runbook_llmctl(config_path)} health chat (probes it, restarts it under the health policy); "
+        "systemctl status llmctl-chat.service; journalctl -u llmctl-chat.service -n 100"
+    )
     test = {
         "rule_files": [RULES_FILE],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": series, "values": "0x10"}],
-            "alert_rule_test": [{
-                "eval_time": "6m",
-                "alertname": "LlmctlServiceDown",
-                "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "team": value, "job": job,
-                                   "instance": "127.0.0.1:8000", "service": "chat", "unit": "llmctl-chat.service"},
-                    "exp_annotations": {
-                        "summary": "llmctl service chat is down",
-                        "description": "Prometheus cannot scrape /metrics of chat on 127.0.0.1:8000: the server is "
-                                       "stopped, crashed, still starting or unreachable (llmctl-chat.service).",
-                        "runbook": runbook,
-                    },
-                }],
-            }],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": "0x10"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "6m",
+                        "alertname": "LlmctlServiceDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "team": value,
+                                    "job": job,
+                                    "instance": "127.0.0.1:8000",
+                                    "service": "chat",
+                                    "unit": "llmctl-chat.service",
+                                },
+                                "exp_annotations": {
+                                    "summary": "llmctl service chat is down",
+                                    "description": "Prometheus cannot scrape /metrics of chat on 127.0.0.1:8000: the server is "
+                                    "stopped, crashed, still starting or unreachable (llmctl-chat.service).",
+                                    "runbook": runbook,
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
     }
     (tmp_path / "t.yml").write_text(yaml.safe_dump(test, allow_unicode=True), encoding="utf-8")
     proc = promtool("test", "rules", "t.yml", cwd=tmp_path)

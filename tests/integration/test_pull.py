@@ -47,8 +47,11 @@ def model_files(home: Path) -> list[str]:
     root = home / "models"
     if not root.exists():
         return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".partial" not in p.parts
-                  and not p.name.startswith("."))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and ".partial" not in p.parts and not p.name.startswith(".")
+    )
 
 
 def partials(home: Path) -> list[Path]:
@@ -193,11 +196,14 @@ def test_malformed_pinned_hash_is_usage_error(hub, home, llmctl):
 # -- unknown names --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("repo,file,rev,words", [
-    ("acme/Nope-GGUF", FILE, "main", "repository 'acme/Nope-GGUF' not found"),
-    (REPO, "Nope.gguf", "main", "file 'Nope.gguf' not found"),
-    (REPO, FILE, "v9.9", "revision 'v9.9' of 'acme/Tiny-GGUF' not found"),
-])
+@pytest.mark.parametrize(
+    "repo,file,rev,words",
+    [
+        ("acme/Nope-GGUF", FILE, "main", "repository 'acme/Nope-GGUF' not found"),
+        (REPO, "Nope.gguf", "main", "file 'Nope.gguf' not found"),
+        (REPO, FILE, "v9.9", "revision 'v9.9' of 'acme/Tiny-GGUF' not found"),
+    ],
+)
 def test_unknown_repo_file_revision_exit_2(hub, home, llmctl, repo, file, rev, words):
     r = llmctl("models", "pull", repo, file, "--revision", rev)
     assert r.returncode == 2, r.stderr
@@ -275,8 +281,12 @@ def _wait_for(cond, what: str, deadline_s: float = 60.0) -> None:
 def test_interrupted_or_killed_pull_leaves_no_model_and_resumes(hub, home, gguf_file, sig, code, llmctl):
     stall_at = 3 << 20
     hub.faults.stall_after = stall_at  # the server sends this much, then waits
-    proc = subprocess.Popen([sys.executable, "-m", "llmctl", "models", "pull", REPO, FILE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "models", "pull", REPO, FILE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: partials(home) and partials(home)[0].stat().st_size >= stall_at, "the partial file")
         proc.send_signal(sig)
@@ -405,8 +415,12 @@ def test_pull_one_configured_name(hub, home, llmctl, write_config):
 
 def test_second_pull_of_the_same_file_waits_its_turn(hub, home, gguf_file, llmctl):
     hub.faults.stall_after = 1 << 20
-    proc = subprocess.Popen([sys.executable, "-m", "llmctl", "models", "pull", REPO, FILE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "models", "pull", REPO, FILE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: partials(home) and partials(home)[0].stat().st_size >= 1 << 20, "the partial file")
         r = llmctl("models", "pull", REPO, FILE, "--name", "again")

@@ -85,8 +85,9 @@ def test_models_lists_the_served_model(client):
 
 
 def test_chat_completion(client):
-    r = client.chat.completions.create(model="smoke", messages=[{"role": "user", "content": "Say hello."}],
-                                       max_tokens=8)
+    r = client.chat.completions.create(
+        model="smoke", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
     choice = r.choices[0]
     assert choice.message.role == "assistant"
     assert isinstance(choice.message.content, str)
@@ -99,8 +100,12 @@ def test_chat_completion(client):
 
 def test_chat_completion_stream_with_usage(client):
     stream = client.chat.completions.create(
-        model="smoke", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True,
-        stream_options={"include_usage": True})
+        model="smoke",
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -170,10 +175,12 @@ def test_oversized_body_is_413(served, client):
     with pytest.raises(openai.APIStatusError) as info:
         client.completions.create(model="smoke", prompt="word " * 20000, max_tokens=1)
     assert info.value.status_code == 413
+
     # Without Content-Length (chunked), the limit holds while reading.
     def chunks():
         for _ in range(40):
             yield b"x" * 4096
+
     r = httpx.post(served.url + "/v1/completions", content=chunks(), headers=auth())
     assert_openai_error(r, 413, "request_too_large")
     still_serving(served)
@@ -181,8 +188,9 @@ def test_oversized_body_is_413(served, client):
 
 def test_malformed_json_is_400(served, client):
     for content in (b"{not json", b"[1, 2]", b"\xff\xfe"):
-        r = httpx.post(served.url + "/v1/chat/completions", content=content,
-                       headers={**auth(), "Content-Type": "application/json"})
+        r = httpx.post(
+            served.url + "/v1/chat/completions", content=content, headers={**auth(), "Content-Type": "application/json"}
+        )
         assert_openai_error(r, 400)
     r = httpx.post(served.url + "/v1/chat/completions", json={"messages": "hi"}, headers=auth())
     assert_openai_error(r, 400)
@@ -197,7 +205,8 @@ def test_prompt_longer_than_the_context_is_400(served, client):
     assert info.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(
-            model="smoke", messages=[{"role": "user", "content": "alpha beta gamma delta " * 300}], max_tokens=8)
+            model="smoke", messages=[{"role": "user", "content": "alpha beta gamma delta " * 300}], max_tokens=8
+        )
     still_serving(served)
 
 
@@ -212,22 +221,33 @@ def test_unknown_route_is_404_in_openai_shape(served):
 # sequence's tokens were grouped into decodes (a row decoded alone takes another matmul path than rows
 # decoded together), so a near-tie ("Once upon a time, there was a little/girl") may go either way
 # when the batch around it changes; these do not. See README, "Continuous batching".
-CLEAR_PROMPTS = ("1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "A, B, C, D, E,", "January, February, March,",
-                 "one two three four", "a b c d e f", "10, 20, 30, 40,", "Monday, Tuesday, Wednesday,")
+CLEAR_PROMPTS = (
+    "1, 2, 3, 4, 5,",
+    "Monday, Tuesday, Wednesday,",
+    "A, B, C, D, E,",
+    "January, February, March,",
+    "one two three four",
+    "a b c d e f",
+    "10, 20, 30, 40,",
+    "Monday, Tuesday, Wednesday,",
+)
 
 
 def test_eight_concurrent_streams_all_complete(served, client):
     """Eight streams at once (more than the slots: some wait), each with its own prompt: each one
     gives what its prompt gives alone, so streams that share decodes never mix."""
-    expected = {p: client.completions.create(model="smoke", prompt=p, max_tokens=6, temperature=0).choices[0].text
-                for p in set(CLEAR_PROMPTS)}
+    expected = {
+        p: client.completions.create(model="smoke", prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in set(CLEAR_PROMPTS)
+    }
     results: list[str | BaseException] = [""] * 8
 
     def worker(i: int) -> None:
         try:
             c = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
-            parts = list(c.completions.create(model="smoke", prompt=CLEAR_PROMPTS[i], max_tokens=6, temperature=0,
-                                              stream=True))
+            parts = list(
+                c.completions.create(model="smoke", prompt=CLEAR_PROMPTS[i], max_tokens=6, temperature=0, stream=True)
+            )
             assert parts[-1].choices[0].finish_reason == "length"
             results[i] = "".join(p.choices[0].text for p in parts if p.choices)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -246,20 +266,36 @@ def test_disconnected_client_frees_its_place(served, client):
     predicted0 = metric(before, "llmctl_completion_tokens_total")
     cancelled0 = metric(before, "llmctl_generations_cancelled_total")
     with httpx.Client(timeout=120) as h:
-        with h.stream("POST", served.url + "/v1/completions", headers=auth(),
-                      json={"prompt": "Write a very long story:", "max_tokens": 200, "stream": True,
-                            "temperature": 1.0, "seed": 3}) as r:
+        with h.stream(
+            "POST",
+            served.url + "/v1/completions",
+            headers=auth(),
+            json={
+                "prompt": "Write a very long story:",
+                "max_tokens": 200,
+                "stream": True,
+                "temperature": 1.0,
+                "seed": 3,
+            },
+        ) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
             first = next(line for line in lines if line.startswith("data: "))
             assert json.loads(first[6:])["choices"]
         # leaving the block closes the connection mid-stream
-    text = poll(lambda: (t := httpx.get(served.url + "/metrics", headers=auth()).text)
-                and metric(t, "llmctl_generations_cancelled_total") > cancelled0 and t,
-                what="the generation to be cancelled")
+    text = poll(
+        lambda: (
+            (t := httpx.get(served.url + "/metrics", headers=auth()).text)
+            and metric(t, "llmctl_generations_cancelled_total") > cancelled0
+            and t
+        ),
+        what="the generation to be cancelled",
+    )
     assert metric(text, "llmctl_completion_tokens_total") - predicted0 < 200
-    poll(lambda: metric(httpx.get(served.url + "/metrics", headers=auth()).text,
-                        "llmctl_requests_processing") == 0, what="the worker to be free")
+    poll(
+        lambda: metric(httpx.get(served.url + "/metrics", headers=auth()).text, "llmctl_requests_processing") == 0,
+        what="the worker to be free",
+    )
     still_serving(served)
 
 
@@ -272,24 +308,40 @@ def test_metrics_move_with_requests(served, client):
 
     before = scrape()
     client.completions.create(model="smoke", prompt="Hello", max_tokens=3)
-    after = poll(lambda: (t := scrape()) and metric(t, "llmctl_completion_tokens_total")
-                 > metric(before, "llmctl_completion_tokens_total") and t, what="tokens_predicted to move")
+    after = poll(
+        lambda: (
+            (t := scrape())
+            and metric(t, "llmctl_completion_tokens_total") > metric(before, "llmctl_completion_tokens_total")
+            and t
+        ),
+        what="tokens_predicted to move",
+    )
     label = 'endpoint="/v1/completions",status="200"'
     assert metric(after, "llmctl_requests_total", label) == metric(before, "llmctl_requests_total", label) + 1
     assert metric(after, "llmctl_prompt_tokens_total") > metric(before, "llmctl_prompt_tokens_total")
-    assert (metric(after, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"')
-            == metric(before, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"') + 1)
-    for name in ("llmctl_requests_processing", "llmctl_requests_deferred", "llmctl_requests_in_flight",
-                 "llmctl_model_load_seconds", "llmctl_generation_throughput_tokens_per_second",
-                 "llmctl_rate_limited_total", "llmctl_request_duration_seconds_count"):
+    assert (
+        metric(after, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"')
+        == metric(before, "llmctl_time_to_first_token_seconds_count", 'endpoint="completion"') + 1
+    )
+    for name in (
+        "llmctl_requests_processing",
+        "llmctl_requests_deferred",
+        "llmctl_requests_in_flight",
+        "llmctl_model_load_seconds",
+        "llmctl_generation_throughput_tokens_per_second",
+        "llmctl_rate_limited_total",
+        "llmctl_request_duration_seconds_count",
+    ):
         assert name in after, name
     assert metric(after, "llmctl_model_load_seconds") > 0
 
 
 def test_access_log_is_json_without_prompts_or_keys(served, client):
     client.completions.create(model="smoke", prompt=f"My secret is {SECRET_MARKER}.", max_tokens=2)
-    line = poll(lambda: next((ln for ln in reversed(served.log_lines()) if '"/v1/completions"' in ln), None),
-                what="an access line")
+    line = poll(
+        lambda: next((ln for ln in reversed(served.log_lines()) if '"/v1/completions"' in ln), None),
+        what="an access line",
+    )
     records = [json.loads(ln) for ln in served.log_lines() if ln.startswith("{")]
     access = [r for r in records if r.get("event") == "access"]
     assert access and json.loads(line)["status"] == 200
@@ -315,8 +367,14 @@ def test_a_stream_is_not_cancelled_by_another_request(served, client):
     def long_stream() -> None:
         c = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
         parts = []
-        for p in c.completions.create(model="smoke", prompt="A list of fruits:", max_tokens=24, temperature=0,
-                                      stream=True, stream_options={"include_usage": True}):
+        for p in c.completions.create(
+            model="smoke",
+            prompt="A list of fruits:",
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             parts.append(p)
             first.set()
         out["parts"] = parts
@@ -336,6 +394,7 @@ def test_a_stream_is_not_cancelled_by_another_request(served, client):
 def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
     """A non-streaming request waiting while long streams hold every slot; its client gives up: the
     place is freed."""
+
     def scrape() -> str:
         return httpx.get(served.url + "/metrics", headers=auth()).text
 
@@ -345,17 +404,32 @@ def test_a_client_that_leaves_the_queue_frees_its_place(served, client):
     kept = []  # a dropped line iterator closes its connection (and the server cancels the stream)
     with httpx.Client(timeout=120) as h, contextlib.ExitStack() as streams:
         for i in range(slots):
-            r = streams.enter_context(h.stream(
-                "POST", served.url + "/v1/completions", headers=auth(),
-                json={"prompt": f"Count {i}:", "max_tokens": 200, "stream": True,
-                      "logit_bias": {"1": -100, "106": -100}}))
+            r = streams.enter_context(
+                h.stream(
+                    "POST",
+                    served.url + "/v1/completions",
+                    headers=auth(),
+                    json={
+                        "prompt": f"Count {i}:",
+                        "max_tokens": 200,
+                        "stream": True,
+                        "logit_bias": {"1": -100, "106": -100},
+                    },
+                )
+            )
             lines = r.iter_lines()
             kept.append(lines)
             assert next(line for line in lines if line.startswith("data: "))
         with pytest.raises(httpx.ReadTimeout):  # waits behind the streams, then the client gives up
-            httpx.post(served.url + "/v1/completions", headers=auth(), timeout=httpx.Timeout(60, read=0.5),
-                       json={"prompt": "Hi", "max_tokens": 1})
-        poll(lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
-             what="the waiting request to be dropped")
+            httpx.post(
+                served.url + "/v1/completions",
+                headers=auth(),
+                timeout=httpx.Timeout(60, read=0.5),
+                json={"prompt": "Hi", "max_tokens": 1},
+            )
+        poll(
+            lambda: metric(scrape(), "llmctl_generations_cancelled_total") > cancelled0,
+            what="the waiting request to be dropped",
+        )
         assert metric(scrape(), "llmctl_requests_deferred") == 0
     still_serving(served)

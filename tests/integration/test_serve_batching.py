@@ -26,15 +26,21 @@ PARALLEL = 4
 NO_EOS = {"1": -100, "106": -100}  # the smoke model's <eos> and <end_of_turn>: keep the stream going
 # Greedy continuations with a clear margin (see CLEAR_PROMPTS in test_serve.py for why).
 CLEAR_PROMPTS = ("1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "A, B, C, D, E,", "January, February, March,")
-SHARED = ("You are the help desk of a hardware shop. Answer in one short sentence, politely, and never "
-          "invent a product. " * 12)
+SHARED = (
+    "You are the help desk of a hardware shop. Answer in one short sentence, politely, and never "
+    "invent a product. " * 12
+)
 
 
 @pytest.fixture(scope="module")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_smoke(tmp_path_factory.mktemp("batch-home"), smoke_store, n_ctx=N_CTX,
-                         service=f"parallel: {PARALLEL}\npublic_metrics: true\nshutdown_timeout_s: 5",
-                         limits="queue_length: 0\nmax_tokens: 256\nrate_limit_rpm: 0")
+    server = start_smoke(
+        tmp_path_factory.mktemp("batch-home"),
+        smoke_store,
+        n_ctx=N_CTX,
+        service=f"parallel: {PARALLEL}\npublic_metrics: true\nshutdown_timeout_s: 5",
+        limits="queue_length: 0\nmax_tokens: 256\nrate_limit_rpm: 0",
+    )
     try:
         yield server
     finally:
@@ -51,8 +57,10 @@ def scrape(server: Server) -> str:
 
 def test_concurrent_streams_share_decodes_and_each_gets_its_own_answer(served):
     c = client(served)
-    alone = [c.completions.create(model="smoke", prompt=p, max_tokens=8, temperature=0).choices[0].text
-             for p in CLEAR_PROMPTS]
+    alone = [
+        c.completions.create(model="smoke", prompt=p, max_tokens=8, temperature=0).choices[0].text
+        for p in CLEAR_PROMPTS
+    ]
     before = scrape(served)
     results: list = [None] * len(CLEAR_PROMPTS)
     go = threading.Barrier(len(CLEAR_PROMPTS))
@@ -60,8 +68,11 @@ def test_concurrent_streams_share_decodes_and_each_gets_its_own_answer(served):
     def worker(i: int) -> None:
         try:
             go.wait(30)
-            parts = list(client(served).completions.create(model="smoke", prompt=CLEAR_PROMPTS[i], max_tokens=8,
-                                                           temperature=0, stream=True))
+            parts = list(
+                client(served).completions.create(
+                    model="smoke", prompt=CLEAR_PROMPTS[i], max_tokens=8, temperature=0, stream=True
+                )
+            )
             results[i] = "".join(p.choices[0].text for p in parts if p.choices)
         except BaseException as exc:  # noqa: BLE001 - reported below
             results[i] = exc
@@ -75,8 +86,9 @@ def test_concurrent_streams_share_decodes_and_each_gets_its_own_answer(served):
     after = scrape(served)
     # Some decodes held more than one sequence: the streams were batched, not taken in turn.
     steps = metric(after, "llmctl_batch_sequences_count") - metric(before, "llmctl_batch_sequences_count")
-    single = (metric(after, "llmctl_batch_sequences_bucket", 'le="1.0"')
-              - metric(before, "llmctl_batch_sequences_bucket", 'le="1.0"'))
+    single = metric(after, "llmctl_batch_sequences_bucket", 'le="1.0"') - metric(
+        before, "llmctl_batch_sequences_bucket", 'le="1.0"'
+    )
     assert steps > single >= 0
     assert metric(after, "llmctl_decode_calls_total") - metric(before, "llmctl_decode_calls_total") == steps
     assert metric(after, "llmctl_slots") == PARALLEL
@@ -88,9 +100,16 @@ def test_a_shared_prefix_is_served_from_the_cache(served):
     c = client(served)
 
     def ask(question: str):
-        return c.chat.completions.create(model="smoke", max_tokens=4, temperature=0, messages=[
-            {"role": "user", "content": SHARED}, {"role": "assistant", "content": "Understood."},
-            {"role": "user", "content": question}])
+        return c.chat.completions.create(
+            model="smoke",
+            max_tokens=4,
+            temperature=0,
+            messages=[
+                {"role": "user", "content": SHARED},
+                {"role": "assistant", "content": "Understood."},
+                {"role": "user", "content": question},
+            ],
+        )
 
     first = ask("Do you sell screws?")
     cached0 = metric(scrape(served), "llmctl_prompt_tokens_cached_total")
@@ -108,14 +127,19 @@ def test_a_prefix_evicted_from_every_slot_comes_back_from_the_host_cache(served)
     c = client(served)
 
     def ask():
-        return c.chat.completions.create(model="smoke", max_tokens=6, temperature=0, messages=[
-            {"role": "user", "content": SHARED + " Do you sell screws?"}])
+        return c.chat.completions.create(
+            model="smoke",
+            max_tokens=6,
+            temperature=0,
+            messages=[{"role": "user", "content": SHARED + " Do you sell screws?"}],
+        )
 
     ask()
     from_slot = ask()  # the whole prompt cached in its slot: only the last token decoded
     for i in range(PARALLEL + 1):  # every slot taken by another prompt (least recently used first)
-        c.completions.create(model="smoke", prompt=f"{i} {CLEAR_PROMPTS[i % len(CLEAR_PROMPTS)]}", max_tokens=2,
-                             temperature=0)
+        c.completions.create(
+            model="smoke", prompt=f"{i} {CLEAR_PROMPTS[i % len(CLEAR_PROMPTS)]}", max_tokens=2, temperature=0
+        )
     cached0 = metric(scrape(served), "llmctl_prompt_tokens_cached_total")
     from_host = ask()
     cached = metric(scrape(served), "llmctl_prompt_tokens_cached_total") - cached0
@@ -125,19 +149,33 @@ def test_a_prefix_evicted_from_every_slot_comes_back_from_the_host_cache(served)
 
 def test_a_client_that_leaves_frees_its_slot_and_its_kv(served):
     kv0 = metric(scrape(served), "llmctl_kv_cache_usage_ratio")
-    with httpx.Client(timeout=120) as h, h.stream("POST", served.url + "/v1/completions", json={
-            "prompt": "Tell me a long story about a lighthouse keeper:", "max_tokens": 250, "stream": True,
-            "logit_bias": NO_EOS}) as r:
+    with (
+        httpx.Client(timeout=120) as h,
+        h.stream(
+            "POST",
+            served.url + "/v1/completions",
+            json={
+                "prompt": "Tell me a long story about a lighthouse keeper:",
+                "max_tokens": 250,
+                "stream": True,
+                "logit_bias": NO_EOS,
+            },
+        ) as r,
+    ):
         assert r.status_code == 200
         lines = r.iter_lines()
         first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
         assert first["choices"]
-        busy = poll(lambda: (t := scrape(served)) and metric(t, "llmctl_requests_processing") == 1 and t,
-                    what="the stream to hold a slot")
+        busy = poll(
+            lambda: (t := scrape(served)) and metric(t, "llmctl_requests_processing") == 1 and t,
+            what="the stream to hold a slot",
+        )
         kv_busy = metric(busy, "llmctl_kv_cache_usage_ratio")
     # The connection is closed mid-stream: at the next step the slot is free and its cells are dropped.
-    idle = poll(lambda: (t := scrape(served)) and metric(t, "llmctl_requests_processing") == 0 and t,
-                what="the slot to be freed")
+    idle = poll(
+        lambda: (t := scrape(served)) and metric(t, "llmctl_requests_processing") == 0 and t,
+        what="the slot to be freed",
+    )
     kv_idle = metric(idle, "llmctl_kv_cache_usage_ratio")
     prompt_cells = 10 / (N_CTX * PARALLEL)  # the prompt alone is more than ten tokens
     assert kv_idle <= kv_busy - prompt_cells, (kv0, kv_busy, kv_idle)
@@ -153,16 +191,22 @@ def test_a_request_that_cannot_fit_gets_a_clear_answer(served):
     r = httpx.post(served.url + "/v1/completions", json={"prompt": long, "max_tokens": 8}, timeout=60)
     err = assert_openai_error(r, 400, "context_length_exceeded")
     assert "at most" in err["message"]
-    r = httpx.post(served.url + "/v1/chat/completions", timeout=60,
-                   json={"messages": [{"role": "user", "content": long}], "max_tokens": 8})
+    r = httpx.post(
+        served.url + "/v1/chat/completions",
+        timeout=60,
+        json={"messages": [{"role": "user", "content": long}], "max_tokens": 8},
+    )
     assert_openai_error(r, 400, "context_length_exceeded")
     # Every slot busy and no queue (queue_length 0): 503 with Retry-After at once, and the server goes on.
     with httpx.Client(timeout=120) as h:
         streams, kept = [], []
         try:
             for i in range(PARALLEL):
-                cm = h.stream("POST", served.url + "/v1/completions", json={
-                    "prompt": f"Story {i}:", "max_tokens": 250, "stream": True, "logit_bias": NO_EOS})
+                cm = h.stream(
+                    "POST",
+                    served.url + "/v1/completions",
+                    json={"prompt": f"Story {i}:", "max_tokens": 250, "stream": True, "logit_bias": NO_EOS},
+                )
                 r = cm.__enter__()
                 streams.append(cm)
                 lines = r.iter_lines()
@@ -181,18 +225,32 @@ def test_a_request_that_cannot_fit_gets_a_clear_answer(served):
 
 
 def test_sigterm_with_eight_active_streams_exits_0(smoke_store: Path, tmp_path: Path):
-    server = start_smoke(tmp_path / "home", smoke_store, n_ctx=512,
-                         service="parallel: 8\npublic_metrics: true\nshutdown_timeout_s: 2",
-                         limits="max_tokens: 400\nrate_limit_rpm: 0")
+    server = start_smoke(
+        tmp_path / "home",
+        smoke_store,
+        n_ctx=512,
+        service="parallel: 8\npublic_metrics: true\nshutdown_timeout_s: 2",
+        limits="max_tokens: 400\nrate_limit_rpm: 0",
+    )
     outcomes: list[dict] = [{} for _ in range(8)]
     started = [threading.Event() for _ in range(8)]
 
     def stream(i: int) -> None:
         out = outcomes[i]
         try:
-            with httpx.Client(timeout=120) as h, h.stream("POST", server.url + "/v1/completions", json={
-                    "prompt": f"Stream {i} tells a long story:", "max_tokens": 400, "stream": True,
-                    "logit_bias": NO_EOS}) as r:
+            with (
+                httpx.Client(timeout=120) as h,
+                h.stream(
+                    "POST",
+                    server.url + "/v1/completions",
+                    json={
+                        "prompt": f"Stream {i} tells a long story:",
+                        "max_tokens": 400,
+                        "stream": True,
+                        "logit_bias": NO_EOS,
+                    },
+                ) as r,
+            ):
                 out["status"] = r.status_code
                 lines = []
                 for line in r.iter_lines():

@@ -28,8 +28,13 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def serve(home: Path, smoke_store: Path, limits: str = "", service: str = "", **kw) -> Server:
-    return start_smoke(home, smoke_store, limits="max_body_bytes: 65536\nmax_tokens: 16\n" + limits,
-                       service="shutdown_timeout_s: 5\n" + service, **kw)
+    return start_smoke(
+        home,
+        smoke_store,
+        limits="max_body_bytes: 65536\nmax_tokens: 16\n" + limits,
+        service="shutdown_timeout_s: 5\n" + service,
+        **kw,
+    )
 
 
 def still_serving(server: Server) -> None:
@@ -40,13 +45,16 @@ def still_serving(server: Server) -> None:
 
 
 def access_records(server: Server) -> list[dict]:
-    return [r for r in (json.loads(ln) for ln in server.log_lines() if ln.startswith("{")) if r.get("event") == "access"]
+    return [
+        r for r in (json.loads(ln) for ln in server.log_lines() if ln.startswith("{")) if r.get("event") == "access"
+    ]
 
 
 @pytest.fixture(scope="module")
 def hard(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = serve(tmp_path_factory.mktemp("hard"), smoke_store,
-                   "rate_limit_rpm: 0\nheader_timeout_s: 1\nbody_timeout_s: 2\n")
+    server = serve(
+        tmp_path_factory.mktemp("hard"), smoke_store, "rate_limit_rpm: 0\nheader_timeout_s: 1\nbody_timeout_s: 2\n"
+    )
     try:
         yield server
     finally:
@@ -61,14 +69,20 @@ BAD = [
     ("/v1/completions", b'{"prompt": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", None),
     ("/v1/completions", b'{"prompt": ' + b"[" * 65 + b"]" * 65 + b"}", "prompt"),
     ("/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 2}', "prompt"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "echo": {"\\ud800": 1}}',
-     "echo.\\ud800"),  # the key in the error is written as an escape: the error itself must encode
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "hi"}], "echo": {"\\ud800": 1}}',
+        "echo.\\ud800",
+    ),  # the key in the error is written as an escape: the error itself must encode
     ("/v1/completions", b'{"prompt": [1000000000], "max_tokens": 2}', "prompt[0]"),
     ("/v1/completions", b'{"prompt": [-5], "max_tokens": 2}', "prompt[0]"),
     ("/v1/completions", b'{"prompt": [], "max_tokens": 2}', "prompt"),
     ("/v1/completions", b'{"prompt": [2, 100], "echo": true, "max_tokens": 2}', "echo"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {}}',
-     "response_format"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {}}',
+        "response_format",
+    ),
     ("/v1/chat/completions", b'{"messages": [{"content": "hi"}], "max_tokens": 2}', "messages[0].role"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": "5"}', "max_tokens"),
@@ -78,9 +92,14 @@ BAD = [
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 2, "logit_bias": {"-5": 10}}', "logit_bias"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 2, "logit_bias": {"262144": 10}}', "logit_bias"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 2, "temperature": 1e999}', None),
-    ("/v1/chat/completions", (b'{"messages": [{"role": "user", "content": [{"type": "image_url", '
-                              b'"image_url": {"url": "data:image/png;base64,AAAA"}}]}], "max_tokens": 2}'),
-     "messages[0].content[0].type"),
+    (
+        "/v1/chat/completions",
+        (
+            b'{"messages": [{"role": "user", "content": [{"type": "image_url", '
+            b'"image_url": {"url": "data:image/png;base64,AAAA"}}]}], "max_tokens": 2}'
+        ),
+        "messages[0].content[0].type",
+    ),
     ("/v1/embeddings", b'{"input": "\\udfff"}', None),  # embeddings are off here: 400 either way
 ]
 
@@ -96,14 +115,30 @@ def test_bad_input_is_400_in_openai_shape(hard, path, raw, param):
 
 def test_content_parts_are_the_same_prompt_as_a_string(hard):
     text = "Tell me about the weather in Paris today please."
-    as_string = httpx.post(hard.url + "/v1/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": text}], "max_tokens": 1}).json()
-    as_parts = httpx.post(hard.url + "/v1/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}], "max_tokens": 1}).json()
+    as_string = httpx.post(
+        hard.url + "/v1/chat/completions",
+        timeout=60,
+        json={"messages": [{"role": "user", "content": text}], "max_tokens": 1},
+    ).json()
+    as_parts = httpx.post(
+        hard.url + "/v1/chat/completions",
+        timeout=60,
+        json={"messages": [{"role": "user", "content": [{"type": "text", "text": text}]}], "max_tokens": 1},
+    ).json()
     assert as_parts["usage"]["prompt_tokens"] == as_string["usage"]["prompt_tokens"] > 15
-    split = httpx.post(hard.url + "/v1/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Tell me about"},
-                                                  {"type": "text", "text": "the weather."}]}], "max_tokens": 1})
+    split = httpx.post(
+        hard.url + "/v1/chat/completions",
+        timeout=60,
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Tell me about"}, {"type": "text", "text": "the weather."}],
+                }
+            ],
+            "max_tokens": 1,
+        },
+    )
     assert split.status_code == 200 and split.json()["usage"]["prompt_tokens"] > 7
 
 
@@ -137,16 +172,20 @@ def test_idle_and_half_sent_requests_are_cut(hard):
         half.close()
     after = httpx.get(hard.url + "/metrics").text
     label = 'reason="header_timeout"'
-    assert metric(after, "llmctl_connections_closed_total", label) >= metric(before, "llmctl_connections_closed_total",
-                                                                            label) + 2
+    assert (
+        metric(after, "llmctl_connections_closed_total", label)
+        >= metric(before, "llmctl_connections_closed_total", label) + 2
+    )
     still_serving(hard)
 
 
 def test_a_body_sent_one_byte_at_a_time_is_cut(hard):
     sock = socket.create_connection(("127.0.0.1", hard.port))
     body = json.dumps({"prompt": "x" * 200, "max_tokens": 1}).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
     stop = threading.Event()
 
     def drip() -> None:  # the slow client under test: a byte every 0.1 s, until the server hangs up
@@ -166,8 +205,10 @@ def test_a_body_sent_one_byte_at_a_time_is_cut(hard):
         stop.set()
         t.join(5)
         sock.close()
-    record = poll(lambda: next((r for r in access_records(hard) if r.get("error") == "body_timeout"), None),
-                  what="the access record of the cut request")
+    record = poll(
+        lambda: next((r for r in access_records(hard) if r.get("error") == "body_timeout"), None),
+        what="the access record of the cut request",
+    )
     assert record["path"] == "/v1/completions" and record["status"] == 499
     still_serving(hard)
 
@@ -175,8 +216,10 @@ def test_a_body_sent_one_byte_at_a_time_is_cut(hard):
 def test_a_content_length_over_the_limit_is_413_at_once(hard):
     sock = socket.create_connection(("127.0.0.1", hard.port))
     try:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000000\r\n\r\n")  # and no body at all
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )  # and no body at all
         sock.settimeout(30)
         head = sock.recv(4096)  # before any byte of the body was sent
         assert head.startswith(b"HTTP/1.1 413 "), head
@@ -184,8 +227,12 @@ def test_a_content_length_over_the_limit_is_413_at_once(hard):
     finally:
         sock.close()
     # A client still sending its body gets the 413 too, not a reset.
-    r = httpx.post(hard.url + "/v1/completions", content=b'{"prompt": "' + b"x" * 200_000 + b'"}',
-                   headers={"Content-Type": "application/json"}, timeout=60)
+    r = httpx.post(
+        hard.url + "/v1/completions",
+        content=b'{"prompt": "' + b"x" * 200_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     assert_openai_error(r, 413, "request_too_large")
     still_serving(hard)
 
@@ -209,15 +256,23 @@ class FromAddress(httpx.HTTPTransport):
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies(smoke_store, tmp_path):
-    server = serve(tmp_path / "xff", smoke_store, "rate_limit_rpm: 60\nrate_limit_burst: 5\n",
-                   service="trusted_proxies: [127.0.0.2]\n")
+    server = serve(
+        tmp_path / "xff",
+        smoke_store,
+        "rate_limit_rpm: 60\nrate_limit_burst: 5\n",
+        service="trusted_proxies: [127.0.0.2]\n",
+    )
     try:
         # A local client cannot pick its address: every X-Forwarded-For lands in its own bucket.
-        codes = [httpx.get(server.url + "/v1/models", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
-                 for i in range(10)]
+        codes = [
+            httpx.get(server.url + "/v1/models", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+            for i in range(10)
+        ]
         assert codes == [200] * 5 + [429] * 5
-        local = poll(lambda: len(r := [r for r in access_records(server) if r["path"] == "/v1/models"]) == 10 and r,
-                     what="10 access records")
+        local = poll(
+            lambda: len(r := [r for r in access_records(server) if r["path"] == "/v1/models"]) == 10 and r,
+            what="10 access records",
+        )
         assert {r["client"] for r in local} == {"127.0.0.1"}
         seen = len(access_records(server))
         # The trusted proxy's word is taken: the client is the address it forwards for.
@@ -259,8 +314,10 @@ def test_connections_are_capped_within_the_open_file_limit(smoke_store, tmp_path
     finally:
         for s in socks:
             s.close()
-    text = poll(lambda: (r := _get(server, "/metrics")) is not None and r.status_code == 200 and r.text,
-                what="the server to answer again")
+    text = poll(
+        lambda: (r := _get(server, "/metrics")) is not None and r.status_code == 200 and r.text,
+        what="the server to answer again",
+    )
     assert metric(text, "llmctl_connections_closed_total", 'reason="connection_limit"') >= 1
     still_serving(server)
     elapsed = time.monotonic() - t_start
@@ -284,8 +341,9 @@ def _get(server: Server, path: str):
 def _open_connections(server: Server) -> int:
     import psutil
 
-    return len([c for c in psutil.Process(server.proc.pid).net_connections(kind="tcp")
-                if c.status == psutil.CONN_ESTABLISHED])
+    return len(
+        [c for c in psutil.Process(server.proc.pid).net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED]
+    )
 
 
 # -- item 13: /health during the SIGTERM drain ----------------------------------------------------------
@@ -299,8 +357,12 @@ def test_health_is_503_while_draining_then_the_server_exits_0(smoke_store, tmp_p
 
     def stream() -> None:
         try:
-            with httpx.stream("POST", server.url + "/v1/completions", timeout=120, json={
-                    "prompt": "Tell a long story:", "max_tokens": 400, "stream": True, "logit_bias": NO_EOS}) as r:
+            with httpx.stream(
+                "POST",
+                server.url + "/v1/completions",
+                timeout=120,
+                json={"prompt": "Tell a long story:", "max_tokens": 400, "stream": True, "logit_bias": NO_EOS},
+            ) as r:
                 lines = []
                 for line in r.iter_lines():
                     if line.startswith("data: "):
@@ -318,8 +380,10 @@ def test_health_is_503_while_draining_then_the_server_exits_0(smoke_store, tmp_p
         assert started.wait(120) and "error" not in outcome
         server.proc.send_signal(signal.SIGTERM)
         # Still listening while the stream finishes: /health says why it is not healthy.
-        r = poll(lambda: (h := httpx.get(server.url + "/health", timeout=10)).status_code == 503 and h,
-                 what="/health to answer 503")
+        r = poll(
+            lambda: (h := httpx.get(server.url + "/health", timeout=10)).status_code == 503 and h,
+            what="/health to answer 503",
+        )
         assert_openai_error(r, 503, "shutting_down")
         assert int(r.headers["Retry-After"]) >= 1
         r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1}, timeout=30)

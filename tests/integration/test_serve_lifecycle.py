@@ -26,9 +26,19 @@ def write_lock_entry(home: Path, name: str, data: bytes, sha256: str) -> Path:
     path = home / "models" / name / f"{name}.gguf"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    lock = {"version": 1, "models": {name: {
-        "file": path.name, "path": f"{name}/{path.name}", "size": len(data), "sha256": sha256,
-        "pulled_at": "2026-01-01T00:00:00Z", "source": "import"}}}
+    lock = {
+        "version": 1,
+        "models": {
+            name: {
+                "file": path.name,
+                "path": f"{name}/{path.name}",
+                "size": len(data),
+                "sha256": sha256,
+                "pulled_at": "2026-01-01T00:00:00Z",
+                "source": "import",
+            }
+        },
+    }
     (home / "models.lock").write_text(json.dumps(lock))
     return path
 
@@ -60,10 +70,13 @@ def test_unloadable_model_exits_1(tmp_path, llmctl):
     assert "Error: could not load" in proc.stderr
 
 
-@pytest.mark.parametrize("config, message", [
-    ("services:\n  chat:\n    model: smoke\n    port: 0\n", "services.chat.port"),
-    ("services:\n  chat:\n    model: smoke\n    api_keys_file: /nonexistent/keys\n", "API keys file not found"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("services:\n  chat:\n    model: smoke\n    port: 0\n", "services.chat.port"),
+        ("services:\n  chat:\n    model: smoke\n    api_keys_file: /nonexistent/keys\n", "API keys file not found"),
+    ],
+)
 @pytest.mark.model
 def test_config_errors_exit_2(write_config, llmctl, smoke_model, config, message):
     write_config("version: 1\n" + config)
@@ -118,8 +131,7 @@ services:
       queue_timeout_s: 2
       max_tokens: 1000
 """
-        server = start_server(home, config, "lone", env={"NOTIFY_SOCKET": str(notify_path),
-                                                          "WATCHDOG_USEC": "500000"})
+        server = start_server(home, config, "lone", env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "500000"})
         try:
             wait_healthy(server)
             notes: list[str] = []  # what the server told "systemd", drained as systemd does
@@ -144,10 +156,20 @@ services:
 
             def stream() -> None:
                 try:
-                    with httpx.Client(timeout=120) as h, h.stream(
-                        "POST", server.url + "/v1/completions", headers=headers,
-                        json={"prompt": "Tell a long story:", "max_tokens": 1000, "stream": True,
-                              "logit_bias": NO_EOS}) as r:
+                    with (
+                        httpx.Client(timeout=120) as h,
+                        h.stream(
+                            "POST",
+                            server.url + "/v1/completions",
+                            headers=headers,
+                            json={
+                                "prompt": "Tell a long story:",
+                                "max_tokens": 1000,
+                                "stream": True,
+                                "logit_bias": NO_EOS,
+                            },
+                        ) as r,
+                    ):
                         outcome["status"] = r.status_code
                         lines = []
                         for line in r.iter_lines():
@@ -169,13 +191,18 @@ services:
             waiting: dict = {}
 
             def queued() -> None:
-                waiting["r"] = httpx.post(server.url + "/v1/completions", headers=headers, timeout=60,
-                                          json={"prompt": "hi", "max_tokens": 1})
+                waiting["r"] = httpx.post(
+                    server.url + "/v1/completions", headers=headers, timeout=60, json={"prompt": "hi", "max_tokens": 1}
+                )
 
             q = threading.Thread(target=queued)
             q.start()
-            poll(lambda: metric(httpx.get(server.url + "/metrics", headers=headers).text,
-                                "llmctl_requests_deferred") == 1, what="a request to wait in the queue")
+            poll(
+                lambda: (
+                    metric(httpx.get(server.url + "/metrics", headers=headers).text, "llmctl_requests_deferred") == 1
+                ),
+                what="a request to wait in the queue",
+            )
             # The queue is full: 503 with Retry-After, in OpenAI's shape.
             r = httpx.post(server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1})
             assert_openai_error(r, 503, "queue_full")
@@ -184,8 +211,9 @@ services:
             q.join(60)
             assert_openai_error(waiting["r"], 503, "queue_timeout")
             assert int(waiting["r"].headers["Retry-After"]) >= 1
-            r = httpx.post(server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1},
-                           timeout=60)
+            r = httpx.post(
+                server.url + "/v1/completions", headers=headers, json={"prompt": "hi", "max_tokens": 1}, timeout=60
+            )
             assert r.status_code == 200 or r.json()["error"]["code"] == "queue_timeout", r.text
 
             server.proc.send_signal(signal.SIGTERM)
@@ -225,8 +253,16 @@ def test_systemd_credential_keys_take_precedence(smoke_store: Path, tmp_path: Pa
     (creds / "api-keys").write_text("sk-from-credential\n")
     flag_keys = tmp_path / "flag-keys"
     flag_keys.write_text("sk-from-flag\n")
-    server = start_server(home, "version: 1\n", "smoke", "--api-keys-file", str(flag_keys), "--n-ctx", "256",
-                          env={"CREDENTIALS_DIRECTORY": str(creds)})
+    server = start_server(
+        home,
+        "version: 1\n",
+        "smoke",
+        "--api-keys-file",
+        str(flag_keys),
+        "--n-ctx",
+        "256",
+        env={"CREDENTIALS_DIRECTORY": str(creds)},
+    )
     try:
         wait_healthy(server)
         assert httpx.get(server.url + "/v1/models", headers={"X-Api-Key": "sk-from-credential"}).status_code == 200
@@ -247,8 +283,11 @@ def test_embeddings_when_enabled(smoke_store: Path, tmp_path: Path):
     home.mkdir()
     link_store(smoke_store, home)
     port = free_port()
-    server = start_server(home, f"version: 1\nservices:\n  emb:\n    model: smoke\n    port: {port}\n"
-                                "    n_ctx: 256\n    embeddings: true\n", "emb")
+    server = start_server(
+        home,
+        f"version: 1\nservices:\n  emb:\n    model: smoke\n    port: {port}\n    n_ctx: 256\n    embeddings: true\n",
+        "emb",
+    )
     try:
         wait_healthy(server)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)

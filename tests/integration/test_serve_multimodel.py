@@ -51,8 +51,7 @@ def ps(server, *args: str, env: dict | None = None) -> dict:
     """`llmctl ps --json` as the server's own config sees it; {model id: its row}."""
     from tests.conftest import run_llmctl
 
-    environ = {"LLMCTL_HOME": str(server.home), "LLMCTL_CONFIG": str(server.home / "config.yaml"),
-               **(env or {})}
+    environ = {"LLMCTL_HOME": str(server.home), "LLMCTL_CONFIG": str(server.home / "config.yaml"), **(env or {})}
     out = run_llmctl("ps", "--json", *args, env=environ)
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
@@ -77,8 +76,10 @@ def complete(server, model: str) -> str:
 def test_two_models_with_max_loaded_1(smoke_store, tmp_path):
     home = tmp_path / "multi"
     setup_home(home, smoke_store, ["smoke-b"])
-    config = (f"version: 1\nservices:\n  multi:\n    models: [smoke, smoke-b]\n    port: {free_port()}\n"
-              f"    n_ctx: 256\n    api_keys_file: {home / 'keys'}\n")
+    config = (
+        f"version: 1\nservices:\n  multi:\n    models: [smoke, smoke-b]\n    port: {free_port()}\n"
+        f"    n_ctx: 256\n    api_keys_file: {home / 'keys'}\n"
+    )
     server = start_server(home, config, "multi", "--max-loaded", "1")
     try:
         wait_healthy(server)
@@ -120,8 +121,9 @@ def test_two_models_with_max_loaded_1(smoke_store, tmp_path):
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert err.value.body["code"] == "model_not_found"
         for path in ("/models/load", "/models/unload"):
-            assert_openai_error(httpx.post(server.url + path, json={"model": "nope"}, headers=auth()), 404,
-                                "model_not_found")
+            assert_openai_error(
+                httpx.post(server.url + path, json={"model": "nope"}, headers=auth()), 404, "model_not_found"
+            )
 
         # Per-model metrics, with a `model` label.
         text = httpx.get(server.url + "/metrics", headers=auth()).text
@@ -152,9 +154,11 @@ def test_pinned_model_survives_the_memory_budget(smoke_store, tmp_path):
     lock = json.loads((home / "models.lock").read_text())
     model_path = home / "models" / lock["models"]["smoke"]["path"]
     one = estimate_bytes(SimpleNamespace(model_path=model_path, n_ctx=256, n_batch=512))  # type: ignore[arg-type]
-    config = (f"version: 1\nservices:\n  pinned:\n    models: [smoke, smoke-b, smoke-c]\n    port: {free_port()}\n"
-              f"    n_ctx: 256\n    api_keys_file: {home / 'keys'}\n    pinned: [smoke]\n"
-              f"    memory_budget: {int(one * 2.5)}\n")
+    config = (
+        f"version: 1\nservices:\n  pinned:\n    models: [smoke, smoke-b, smoke-c]\n    port: {free_port()}\n"
+        f"    n_ctx: 256\n    api_keys_file: {home / 'keys'}\n    pinned: [smoke]\n"
+        f"    memory_budget: {int(one * 2.5)}\n"
+    )
     server = start_server(home, config, "pinned")
     try:
         wait_healthy(server)
@@ -166,8 +170,9 @@ def test_pinned_model_survives_the_memory_budget(smoke_store, tmp_path):
             assert sum(row["status"] == "loaded" for row in rows.values()) == 2
         assert rows["smoke"]["loads"] == 1 and rows["smoke"]["unloads"] == 0
         assert statuses(rows) == {"smoke": "loaded", "smoke-b": "loaded", "smoke-c": "unloaded"}
-        assert_openai_error(httpx.post(server.url + "/models/unload", json={"model": "smoke"}, headers=auth()),
-                            409, "model_pinned")
+        assert_openai_error(
+            httpx.post(server.url + "/models/unload", json={"model": "smoke"}, headers=auth()), 409, "model_pinned"
+        )
         assert complete(server, "smoke") == "smoke"
         assert stop_server(server) == 0
     finally:

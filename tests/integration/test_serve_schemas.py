@@ -68,15 +68,21 @@ def model_path(smoke_store: Path) -> Path:
 def test_the_schema_crashes_llama_cpp_on_the_old_path(smoke_store, schema, signal_):
     """The finding, kept honest: each of these kills a process that hands llama-cpp-python the
     response_format directly (as serve did). If an upgrade fixes one, this fails: update the list."""
-    proc = subprocess.run([sys.executable, "-c", OLD_PATH, str(model_path(smoke_store)), json.dumps(schema)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", OLD_PATH, str(model_path(smoke_store)), json.dumps(schema)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == signal_, (proc.returncode, proc.stderr[-1500:])
 
 
 @pytest.fixture(scope="module")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_smoke(tmp_path_factory.mktemp("schemas"), smoke_store, n_ctx=1024,
-                         limits="max_tokens: 160\nrate_limit_rpm: 0")
+    server = start_smoke(
+        tmp_path_factory.mktemp("schemas"), smoke_store, n_ctx=1024, limits="max_tokens: 160\nrate_limit_rpm: 0"
+    )
     try:
         yield server
     finally:
@@ -84,9 +90,17 @@ def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def chat(served, response_format: dict, max_tokens: int = 96) -> httpx.Response:
-    return httpx.post(served.url + "/v1/chat/completions", timeout=300, json={
-        "messages": [{"role": "user", "content": "Give me JSON."}], "max_tokens": max_tokens,
-        "temperature": 0.7, "seed": 3, "response_format": response_format})
+    return httpx.post(
+        served.url + "/v1/chat/completions",
+        timeout=300,
+        json={
+            "messages": [{"role": "user", "content": "Give me JSON."}],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "seed": 3,
+            "response_format": response_format,
+        },
+    )
 
 
 def assert_alive(served) -> None:
@@ -116,13 +130,16 @@ def test_serve_refuses_or_survives_every_crashing_schema(served, schema, _signal
     assert_alive(served)
 
 
-@pytest.mark.parametrize("schema, param", [
-    ({"type": "array", "items": {"type": "integer"}, "minItems": 100_000_000}, "minItems"),
-    ({"type": "string", "minLength": 200_000}, "minLength"),
-    ({"type": "object", "properties": {f"p{i}": {"enum": ["v" * 500] * 3} for i in range(100)}}, "schema"),
-    ({"$ref": "https://example.com/schema.json"}, "$ref"),
-    ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}, "a"),
-])
+@pytest.mark.parametrize(
+    "schema, param",
+    [
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 100_000_000}, "minItems"),
+        ({"type": "string", "minLength": 200_000}, "minLength"),
+        ({"type": "object", "properties": {f"p{i}": {"enum": ["v" * 500] * 3} for i in range(100)}}, "schema"),
+        ({"$ref": "https://example.com/schema.json"}, "$ref"),
+        ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}, "a"),
+    ],
+)
 def test_schemas_that_would_hog_the_model_are_refused_at_once(served, schema, param):
     r = chat(served, {"type": "json_object", "schema": schema})
     err = assert_openai_error(r, 400, "invalid_schema")
@@ -131,12 +148,16 @@ def test_schemas_that_would_hog_the_model_are_refused_at_once(served, schema, pa
 
 
 def test_what_the_grammar_allows_is_what_the_schema_says(served):
-    schema = {"type": "object", "required": ["name", "age", "tags", "mood"], "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer"},
-        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
-        "mood": {"const": 'a\\b"c\U0001F600'},
-    }}
+    schema = {
+        "type": "object",
+        "required": ["name", "age", "tags", "mood"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
+            "mood": {"const": 'a\\b"c\U0001f600'},
+        },
+    }
     r = chat(served, {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
@@ -146,7 +167,7 @@ def test_what_the_grammar_allows_is_what_the_schema_says(served):
     assert isinstance(value["name"], str) and len(value["name"]) <= 12
     assert isinstance(value["age"], int)
     assert 1 <= len(value["tags"]) <= 2 and set(value["tags"]) <= {"a", "b"}
-    assert value["mood"] == 'a\\b"c\U0001F600'
+    assert value["mood"] == 'a\\b"c\U0001f600'
     r = chat(served, {"type": "json_object", "schema": {"type": "string", "pattern": "^[0-9]{3}-[a-z]{2}$"}})
     assert re.fullmatch("[0-9]{3}-[a-z]{2}", json.loads(r.json()["choices"][0]["message"]["content"]))
     # Any object: it may run past max_tokens (then it is cut); when it ends, it is an object.

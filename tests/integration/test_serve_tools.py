@@ -23,22 +23,33 @@ pydantic = pytest.importorskip("pydantic")
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-WEATHER_ARGS = {"type": "object", "properties": {
-    "city": {"type": "string", "maxLength": 24}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"], "additionalProperties": False}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
-                                            "parameters": WEATHER_ARGS}}
+WEATHER_ARGS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 24}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Current weather in a city.", "parameters": WEATHER_ARGS},
+}
 TIME_ARGS = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET", "PST"]}}, "required": ["zone"]}
-TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a zone.",
-                                         "parameters": TIME_ARGS}}
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time in a zone.", "parameters": TIME_ARGS},
+}
 ARGS = {"get_weather": WEATHER_ARGS, "get_time": TIME_ARGS}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
 def served(smoke_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_smoke(tmp_path_factory.mktemp("serve-tools"), smoke_store, n_ctx=2048,
-                         limits="max_tokens: 160\nqueue_timeout_s: 300\nrate_limit_rpm: 0\nmax_n: 3")
+    server = start_smoke(
+        tmp_path_factory.mktemp("serve-tools"),
+        smoke_store,
+        n_ctx=2048,
+        limits="max_tokens: 160\nqueue_timeout_s: 300\nrate_limit_rpm: 0\nmax_n: 3",
+    )
     try:
         yield server
     finally:
@@ -66,8 +77,9 @@ def healthy(served) -> None:
 
 
 def test_required_call_parses_and_matches(client):
-    r = client.chat.completions.create(model="smoke", messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
-                                       temperature=0.7, seed=3)
+    r = client.chat.completions.create(
+        model="smoke", messages=ASK, tools=[WEATHER, TIME], tool_choice="required", temperature=0.7, seed=3
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.tool_calls and choice.message.content is None
@@ -76,9 +88,13 @@ def test_required_call_parses_and_matches(client):
 
 
 def test_named_call_streamed_is_reassembled_by_the_sdk(client):
-    with client.chat.completions.stream(model="smoke", messages=ASK, tools=[WEATHER, TIME],
-                                        tool_choice={"type": "function", "function": {"name": "get_time"}},
-                                        parallel_tool_calls=False) as stream:
+    with client.chat.completions.stream(
+        model="smoke",
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        parallel_tool_calls=False,
+    ) as stream:
         final = stream.get_final_completion()
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -89,8 +105,15 @@ def test_named_call_streamed_is_reassembled_by_the_sdk(client):
 @pytest.mark.parametrize("stream", [False, True])
 def test_auto_answers_with_a_call_or_text_never_the_envelope(client, stream):
     # one call at most: at 270M the model, offered parallel calls, tends to call again and again
-    kw = dict(model="smoke", messages=ASK, tools=[WEATHER], tool_choice="auto", seed=11, temperature=0.9,
-              parallel_tool_calls=False)
+    kw = dict(
+        model="smoke",
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="auto",
+        seed=11,
+        temperature=0.9,
+        parallel_tool_calls=False,
+    )
     if stream:
         with client.chat.completions.stream(**kw) as s:
             try:
@@ -112,10 +135,14 @@ def test_auto_answers_with_a_call_or_text_never_the_envelope(client, stream):
 def test_a_tool_result_goes_back_in_the_next_turn(client):
     first = client.chat.completions.create(model="smoke", messages=ASK, tools=[WEATHER], tool_choice="required")
     call = first.choices[0].message.tool_calls[0]
-    history = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
-               {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "clear"}'}]
-    r = client.chat.completions.create(model="smoke", messages=history, tools=[WEATHER], tool_choice="none",
-                                       max_tokens=24)
+    history = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "clear"}'},
+    ]
+    r = client.chat.completions.create(
+        model="smoke", messages=history, tools=[WEATHER], tool_choice="none", max_tokens=24
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.choices[0].message.content is not None and not r.choices[0].message.tool_calls
 
@@ -135,32 +162,69 @@ class Owner(pydantic.BaseModel):
 
 def test_parse_with_a_pydantic_model_returns_the_object(client):
     # Owner's schema has $defs and $refs (Pet), strict mode from the SDK
-    r = client.chat.completions.parse(model="smoke", response_format=Owner, messages=[
-        {"role": "user", "content": "Ann has a dog called Rex. Describe her as JSON."}])
+    r = client.chat.completions.parse(
+        model="smoke",
+        response_format=Owner,
+        messages=[{"role": "user", "content": "Ann has a dog called Rex. Describe her as JSON."}],
+    )
     parsed = r.choices[0].message.parsed
     assert isinstance(parsed, Owner) and all(isinstance(p, Pet) for p in parsed.pets)
 
 
 def test_json_object(client):
-    r = client.chat.completions.create(model="smoke", response_format={"type": "json_object"}, max_tokens=160,
-                                       messages=[{"role": "user", "content": "A JSON object with a key a."}])
+    r = client.chat.completions.create(
+        model="smoke",
+        response_format={"type": "json_object"},
+        max_tokens=160,
+        messages=[{"role": "user", "content": "A JSON object with a key a."}],
+    )
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}},
-     "response_format.json_schema.schema.properties.a.$ref"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": []}}}},
-     "response_format.json_schema.schema.enum"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"a": {"$ref": "#/$defs/Node"}},
-        "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}}}}}]},
-     "tools[0].function.parameters.$defs.Node.properties.next"),  # recursive
-    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "missing"}}},
-     "tool_choice.function.name"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+                    },
+                }
+            },
+            "response_format.json_schema.schema.properties.a.$ref",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": []}}}},
+            "response_format.json_schema.schema.enum",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"$ref": "#/$defs/Node"}},
+                                "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+                            },
+                        },
+                    }
+                ]
+            },
+            "tools[0].function.parameters.$defs.Node.properties.next",
+        ),  # recursive
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "missing"}}},
+            "tool_choice.function.name",
+        ),
+    ],
+)
 def test_bad_schemas_are_400_and_the_server_lives(served, body, param):
     r = httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK, **body}, timeout=30)
     assert r.status_code == 400, r.text
@@ -168,15 +232,18 @@ def test_bad_schemas_are_400_and_the_server_lives(served, body, param):
     healthy(served)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
-    ("function_call", "auto"),
-    ("audio", {"voice": "alloy", "format": "wav"}),
-    ("modalities", ["text", "audio"]),
-    ("prediction", {"type": "content", "content": "x"}),
-    ("web_search_options", {}),
-    ("n", 4),  # above limits.max_n
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+        ("function_call", "auto"),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("web_search_options", {}),
+        ("n", 4),  # above limits.max_n
+    ],
+)
 def test_refused_fields_are_400_naming_them(served, field, value):
     r = httpx.post(served.url + "/v1/chat/completions", json={"messages": ASK, field: value}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
@@ -196,8 +263,9 @@ def test_n_choices_streamed(client):
     seen: dict[int, str] = {}
     finished: set[int] = set()
     usage = None
-    for chunk in client.chat.completions.create(model="smoke", messages=ASK, n=2, max_tokens=8, stream=True,
-                                                stream_options={"include_usage": True}):
+    for chunk in client.chat.completions.create(
+        model="smoke", messages=ASK, n=2, max_tokens=8, stream=True, stream_options={"include_usage": True}
+    ):
         for c in chunk.choices:
             seen[c.index] = seen.get(c.index, "") + (c.delta.content or "")
             if c.finish_reason:
@@ -223,19 +291,24 @@ def test_mixed_concurrent_streams_do_not_leak(client):
     errors: list[BaseException] = []
 
     def tool() -> None:
-        with client.chat.completions.stream(model="smoke", messages=ASK, tools=[WEATHER],
-                                            tool_choice="required", parallel_tool_calls=False) as s:
+        with client.chat.completions.stream(
+            model="smoke", messages=ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False
+        ) as s:
             results["tool"] = s.get_final_completion()
 
     def schema() -> None:
-        with client.chat.completions.stream(model="smoke", response_format=Owner, messages=[
-                {"role": "user", "content": "Describe Ann and her cat as JSON."}]) as s:
+        with client.chat.completions.stream(
+            model="smoke",
+            response_format=Owner,
+            messages=[{"role": "user", "content": "Describe Ann and her cat as JSON."}],
+        ) as s:
             results["schema"] = s.get_final_completion()
 
     def plain(name: str) -> None:
         text = ""
-        for chunk in client.chat.completions.create(model="smoke", stream=True, max_tokens=24, messages=[
-                {"role": "user", "content": "Say hello."}]):
+        for chunk in client.chat.completions.create(
+            model="smoke", stream=True, max_tokens=24, messages=[{"role": "user", "content": "Say hello."}]
+        ):
             for c in chunk.choices:
                 assert not c.delta.tool_calls
                 text += c.delta.content or ""
@@ -272,8 +345,13 @@ def test_n_choices_for_completions(client):
 @pytest.mark.parametrize("fmt", ["hermes", "llama3", "mistral"])
 def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
     """The grammar writes each format's envelope, the parser reads it back: required, streamed and not."""
-    server = start_smoke(tmp_path / fmt, smoke_store, n_ctx=2048, service=f"tool_format: {fmt}",
-                         limits="max_tokens: 160\nrate_limit_rpm: 0")
+    server = start_smoke(
+        tmp_path / fmt,
+        smoke_store,
+        n_ctx=2048,
+        service=f"tool_format: {fmt}",
+        limits="max_tokens: 160\nrate_limit_rpm: 0",
+    )
     try:
         c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
         named = {"type": "function", "function": {"name": "get_time"}}
@@ -281,14 +359,16 @@ def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
         assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
         assert [t.function.name for t in r.choices[0].message.tool_calls] == ["get_time"]
         valid_call(r.choices[0].message.tool_calls[0])
-        with c.chat.completions.stream(model="smoke", messages=ASK, tools=[WEATHER],
-                                       tool_choice="required") as s:
+        with c.chat.completions.stream(model="smoke", messages=ASK, tools=[WEATHER], tool_choice="required") as s:
             final = s.get_final_completion()
         assert final.choices[0].finish_reason == "tool_calls"
         valid_call(final.choices[0].message.tool_calls[0])
         # a past call and its result go back in this format
-        history = [*ASK, r.choices[0].message.model_dump(exclude_none=True),
-                   {"role": "tool", "tool_call_id": r.choices[0].message.tool_calls[0].id, "content": "12:00"}]
+        history = [
+            *ASK,
+            r.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": r.choices[0].message.tool_calls[0].id, "content": "12:00"},
+        ]
         again = c.chat.completions.create(model="smoke", messages=history, tools=[TIME], max_tokens=16)
         assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
     finally:
@@ -299,10 +379,13 @@ def test_native_formats_end_to_end(smoke_store: Path, tmp_path: Path, fmt: str):
 
 
 def test_chat_logprobs(client):
-    r = client.chat.completions.create(model="smoke", messages=ASK, max_tokens=6, temperature=0, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model="smoke", messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
     entries = r.choices[0].logprobs.content
-    assert len(entries) == r.usage.completion_tokens and "".join(e.token for e in entries) == r.choices[0].message.content
+    assert (
+        len(entries) == r.usage.completion_tokens and "".join(e.token for e in entries) == r.choices[0].message.content
+    )
     for e in entries:
         assert len(e.top_logprobs) == 3 and e.logprob <= 0 and bytes(e.bytes).decode("utf-8", "replace") == e.token
         # temperature 0 takes the most likely token: the same logits gave both
@@ -312,8 +395,9 @@ def test_chat_logprobs(client):
 
 def test_chat_logprobs_streamed(client):
     text, entries = "", []
-    for chunk in client.chat.completions.create(model="smoke", messages=ASK, max_tokens=6, temperature=0,
-                                                logprobs=True, top_logprobs=3, stream=True):
+    for chunk in client.chat.completions.create(
+        model="smoke", messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True
+    ):
         for c in chunk.choices:
             text += c.delta.content or ""
             entries += (c.logprobs.content or []) if c.logprobs else []
@@ -330,6 +414,7 @@ def test_completion_logprobs_in_the_legacy_shape(client):
 
 
 def test_logprobs_with_a_tool_call(client):
-    r = client.chat.completions.create(model="smoke", messages=ASK, tools=[TIME], tool_choice="required",
-                                       logprobs=True, top_logprobs=1)
+    r = client.chat.completions.create(
+        model="smoke", messages=ASK, tools=[TIME], tool_choice="required", logprobs=True, top_logprobs=1
+    )
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].logprobs.content

@@ -39,8 +39,12 @@ def _write(config, tmp_path: Path, user: bool = False) -> list[Path]:
 
 def _analyze_verify(files: list[Path]) -> subprocess.CompletedProcess:
     units = [str(p) for p in files if p.suffix in (".service", ".timer")]
-    return subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True,
-                          env={"SYSTEMD_COLORS": "0", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        ["systemd-analyze", "verify", *units],
+        capture_output=True,
+        text=True,
+        env={"SYSTEMD_COLORS": "0", "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.mark.parametrize("config_file", [EXAMPLE, FLEET], ids=["example", "fleet"])
@@ -59,10 +63,14 @@ def test_user_units_pass_verify_without_warnings(tmp_path: Path):
 
 
 def test_exposure_scores(tmp_path: Path):
-    config = validate({"services": {
-        "chat": {"model": "smoke"},
-        "gpu": {"model": "smoke", "port": 8001, "n_gpu_layers": -1},
-    }})
+    config = validate(
+        {
+            "services": {
+                "chat": {"model": "smoke"},
+                "gpu": {"model": "smoke", "port": 8001, "n_gpu_layers": -1},
+            }
+        }
+    )
     files = {p.name: p for p in _write(config, tmp_path)}
     cpu, cpu_rating = security_score(files["llmctl-chat.service"])
     gpu, _ = security_score(files["llmctl-gpu.service"])
@@ -92,8 +100,9 @@ def test_verify_reports_warnings_of_a_broken_unit(tmp_path: Path):
 
 
 def test_quoted_paths_pass_verify(tmp_path: Path):
-    config = validate({"models": {"odd": {"path": "/srv/my models/100% odd.gguf"}},
-                       "services": {"chat": {"model": "odd"}}})
+    config = validate(
+        {"models": {"odd": {"path": "/srv/my models/100% odd.gguf"}}, "services": {"chat": {"model": "odd"}}}
+    )
     result = render(config, RenderOptions(llmctl=LLMCTL, config_path="/etc/llm ctl/config $x.yaml"))
     chat = result.get("llmctl-chat.service").content
     assert '"/etc/llm ctl/config $$x.yaml"' in chat and '"/var/lib/llmctl/models/odd/100%% odd.gguf"' in chat

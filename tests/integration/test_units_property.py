@@ -41,10 +41,50 @@ CONFIG = "/etc/llmctl/config.yaml"
 EXAMPLES = int(os.environ.get("LLMCTL_PROPERTY_EXAMPLES", "25"))
 
 HOSTILE_TOKENS = [
-    "\n", "\r", "\r\n", "\0", "\t", "\x0b", "\x0c", "\x1b[2J", "\x7f", "\x85", "\u2028", "\u2029", "\u202e",
-    "%", "%n", "%%", "$", "${X}", '"', "'", "\\", "\\\\", "\\n", ";", " ; ", "#", "=", "[Service]", "[Unit]",
-    "\nExecStartPre=+/bin/sh -c id", "ExecStartPre=+/bin/sh", " ", "-", "+", "@", ":", "/", "..", "é", "模型",
-    "llmctl-health", "x.service", "8G", "1min",
+    "\n",
+    "\r",
+    "\r\n",
+    "\0",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x1b[2J",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "%",
+    "%n",
+    "%%",
+    "$",
+    "${X}",
+    '"',
+    "'",
+    "\\",
+    "\\\\",
+    "\\n",
+    ";",
+    " ; ",
+    "#",
+    "=",
+    "[Service]",
+    "[Unit]",
+    "\nExecStartPre=+/bin/sh -c id",
+    "ExecStartPre=+/bin/sh",
+    " ",
+    "-",
+    "+",
+    "@",
+    ":",
+    "/",
+    "..",
+    "é",
+    "模型",
+    "llmctl-health",
+    "x.service",
+    "8G",
+    "1min",
 ]
 hostile = st.lists(st.one_of(st.sampled_from(HOSTILE_TOKENS), st.text(max_size=4)), max_size=6).map("".join)
 
@@ -69,16 +109,26 @@ FIELDS = [
     Field("services.chat.api_keys_file", lambda v: _chat(api_keys_file="/etc/llmctl/" + v), "keys"),
     Field("services.chat.unit", lambda v: _chat(unit=v), "llm-chat"),
     Field("services.chat.memory_max", lambda v: _chat(memory_max=v), "8G"),
-    Field("models.m.file", lambda v: {"models": {"m": {"repo": "o/r", "file": v + ".gguf"}},
-                                      "services": {"chat": {"model": "m"}}}, "m"),
-    Field("models.m.path", lambda v: {"models": {"m": {"path": "/srv/" + v}},
-                                      "services": {"chat": {"model": "m"}}}, "m.gguf"),
-    Field("systemd.health_textfile", lambda v: {**_chat(), "systemd": {"health_textfile": f"/var/lib/{v}.prom"}},
-          "node"),
+    Field(
+        "models.m.file",
+        lambda v: {"models": {"m": {"repo": "o/r", "file": v + ".gguf"}}, "services": {"chat": {"model": "m"}}},
+        "m",
+    ),
+    Field(
+        "models.m.path",
+        lambda v: {"models": {"m": {"path": "/srv/" + v}}, "services": {"chat": {"model": "m"}}},
+        "m.gguf",
+    ),
+    Field(
+        "systemd.health_textfile", lambda v: {**_chat(), "systemd": {"health_textfile": f"/var/lib/{v}.prom"}}, "node"
+    ),
     Field("systemd.server_user", lambda v: {**_chat(), "systemd": {"server_user": v}}, "llmctl"),
     Field("systemd.health_user", lambda v: {**_chat(), "systemd": {"health_user": v}}, "llmctl-health"),
-    Field("systemd.gpu_groups", lambda v: {"services": {"gpu": {"model": "smoke", "gpu": True}},
-                                           "systemd": {"gpu_groups": ["video", v]}}, "render"),
+    Field(
+        "systemd.gpu_groups",
+        lambda v: {"services": {"gpu": {"model": "smoke", "gpu": True}}, "systemd": {"gpu_groups": ["video", v]}},
+        "render",
+    ),
     Field("health.interval", lambda v: {**_chat(), "health": {"interval": v}}, "1min"),
     Field("--config-path", lambda v: _chat(), "config.yaml", config_path=True),
 ]
@@ -156,8 +206,13 @@ def _verify(files, tmp: Path) -> subprocess.CompletedProcess:
         path.write_text(f.content, encoding="utf-8")
         if f.kind in ("service", "timer"):
             units.append(str(path))
-    return subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True,
-                          env={"SYSTEMD_COLORS": "0", "PATH": "/usr/bin:/bin"}, timeout=60)
+    return subprocess.run(
+        ["systemd-analyze", "verify", *units],
+        capture_output=True,
+        text=True,
+        env={"SYSTEMD_COLORS": "0", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
 
 
 def check_property(field: Field, value: str) -> str:
@@ -173,7 +228,9 @@ def check_property(field: Field, value: str) -> str:
         benign = _render(field, field.benign, home)
         proc = _verify(result.files, Path(d))
         assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
-            value, proc.stdout + proc.stderr)
+            value,
+            proc.stdout + proc.stderr,
+        )
         for got, want in zip(result.files, benign.files):
             assert got.name == want.name or field.name.endswith(".unit")
             if got.kind not in ("service", "timer"):  # the polkit rule and sysusers line: tests below
@@ -183,8 +240,9 @@ def check_property(field: Field, value: str) -> str:
             for section, key, v in got_d:
                 if key.startswith("Exec"):
                     args = exec_args(v)
-                    assert args[0] == LLMCTL and len(args) == len(exec_args(dict(
-                        ((s, k), x) for s, k, x in want_d)[(section, key)])), (value, v)
+                    assert args[0] == LLMCTL and len(args) == len(
+                        exec_args(dict(((s, k), x) for s, k, x in want_d)[(section, key)])
+                    ), (value, v)
         _check_value_reads_back(field, value, result)
         _check_polkit(result)
         return "rendered"
@@ -215,8 +273,12 @@ def _check_value_reads_back(field: Field, value: str, result) -> None:
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(value=hostile)
 def test_hostile_values_are_refused_or_rendered_inert(field: Field, value: str):
     event(check_property(field, value))  # --hypothesis-show-statistics: how many reached systemd-analyze
@@ -250,12 +312,17 @@ def test_the_checks_catch_an_injection():
 
 # -- polkit (node) and sysusers.d (systemd-sysusers) -----------------------------------------------------
 
-names = st.lists(st.one_of(st.sampled_from(HOSTILE_TOKENS), st.text(alphabet="abc-_.:\\", max_size=4)),
-                 min_size=1, max_size=5).map("".join)
+names = st.lists(
+    st.one_of(st.sampled_from(HOSTILE_TOKENS), st.text(alphabet="abc-_.:\\", max_size=4)), min_size=1, max_size=5
+).map("".join)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(user=names, unit=names)
 def test_polkit_rule_with_hostile_names_allows_exactly_the_listed_restarts(user: str, unit: str):
     from llmctl.config import validate
@@ -269,18 +336,25 @@ def test_polkit_rule_with_hostile_names_allows_exactly_the_listed_restarts(user:
         return
     rules = result.get("50-llmctl-health.rules").content
     unit_file = next(f.name for f in result.files if f.service == "chat")
-    assert polkit_decisions(rules, [
-        [user, "restart", unit_file, None],
-        [user, "stop", unit_file, None],
-        [user + "x", "restart", unit_file, None],
-        [user, "restart", unit_file + "x", None],
-        [user, "restart", "sshd.service", None],
-    ]) == ["yes", "no", "no", "no", "no"]
+    assert polkit_decisions(
+        rules,
+        [
+            [user, "restart", unit_file, None],
+            [user, "stop", unit_file, None],
+            [user + "x", "restart", unit_file, None],
+            [user, "restart", unit_file + "x", None],
+            [user, "restart", "sshd.service", None],
+        ],
+    ) == ["yes", "no", "no", "no", "no"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="needs systemd-sysusers")
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(user=names)
 def test_sysusers_line_is_read_as_the_user_it_names(user: str):
     """`systemd-sysusers --dry-run --root` parses the rendered line with systemd's own rules."""
@@ -294,8 +368,9 @@ def test_sysusers_line_is_read_as_the_user_it_names(user: str):
         (Path(root) / "etc").mkdir()
         conf = Path(root) / "llmctl.conf"
         conf.write_text(result.get("llmctl.conf").content)
-        proc = subprocess.run(["systemd-sysusers", f"--root={root}", "--dry-run", str(conf)],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["systemd-sysusers", f"--root={root}", "--dry-run", str(conf)], capture_output=True, text=True, timeout=30
+        )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert f"Creating user '{user}' (llmctl health check)" in out, out

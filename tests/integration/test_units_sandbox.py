@@ -23,7 +23,7 @@ from llmctl.units.render import RenderOptions, render
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
-SECCOMP_PRELUDE = r'''
+SECCOMP_PRELUDE = r"""
 import ctypes, ctypes.util, errno, json, os, socket, sys
 
 spec = json.loads(sys.argv[1])
@@ -84,9 +84,11 @@ for name in spec["allow"]:
     rule(ctx, ALLOW, name)
 load(ctx)
 
-'''
+"""
 
-CHILD = SECCOMP_PRELUDE + r'''
+CHILD = (
+    SECCOMP_PRELUDE
+    + r"""
 result = {}
 import mmap
 try:
@@ -145,12 +147,14 @@ result["http"] = asyncio.run(main())
 # sd_notify's datagram socket
 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC).close()
 print(json.dumps(result))
-'''
+"""
+)
 
 
 def _groups() -> dict[str, list[str]]:
-    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager"], capture_output=True, text=True, check=True
+    ).stdout
     groups: dict[str, list[str]] = {}
     current = None
     for line in out.splitlines():
@@ -195,15 +199,22 @@ def _policy(unit: str) -> dict:
 def test_engine_runs_under_the_server_units_seccomp_policy(smoke_model: Path, tmp_path: Path):
     pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
     config = validate({"services": {"chat": {"model": "smoke"}}})
-    unit = render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml")
-                  ).get("llmctl-chat.service").content
+    unit = (
+        render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml"))
+        .get("llmctl-chat.service")
+        .content
+    )
     policy = _policy(unit)
     assert policy["mdwe"] and policy["families"]
     assert "mount" not in policy["allow"] and "setrlimit" not in policy["allow"]  # ~@privileged @resources
     victim = tmp_path / "owned-by-me"
     victim.write_text("x")
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(policy), str(smoke_model), str(victim)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(policy), str(smoke_model), str(victim)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # The sandbox is in force ...
@@ -215,7 +226,9 @@ def test_engine_runs_under_the_server_units_seccomp_policy(smoke_model: Path, tm
     assert result["http"] == "pong"
 
 
-LEDGER_CHILD = SECCOMP_PRELUDE + r'''
+LEDGER_CHILD = (
+    SECCOMP_PRELUDE
+    + r"""
 import time
 from pathlib import Path
 from llmctl.usage.ledger import Ledger
@@ -230,20 +243,28 @@ report = summarize(state, since=None, by=None)  # read while the writer runs: WA
 ledger.close()
 print(json.dumps({"flushed": written, "written": ledger.written, "dropped": ledger.dropped,
                   "error": ledger.last_error, "read": report.total.requests, "prompt": report.total.prompt_tokens}))
-'''
+"""
+)
 
 
 def test_usage_ledger_works_under_the_server_units_seccomp_policy(tmp_path: Path):
     """The one thing the server unit writes (its StateDirectory=): SQLite in WAL mode maps the -shm
     file shared, takes fcntl locks and syncs; all of it must pass the unit's filters."""
     config = validate({"services": {"chat": {"model": "smoke"}}})
-    unit = render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml")
-                  ).get("llmctl-chat.service").content
+    unit = (
+        render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml"))
+        .get("llmctl-chat.service")
+        .content
+    )
     assert "StateDirectory=llmctl/serve" in unit
     state = tmp_path / "serve"
     state.mkdir(mode=0o700)
-    proc = subprocess.run([sys.executable, "-c", LEDGER_CHILD, json.dumps(_policy(unit)), str(state)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LEDGER_CHILD, json.dumps(_policy(unit)), str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"flushed": True, "written": 50, "dropped": 0, "error": None, "read": 50, "prompt": 150}
@@ -251,7 +272,9 @@ def test_usage_ledger_works_under_the_server_units_seccomp_policy(tmp_path: Path
 
 # A CUDA workload through the driver API (what llama.cpp's CUDA backend rests on): context, PTX JIT,
 # memory, a kernel launch, a copy back.
-GPU_CHILD = SECCOMP_PRELUDE + r'''
+GPU_CHILD = (
+    SECCOMP_PRELUDE
+    + r'''
 PTX = b"""
 .version 7.0
 .target sm_50
@@ -304,6 +327,7 @@ except OSError as exc:
     mmap_ok = errno.errorcode[exc.errno]
 print(json.dumps({"cuda": "ok", "wx_mapping": mmap_ok}))
 '''
+)
 
 
 def _has_cuda() -> bool:
@@ -320,8 +344,11 @@ def _has_cuda() -> bool:
 
 def gpu_policy() -> dict:
     config = validate({"services": {"g": {"model": "smoke", "n_gpu_layers": -1}}})
-    unit = render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml")
-                  ).get("llmctl-g.service").content
+    unit = (
+        render(config, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml"))
+        .get("llmctl-g.service")
+        .content
+    )
     return _policy(unit)
 
 
@@ -329,8 +356,9 @@ def gpu_policy() -> dict:
 def test_cuda_runs_under_the_gpu_units_seccomp_policy():
     policy = gpu_policy()
     assert policy["mdwe"]
-    proc = subprocess.run([sys.executable, "-c", GPU_CHILD, json.dumps(policy)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", GPU_CHILD, json.dumps(policy)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"cuda": "ok", "wx_mapping": "EPERM"}

@@ -87,8 +87,16 @@ class BrokenModel:
 
 
 class App:
-    def __init__(self, tmp: Path, upstreams_yaml: str, routing_yaml: str, *, ledger: bool = True,
-                 airgap: bool = False, clock=None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        upstreams_yaml: str,
+        routing_yaml: str,
+        *,
+        ledger: bool = True,
+        airgap: bool = False,
+        clock=None,
+    ) -> None:
         from llmctl.config import validate
         from llmctl.keys import parse_api_keys
         from llmctl.schema import Limits
@@ -106,21 +114,43 @@ class App:
         cfg = validate(doc)
         self.model = BrokenModel()
         settings = ServeSettings(
-            service="chat", model_name="smoke", model_path=tmp / "none.gguf", verified=True, host="127.0.0.1",
-            port=0, n_ctx=512, n_batch=64, n_threads=1, n_gpu_layers=0, flash_attn=False, chat_format=None,
-            embeddings=False, api_keys=parse_api_keys(CLIENT_KEY), api_keys_source=None, public_health=True,
-            public_metrics=True, shutdown_timeout_s=2, limits=Limits(max_tokens=64, rate_limit_rpm=0))
+            service="chat",
+            model_name="smoke",
+            model_path=tmp / "none.gguf",
+            verified=True,
+            host="127.0.0.1",
+            port=0,
+            n_ctx=512,
+            n_batch=64,
+            n_threads=1,
+            n_gpu_layers=0,
+            flash_attn=False,
+            chat_format=None,
+            embeddings=False,
+            api_keys=parse_api_keys(CLIENT_KEY),
+            api_keys_source=None,
+            public_health=True,
+            public_metrics=True,
+            shutdown_timeout_s=2,
+            limits=Limits(max_tokens=64, rate_limit_rpm=0),
+        )
         self.engine = Engine(settings, loader=lambda s: self.model)
         self.ledger = Ledger(tmp / "usage.db") if ledger else None
         env = {"TEST_CLOUD_KEY": CLOUD_KEY}
-        self.router = Router(routing_for(cfg, "chat", env), served_model="smoke", max_tokens=64,
-                             recorder=self.ledger.record if self.ledger else None,
-                             dropped=(lambda: self.ledger.dropped) if self.ledger else None,
-                             clock=clock or time.monotonic, rng=lambda: 0.0)
+        self.router = Router(
+            routing_for(cfg, "chat", env),
+            served_model="smoke",
+            max_tokens=64,
+            recorder=self.ledger.record if self.ledger else None,
+            dropped=(lambda: self.ledger.dropped) if self.ledger else None,
+            clock=clock or time.monotonic,
+            rng=lambda: 0.0,
+        )
         self.access: list[dict] = []
         app, self.ctx = create_app(settings, self.engine, access_log=self.access.append, router=self.router)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
-                                                    log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> App:
@@ -145,7 +175,8 @@ class App:
 
     def chat(self, stream: bool = False, **kw):
         return self.client.chat.completions.with_raw_response.create(
-            model="smoke", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, stream=stream, **kw)
+            model="smoke", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, stream=stream, **kw
+        )
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics").text
@@ -158,8 +189,10 @@ class App:
         while True:
             assert self.ledger.flush(10)
             with sqlite3.connect(self.ledger.path) as conn:
-                rows = conn.execute("SELECT route, model, key_id, prompt_tokens, completion_tokens, status, cost, "
-                                    "stream FROM requests ORDER BY id").fetchall()
+                rows = conn.execute(
+                    "SELECT route, model, key_id, prompt_tokens, completion_tokens, status, cost, "
+                    "stream FROM requests ORDER BY id"
+                ).fetchall()
             if len(rows) >= n or time.monotonic() > deadline:
                 return rows
             time.sleep(0.02)
@@ -169,14 +202,14 @@ def upstreams_yaml(f: dict, *, ok_cloud: bool = True) -> str:
     return f"""
 upstreams:
   broken:
-    base_url: {f['fail'].url}
+    base_url: {f["fail"].url}
     default_model: m-broken
   hanging:
-    base_url: {f['hang'].url}
+    base_url: {f["hang"].url}
     default_model: m-hanging
     timeout_s: 0.5
   cloud:
-    base_url: {f['ok'].url}
+    base_url: {f["ok"].url}
     api_key_env: TEST_CLOUD_KEY
     models: {{smoke: gpt-fake}}
     price_in_per_1k: 0.5
@@ -215,8 +248,18 @@ def test_local_down_the_first_healthy_upstream_serves_and_says_so(tmp_path, fake
         assert CLIENT_KEY not in str(sent.headers) and sent.body["model"] == "gpt-fake"
         assert sent.body["max_tokens"] == 8
         rows = app.rows(1)
-        assert rows == [("upstream:cloud", "gpt-fake", rows[0][2], PROMPT_TOKENS, COMPLETION_TOKENS, 200,
-                         pytest.approx(PROMPT_TOKENS / 1000 * 0.5 + COMPLETION_TOKENS / 1000 * 1.5), 0)]
+        assert rows == [
+            (
+                "upstream:cloud",
+                "gpt-fake",
+                rows[0][2],
+                PROMPT_TOKENS,
+                COMPLETION_TOKENS,
+                200,
+                pytest.approx(PROMPT_TOKENS / 1000 * 0.5 + COMPLETION_TOKENS / 1000 * 1.5),
+                0,
+            )
+        ]
         assert rows[0][2].startswith("key-")  # the key id, not the key
         assert app.access[-1]["route"] == "upstream:cloud"
         text = app.metrics()
@@ -254,8 +297,10 @@ def test_streaming_fallback_keeps_the_stream_and_records_its_usage(tmp_path, fak
 
 def test_circuit_opens_skips_and_half_opens_after_the_cooldown(tmp_path, fakes):
     clock = Clock()
-    routing = ("routing:\n  strategy: cascade\n  cascade: [broken, cloud]\n  retries: 0\n"
-               "  circuit: {failures: 2, cooldown_s: 30}\n")
+    routing = (
+        "routing:\n  strategy: cascade\n  cascade: [broken, cloud]\n  retries: 0\n"
+        "  circuit: {failures: 2, cooldown_s: 30}\n"
+    )
     with App(tmp_path, upstreams_yaml(fakes), routing, clock=clock) as app:
         state = lambda: metric(app.metrics(), "llmctl_upstream_circuit_state", 'upstream="broken"')  # noqa: E731
         for _ in range(2):
@@ -286,8 +331,10 @@ def test_airgap_answers_503_and_nothing_leaves(tmp_path, fakes):
 def test_private_requests_never_reach_a_cloud(tmp_path, fakes):
     routing = "routing:\n  strategy: cloud\n  privacy_patterns: ['(?i)payroll']\n"
     with App(tmp_path, upstreams_yaml(fakes), routing) as app:
-        for kw in ({"extra_headers": {"X-LLMCTL-Private": "1"}},
-                   {"messages": [{"role": "user", "content": "the Payroll numbers"}]}):
+        for kw in (
+            {"extra_headers": {"X-LLMCTL-Private": "1"}},
+            {"messages": [{"role": "user", "content": "the Payroll numbers"}]},
+        ):
             with pytest.raises(openai.APIStatusError) as exc:
                 if "messages" in kw:
                     app.client.chat.completions.create(model="smoke", max_tokens=4, **kw)
@@ -333,8 +380,11 @@ def test_a_forwarded_request_is_not_forwarded_again(tmp_path, fakes):
 
 def test_refused_requests_are_recorded_without_a_route(tmp_path, fakes):
     with App(tmp_path, upstreams_yaml(fakes), "routing:\n  strategy: none\n") as app:
-        r = httpx.post(app.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
-                       headers={"Authorization": "Bearer wrong"})
+        r = httpx.post(
+            app.url + "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers={"Authorization": "Bearer wrong"},
+        )
         assert r.status_code == 401 and "x-llmctl-route" not in r.headers
         assert app.rows(1) == [("none", "smoke", None, 0, 0, 401, 0.0, 0)]
         assert metric(app.metrics(), "llmctl_route_requests_total") == 0
@@ -345,9 +395,13 @@ def test_a_client_that_leaves_a_relayed_stream_stops_the_upstream(tmp_path):
     try:
         yaml = f"upstreams:\n  slow:\n    base_url: {slow.url}\n    default_model: s\n"
         with App(tmp_path, yaml, "routing:\n  strategy: slow\n") as app:
-            with httpx.stream("POST", app.url + "/v1/chat/completions", timeout=30,
-                              headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                              json={"messages": [{"role": "user", "content": "go"}], "stream": True}) as r:
+            with httpx.stream(
+                "POST",
+                app.url + "/v1/chat/completions",
+                timeout=30,
+                headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                json={"messages": [{"role": "user", "content": "go"}], "stream": True},
+            ) as r:
                 assert r.headers["x-llmctl-route"] == "upstream:slow"
                 for line in r.iter_lines():
                     if line.startswith("data:"):
@@ -359,7 +413,6 @@ def test_a_client_that_leaves_a_relayed_stream_stops_the_upstream(tmp_path):
         slow.stop()
 
 
-
 # -- issue 13: a bad request is the client's fault, never a reason to go to a (paid) upstream ---------------
 
 HOSTILE = [
@@ -367,8 +420,10 @@ HOSTILE = [
     b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
     b'{"messages": [{"content": "no role"}], "max_tokens": 2}',
     b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {}}',
-    (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object", '
-     b'"schema": {"enum": []}}}'),
+    (
+        b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object", '
+        b'"schema": {"enum": []}}}'
+    ),
     b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}',
     b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
     b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
@@ -397,19 +452,36 @@ def test_bad_requests_are_answered_locally_and_never_fall_back(tmp_path, fakes):
 SECRET = "the Payroll numbers"
 
 
-@pytest.mark.parametrize("where, body", [
-    ("suffix", {"prompt": "def pay():", "suffix": SECRET, "max_tokens": 4}),
-    ("tool call arguments", {"messages": [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": SECRET}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "done"}], "max_tokens": 4}),
-    ("name", {"messages": [{"role": "user", "name": "Payroll", "content": "hi"}], "max_tokens": 4}),
-    ("content parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}],
-                       "max_tokens": 4}),
-    ("prompt list", {"prompt": [SECRET], "max_tokens": 4}),
-    ("token ids", {"prompt": [5, 6, 7], "max_tokens": 4}),
-])
+@pytest.mark.parametrize(
+    "where, body",
+    [
+        ("suffix", {"prompt": "def pay():", "suffix": SECRET, "max_tokens": 4}),
+        (
+            "tool call arguments",
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": SECRET}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "done"},
+                ],
+                "max_tokens": 4,
+            },
+        ),
+        ("name", {"messages": [{"role": "user", "name": "Payroll", "content": "hi"}], "max_tokens": 4}),
+        (
+            "content parts",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}], "max_tokens": 4},
+        ),
+        ("prompt list", {"prompt": [SECRET], "max_tokens": 4}),
+        ("token ids", {"prompt": [5, 6, 7], "max_tokens": 4}),
+    ],
+)
 def test_private_text_anywhere_in_a_request_keeps_it_off_the_cloud(tmp_path, fakes, where, body):
     routing = "routing:\n  strategy: cloud\n  privacy_patterns: ['(?i)payroll']\n"
     with App(tmp_path, upstreams_yaml(fakes), routing) as app:

@@ -49,14 +49,14 @@ services:
       rate_limit_rpm: 0
 upstreams:
   broken:
-    base_url: {fakes['fail'].url}
+    base_url: {fakes["fail"].url}
     default_model: m-broken
   hanging:
-    base_url: {fakes['hang'].url}
+    base_url: {fakes["hang"].url}
     default_model: m-hanging
     timeout_s: 1
   cloud:
-    base_url: {fakes['ok'].url}
+    base_url: {fakes["ok"].url}
     api_key_env: TEST_CLOUD_KEY
     models: {{smoke: gpt-fake}}
     price_in_per_1k: {PRICE_IN}
@@ -79,9 +79,18 @@ def busy(url: str):
 
     def run() -> None:
         try:
-            with httpx.stream("POST", url + "/v1/completions", timeout=120, headers={"Authorization": f"Bearer {KEY}"},
-                              json={"prompt": "Count to a thousand: 1, 2, 3,", "max_tokens": 900, "stream": True,
-                                    "logit_bias": NO_EOS}) as r:
+            with httpx.stream(
+                "POST",
+                url + "/v1/completions",
+                timeout=120,
+                headers={"Authorization": f"Bearer {KEY}"},
+                json={
+                    "prompt": "Count to a thousand: 1, 2, 3,",
+                    "max_tokens": 900,
+                    "stream": True,
+                    "logit_bias": NO_EOS,
+                },
+            ) as r:
                 state["status"] = r.status_code
                 for line in r.iter_lines():
                     if line.startswith("data:"):
@@ -152,11 +161,13 @@ def test_fallback_circuit_and_usage(smoke_store, tmp_path, fakes, llmctl):
             raw = chat(model="smoke", messages=msgs, max_tokens=4)
             assert routed_upstream(raw, state) == "upstream:cloud"
             assert (fakes["fail"].hits, fakes["hang"].hits, fakes["ok"].hits) == (2, 2, 3)
+
             # 4. after the cool-down (2 s) each gets one trial again
             def half_open() -> bool:
                 m = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-                return all(metric(m, "llmctl_upstream_circuit_state", f'upstream="{n}"') == 1
-                           for n in ("broken", "hanging"))
+                return all(
+                    metric(m, "llmctl_upstream_circuit_state", f'upstream="{n}"') == 1 for n in ("broken", "hanging")
+                )
 
             poll(half_open, 30, "both circuits half-open")
             raw = chat(model="smoke", messages=msgs, max_tokens=4)
@@ -171,8 +182,11 @@ def test_fallback_circuit_and_usage(smoke_store, tmp_path, fakes, llmctl):
         assert sent.headers["authorization"] == f"Bearer {CLOUD_KEY}" and sent.body["model"] == "gpt-fake"
 
         # The ledger: 2 local (the first request, the occupying stream) + 4 via cloud.
-        doc = poll(lambda: (d := usage_json(llmctl, home, "--by", "provider"))["total"]["requests"] == 6 and d,
-                   30, "6 ledger rows")
+        doc = poll(
+            lambda: (d := usage_json(llmctl, home, "--by", "provider"))["total"]["requests"] == 6 and d,
+            30,
+            "6 ledger rows",
+        )
         rows = {r["group"]: r for r in doc["rows"]}
         cloud = rows["upstream:cloud"]
         assert cloud["requests"] == 4 and cloud["succeeded"] == 4
@@ -183,8 +197,9 @@ def test_fallback_circuit_and_usage(smoke_store, tmp_path, fakes, llmctl):
         local_tokens = rows["local"]["prompt_tokens"], rows["local"]["completion_tokens"]
         assert local_tokens[0] > 0 and local_tokens[1] > 0
         total = doc["total"]
-        reference = ((4 * PROMPT_TOKENS + local_tokens[0]) / 1000 * 10.0
-                     + (4 * COMPLETION_TOKENS + local_tokens[1]) / 1000 * 30.0)
+        reference = (4 * PROMPT_TOKENS + local_tokens[0]) / 1000 * 10.0 + (
+            4 * COMPLETION_TOKENS + local_tokens[1]
+        ) / 1000 * 30.0
         assert round(total["savings_usd"], 2) == round(reference - expected, 2)
         keys_doc = usage_json(llmctl, home, "--by", "key")
         assert len(keys_doc["rows"]) == 1 and keys_doc["rows"][0]["group"].startswith("key-")  # one client key's id
@@ -205,13 +220,18 @@ def test_airgap_503_and_the_cloud_receives_nothing(smoke_store, tmp_path, fakes)
     link_smoke_store(smoke_store, home)
     keys = home / "api-keys"
     keys.write_text(KEY + "\n")
-    server = start_server(home, config(fakes, free_port(), keys), "smoke",
-                          env={"TEST_CLOUD_KEY": CLOUD_KEY, "LLMCTL_AIRGAP": "1"})
+    server = start_server(
+        home, config(fakes, free_port(), keys), "smoke", env={"TEST_CLOUD_KEY": CLOUD_KEY, "LLMCTL_AIRGAP": "1"}
+    )
     try:
         wait_healthy(server)
         with busy(server.url) as state:
-            r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                           json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
+            r = httpx.post(
+                server.url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {KEY}"},
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                timeout=60,
+            )
             assert not state.get("ended")
             assert r.status_code == 503, r.text
             err = r.json()["error"]

@@ -36,9 +36,13 @@ def _docs(path: Path) -> dict:
 
 
 def _docs_of(body) -> dict:
-    return {n.targets[0].id: yaml.safe_load(n.value.value) for n in body
-            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)
-            and n.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN")}
+    return {
+        n.targets[0].id: yaml.safe_load(n.value.value)
+        for n in body
+        if isinstance(n, ast.Assign)
+        and isinstance(n.targets[0], ast.Name)
+        and n.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN")
+    }
 
 
 class _Captured(Exception):
@@ -116,12 +120,16 @@ def utils(spec_of):
 
 
 def test_error_line_is_llmctls_error_and_hint_or_typers_framed_message(utils):
-    assert utils.error_line("progress\nError: model 'x' is not installed\nHint: see `llmctl models list`\n") == \
-        "Error: model 'x' is not installed Hint: see `llmctl models list`"
-    typer_usage = ("Usage: llmctl bench [OPTIONS] [MODEL]\nTry 'llmctl bench -h' for help.\n"
-                   "\u256d\u2500 Error \u2500\u2500\u2500\u2500\u256e\n"
-                   "\u2502 No such option: --bogus         \u2502\n"
-                   "\u2570\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u256f\n")
+    assert (
+        utils.error_line("progress\nError: model 'x' is not installed\nHint: see `llmctl models list`\n")
+        == "Error: model 'x' is not installed Hint: see `llmctl models list`"
+    )
+    typer_usage = (
+        "Usage: llmctl bench [OPTIONS] [MODEL]\nTry 'llmctl bench -h' for help.\n"
+        "\u256d\u2500 Error \u2500\u2500\u2500\u2500\u256e\n"
+        "\u2502 No such option: --bogus         \u2502\n"
+        "\u2570\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u256f\n"
+    )
     assert utils.error_line(typer_usage) == "No such option: --bogus"
     assert utils.error_line("") == ""
 

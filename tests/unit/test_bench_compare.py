@@ -32,8 +32,18 @@ def scaled(rows: list[dict], factor: float, **change) -> list[dict]:
 
 def full_doc(path: Path, rows: list[dict], hostname: str) -> Path:
     """llmctl's -o json-full shape, as a fleet gathers one per host."""
-    path.write_text(json.dumps({"schema_version": 1, "kind": "bench", "mode": "engine",
-                                "host": {"hostname": hostname, "cpu_model": "x"}, "results": rows, "gates": []}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "kind": "bench",
+                "mode": "engine",
+                "host": {"hostname": hostname, "cpu_model": "x"},
+                "results": rows,
+                "gates": [],
+            }
+        )
+    )
     return path
 
 
@@ -56,8 +66,9 @@ def test_two_builds_side_by_side(tmp_path):
 def test_a_regression_fails_the_gate_and_names_the_row(tmp_path):
     rows = native_rows()
     a = write_json(tmp_path / "base.json", rows)
-    b = write_json(tmp_path / "new.json", [{**r, "avg_ts": r["avg_ts"] * (0.8 if r["n_gen"] == 0 else 1.0)}
-                                             for r in rows])
+    b = write_json(
+        tmp_path / "new.json", [{**r, "avg_ts": r["avg_ts"] * (0.8 if r["n_gen"] == 0 else 1.0)} for r in rows]
+    )
     out = C.check(C.compare(load_runs([a, b])), max_regression=10, min_pp=None, min_tg=1e9)
     failed = [o for o in out if not o.passed]
     assert {o.gate for o in failed} == {"--max-regression", "--min-tg"}
@@ -72,18 +83,27 @@ def test_a_regression_fails_the_gate_and_names_the_row(tmp_path):
 def test_fleet_one_row_per_host(tmp_path):
     """One json-full per host, each run with its own core count: a table with one row per host."""
     rows = native_rows()
-    files = [full_doc(tmp_path / "web1.json", rows, "web1"),
-             full_doc(tmp_path / "web2.json", scaled(rows, 2.0, n_threads=4, cpu_info="Big CPU"), "web2"),
-             full_doc(tmp_path / "web3.json", scaled(rows, 0.5, n_threads=1, cpu_info="Small CPU"), "web3")]
+    files = [
+        full_doc(tmp_path / "web1.json", rows, "web1"),
+        full_doc(tmp_path / "web2.json", scaled(rows, 2.0, n_threads=4, cpu_info="Big CPU"), "web2"),
+        full_doc(tmp_path / "web3.json", scaled(rows, 0.5, n_threads=1, cpu_info="Small CPU"), "web3"),
+    ]
     c = C.compare(load_runs(files))
     assert c.shown == ()  # nothing swept inside a run: threads is what differs between them
     diffs = dict(c.differences)
-    assert diffs["n_threads"] == (2, 4, 1) and diffs["cpu_info"] == ("Intel(R) Xeon(R) Processor", "Big CPU", "Small CPU")
+    assert diffs["n_threads"] == (2, 4, 1) and diffs["cpu_info"] == (
+        "Intel(R) Xeon(R) Processor",
+        "Big CPU",
+        "Small CPU",
+    )
     head, table, _ = compare_by_run(c)
     assert head[:4] == ["Run", "Host", "CPU", "Threads"]
     assert head[4:] == ["pp16 t/s", "tg4 t/s", "pp8+tg2 t/s", "pp16 @ d8 t/s", "tg4 @ d8 t/s", "pp8+tg2 @ d8 t/s"]
-    assert [r[:4] for r in table] == [["web1", "web1", "Intel(R) Xeon(R) Processor", "2"],
-                                      ["web2", "web2", "Big CPU", "4"], ["web3", "web3", "Small CPU", "1"]]
+    assert [r[:4] for r in table] == [
+        ["web1", "web1", "Intel(R) Xeon(R) Processor", "2"],
+        ["web2", "web2", "Big CPU", "4"],
+        ["web3", "web3", "Small CPU", "1"],
+    ]
     assert table[1][4].endswith("(2.00x)") and table[2][4].endswith("(0.50x)") and "(" not in table[0][4]
     # strict: the settings must match, so the hosts have nothing in common
     out = C.check(C.compare(load_runs(files), strict=True), max_regression=10, min_pp=None, min_tg=None)
@@ -117,8 +137,11 @@ def test_one_database_with_two_builds(tmp_path):
     sql = (DATA / "run2.sql").read_text()
     with sqlite3.connect(db) as conn:
         conn.executescript(sql)
-        conn.executescript(sql.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE IF NOT EXISTS")
-                           .replace("'0c1e570'", "'fff0000'").replace("'2026-", "'2027-"))
+        conn.executescript(
+            sql.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE IF NOT EXISTS")
+            .replace("'0c1e570'", "'fff0000'")
+            .replace("'2026-", "'2027-")
+        )
     conn.close()
     runs = load_runs([db])
     assert [r.label for r in runs] == ["llama-bench@0c1e570", "llama-bench@fff0000"]  # oldest first: the baseline
@@ -132,19 +155,22 @@ def test_one_run_is_not_a_comparison(tmp_path):
         C.compare(load_runs([write_json(tmp_path / "a.json", native_rows())]))
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (b"", "is empty"),
-    (b"\xff\xfe\x00garbage", "neither text"),
-    (b"hello,world\n1,2\n", "not a benchmark result"),
-    (b"[1, 2]", "holds no list of results"),
-    (b'{"a": 1}', "holds no list of results"),
-    (b'[{"n_prompt": 1, "n_gen": 0}]', "result 1: no avg_ts"),
-    (b'[{"n_prompt": 1, "n_gen": 0, "avg_ts": "fast"}]', "avg_ts: 'fast' is not float"),
-    (b"{\"avg_ts\": 1}\n{nope\n", "line 2"),
-    (b"CREATE TABLE x (a INT);", "no llama_bench table"),
-    (b"SQLite format 3\x00" + b"\x00" * 100, "test.json"),
-    (json.dumps({"mode": "endpoint", "results": [{"concurrency": 1, "avg_ts": 1.0}]}).encode(), "endpoint results"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "is empty"),
+        (b"\xff\xfe\x00garbage", "neither text"),
+        (b"hello,world\n1,2\n", "not a benchmark result"),
+        (b"[1, 2]", "holds no list of results"),
+        (b'{"a": 1}', "holds no list of results"),
+        (b'[{"n_prompt": 1, "n_gen": 0}]', "result 1: no avg_ts"),
+        (b'[{"n_prompt": 1, "n_gen": 0, "avg_ts": "fast"}]', "avg_ts: 'fast' is not float"),
+        (b'{"avg_ts": 1}\n{nope\n', "line 2"),
+        (b"CREATE TABLE x (a INT);", "no llama_bench table"),
+        (b"SQLite format 3\x00" + b"\x00" * 100, "test.json"),
+        (json.dumps({"mode": "endpoint", "results": [{"concurrency": 1, "avg_ts": 1.0}]}).encode(), "endpoint results"),
+    ],
+)
 def test_bad_files_are_usage_errors(tmp_path, content, needle):
     f = tmp_path / "test.json"
     f.write_bytes(content)
@@ -152,21 +178,27 @@ def test_bad_files_are_usage_errors(tmp_path, content, needle):
         load_runs([f])
 
 
-@pytest.mark.parametrize("sql", [
-    "ATTACH DATABASE '{dir}/evil.db' AS evil; CREATE TABLE evil.t (a);",
-    "VACUUM INTO '{dir}/evil.db';",
-    "PRAGMA writable_schema = 1;",
-    "CREATE TEMP TABLE llama_bench (avg_ts);",
-    "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) INSERT INTO llama_bench SELECT i FROM r;",
-    "INSERT INTO llama_bench VALUES " + ",".join(["(1)"] * 1000) + "; INSERT INTO llama_bench SELECT count(*) "
-    "FROM llama_bench a, llama_bench b, llama_bench c;",  # 10^9 rows to count: the step budget ends it
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "ATTACH DATABASE '{dir}/evil.db' AS evil; CREATE TABLE evil.t (a);",
+        "VACUUM INTO '{dir}/evil.db';",
+        "PRAGMA writable_schema = 1;",
+        "CREATE TEMP TABLE llama_bench (avg_ts);",
+        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) INSERT INTO llama_bench SELECT i FROM r;",
+        "INSERT INTO llama_bench VALUES " + ",".join(["(1)"] * 1000) + "; INSERT INTO llama_bench SELECT count(*) "
+        "FROM llama_bench a, llama_bench b, llama_bench c;",  # 10^9 rows to count: the step budget ends it
+    ],
+)
 def test_hostile_sql_text_writes_nothing_and_ends(tmp_path, sql):
     work = tmp_path / "w"
     work.mkdir()
     f = work / "evil.sql"
     f.write_text("CREATE TABLE IF NOT EXISTS llama_bench (avg_ts REAL);\n" + sql.format(dir=work))
-    with pytest.raises(UsageError, match=r"evil.sql is not llama-bench's SQL output \((not authorized|authorization denied|interrupted)"):
+    with pytest.raises(
+        UsageError,
+        match=r"evil.sql is not llama-bench's SQL output \((not authorized|authorization denied|interrupted)",
+    ):
         read_file(f, "compare")
     assert sorted(p.name for p in work.iterdir()) == ["evil.sql"]
 

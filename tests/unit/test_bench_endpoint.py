@@ -89,9 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "delta": {"content": f"t{i} "}} if chat else {"index": 0, "text": f"t{i} "}
                 self._event({"id": "x", "choices": [choice]})
             if srv.usage:
-                self._event({"id": "x", "choices": [],
-                             "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens,
-                                       "total_tokens": 7 + n_tokens}})
+                self._event(
+                    {
+                        "id": "x",
+                        "choices": [],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": n_tokens, "total_tokens": 7 + n_tokens},
+                    }
+                )
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         finally:
@@ -118,8 +122,9 @@ def sse_server() -> Iterator[SSEServer]:
 
 def test_streams_and_measures(sse_server):
     progress: list[str] = []
-    res = run_endpoint(EndpointParams(url=sse_server.url, concurrency=(1, 2), requests=4, n_gen=5),
-                       progress=progress.append)
+    res = run_endpoint(
+        EndpointParams(url=sse_server.url, concurrency=(1, 2), requests=4, n_gen=5), progress=progress.append
+    )
     assert [r.concurrency for r in res] == [1, 2]
     for r in res:
         assert (r.n_requests, r.n_ok, r.n_failed) == (4, 4, 0)
@@ -160,8 +165,9 @@ def test_concurrency_really_is_parallel(sse_server):
 
 def test_completions_api_and_chunk_count_without_usage(sse_server):
     sse_server.usage = False
-    res = run_endpoint(EndpointParams(url=sse_server.url + "/v1", api="completions", model="named",
-                                      requests=2, n_gen=3))
+    res = run_endpoint(
+        EndpointParams(url=sse_server.url + "/v1", api="completions", model="named", requests=2, n_gen=3)
+    )
     assert res[0].output_tokens == 6  # counted text chunks
     assert res[0].prompt_tokens is None
     assert sse_server.bodies[-1]["model"] == "named" and sse_server.bodies[-1]["prompt"]
@@ -192,8 +198,13 @@ def test_unreachable_server_fails_cleanly(sse_server):
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"url": "localhost:8000"}, "--url"), ({"api": "embeddings"}, "--api"),
-     ({"concurrency": (0,)}, "--concurrency"), ({"requests": 0}, "--requests"), ({"n_gen": 0}, "-n")],
+    [
+        ({"url": "localhost:8000"}, "--url"),
+        ({"api": "embeddings"}, "--api"),
+        ({"concurrency": (0,)}, "--concurrency"),
+        ({"requests": 0}, "--requests"),
+        ({"n_gen": 0}, "-n"),
+    ],
 )
 def test_bad_params(kw, match):
     with pytest.raises(UsageError, match=match):

@@ -26,10 +26,12 @@ def test_host_record_without_gpu(monkeypatch, tmp_path):
 
 def test_host_record_reads_nvidia_smi(monkeypatch, tmp_path):
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\n"
-                    "case \"$*\" in *--query-gpu=name,memory.total,driver_version*) ;; *) exit 9;; esac\n"
-                    "echo 'NVIDIA H100 80GB HBM3, 81559, 550.54.15'\n"
-                    "echo 'NVIDIA L4, 23034, 550.54.15'\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--query-gpu=name,memory.total,driver_version*) ;; *) exit 9;; esac\n'
+        "echo 'NVIDIA H100 80GB HBM3, 81559, 550.54.15'\n"
+        "echo 'NVIDIA L4, 23034, 550.54.15'\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     gpus = host_info().to_dict()["gpus"]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from llmctl.bench.params import (
-    EngineParams, expand, name_of_test, parse_bool_list, parse_flash_attn_list, parse_int_list, parse_pairs,
+    EngineParams,
+    expand,
+    name_of_test,
+    parse_bool_list,
+    parse_flash_attn_list,
+    parse_int_list,
+    parse_pairs,
 )
 from llmctl.errors import UsageError
 
@@ -71,13 +77,19 @@ def test_flash_attn_and_pairs():
 
 def test_expand_in_llama_benchs_order_with_depth_pg_and_ubatch():
     """llama-bench's loops: ... n_batch, n_ubatch, flash_attn, threads, depth; inside: pp, tg, then pg."""
-    p = EngineParams(n_prompt=(16,), n_gen=(4,), n_pg=((8, 2),), n_depth=(0, 8), ubatch_size=(256, 512),
-                     flash_attn=(0, 1))
+    p = EngineParams(
+        n_prompt=(16,), n_gen=(4,), n_pg=((8, 2),), n_depth=(0, 8), ubatch_size=(256, 512), flash_attn=(0, 1)
+    )
     tests = expand(p)
     assert len(tests) == 2 * 2 * 2 * 3
     assert [(t.name, t.n_ubatch, t.flash_attn) for t in tests[:6]] == [
-        ("pp16", 256, 0), ("tg4", 256, 0), ("pp8+tg2", 256, 0),
-        ("pp16 @ d8", 256, 0), ("tg4 @ d8", 256, 0), ("pp8+tg2 @ d8", 256, 0)]
+        ("pp16", 256, 0),
+        ("tg4", 256, 0),
+        ("pp8+tg2", 256, 0),
+        ("pp16 @ d8", 256, 0),
+        ("tg4 @ d8", 256, 0),
+        ("pp8+tg2 @ d8", 256, 0),
+    ]
     assert (tests[6].flash_attn, tests[12].n_ubatch) == (1, 512)
     # the context holds the depth and the test, as llama-bench sizes it
     assert [t.n_ctx for t in tests[:6]] == [16, 4, 10, 24, 12, 18]
@@ -89,7 +101,12 @@ def test_expand_order_and_context_size():
     p = EngineParams(n_prompt=(16, 32), n_gen=(8,), threads=(1, 2), repetitions=2)
     tests = expand(p)
     assert [(t.name, t.n_threads) for t in tests] == [
-        ("pp16", 1), ("pp32", 1), ("tg8", 1), ("pp16", 2), ("pp32", 2), ("tg8", 2),
+        ("pp16", 1),
+        ("pp32", 1),
+        ("tg8", 1),
+        ("pp16", 2),
+        ("pp32", 2),
+        ("tg8", 2),
     ]
     # llama-bench sizes the context to the test
     assert [t.n_ctx for t in tests[:3]] == [16, 32, 8]

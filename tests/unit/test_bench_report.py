@@ -13,32 +13,85 @@ from llmctl.bench import gates as G
 from llmctl.bench import llamabench as LB
 from llmctl.bench.report import render
 from llmctl.bench.results import (
-    BenchReport, EndpointResult, EngineResult, HostInfo, Latency, mean, percentile, sample_stddev,
+    BenchReport,
+    EndpointResult,
+    EngineResult,
+    HostInfo,
+    Latency,
+    mean,
+    percentile,
+    sample_stddev,
 )
 from llmctl.errors import UsageError
 
 LLAMA_BENCH_FIELDS = [
-    "build_commit", "cpu_info", "gpu_info", "backends", "model_type", "model_size", "model_n_params",
-    "n_threads", "n_gpu_layers", "n_batch", "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns",
-    "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
+    "build_commit",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_threads",
+    "n_gpu_layers",
+    "n_batch",
+    "n_prompt",
+    "n_gen",
+    "test_time",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
+    "samples_ns",
+    "samples_ts",
 ]
 
 
 def engine_result(n_prompt=64, n_gen=0, samples=(1_000_000_000, 500_000_000), threads=2, **kw) -> EngineResult:
     base = dict(
-        build_commit="abc1234", build_number=0, cpu_info="Test CPU", gpu_info="", backends="CPU",
-        model_filename="/m.gguf", model_type="gemma3 270M Q4_K - Medium", model_size=246587904,
-        model_n_params=268098176, n_batch=2048, n_ubatch=512, n_threads=threads, type_k="f16", type_v="f16",
-        n_gpu_layers=0, flash_attn=0, n_ctx=n_prompt + n_gen, n_prompt=n_prompt, n_gen=n_gen, n_depth=0,
-        repack=True, test_time="2026-01-01T00:00:00Z", samples_ns=tuple(samples),
+        build_commit="abc1234",
+        build_number=0,
+        cpu_info="Test CPU",
+        gpu_info="",
+        backends="CPU",
+        model_filename="/m.gguf",
+        model_type="gemma3 270M Q4_K - Medium",
+        model_size=246587904,
+        model_n_params=268098176,
+        n_batch=2048,
+        n_ubatch=512,
+        n_threads=threads,
+        type_k="f16",
+        type_v="f16",
+        n_gpu_layers=0,
+        flash_attn=0,
+        n_ctx=n_prompt + n_gen,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=0,
+        repack=True,
+        test_time="2026-01-01T00:00:00Z",
+        samples_ns=tuple(samples),
     )
     base.update(kw)
     return EngineResult(**base)
 
 
 def host() -> HostInfo:
-    return HostInfo("Test CPU", 2, 4, 8 << 30, ({"name": "GPU X", "vram_bytes": 16 << 30, "driver": "1"},),
-                    "TestOS", "6.0", "3.11", "0.1.0", "0.3.36", ("AVX2",), "CPU : AVX2 = 1 |")
+    return HostInfo(
+        "Test CPU",
+        2,
+        4,
+        8 << 30,
+        ({"name": "GPU X", "vram_bytes": 16 << 30, "driver": "1"},),
+        "TestOS",
+        "6.0",
+        "3.11",
+        "0.1.0",
+        "0.3.36",
+        ("AVX2",),
+        "CPU : AVX2 = 1 |",
+    )
 
 
 def test_stats_match_the_textbook():
@@ -105,22 +158,48 @@ def test_baseline_from_our_json_and_llama_bench_json(tmp_path):
     assert out[0].passed
     # llama-bench's own -o json: a list, no `test` field, flash_attn as a number
     lb = tmp_path / "lb.json"
-    lb.write_text(json.dumps([{"model_type": "gemma3 270M Q4_K - Medium", "n_prompt": 64, "n_gen": 0,
-                               "n_threads": 2, "n_gpu_layers": 0, "n_batch": 2048, "flash_attn": False,
-                               "avg_ts": 70.0}]))
+    lb.write_text(
+        json.dumps(
+            [
+                {
+                    "model_type": "gemma3 270M Q4_K - Medium",
+                    "n_prompt": 64,
+                    "n_gen": 0,
+                    "n_threads": 2,
+                    "n_gpu_layers": 0,
+                    "n_batch": 2048,
+                    "flash_attn": False,
+                    "avg_ts": 70.0,
+                }
+            ]
+        )
+    )
     out, _ = G.check_regression(now, G.load_baseline(lb), 10.0, str(lb))
     assert out[0].passed
 
 
 def test_baseline_without_a_matching_row_fails(tmp_path):
     f = tmp_path / "b.json"
-    f.write_text(json.dumps([{"model_type": "gemma3 270M Q4_K - Medium", "n_prompt": 64, "n_gen": 0,
-                              "n_threads": 8, "n_batch": 2048, "avg_ts": 1.0}]))
+    f.write_text(
+        json.dumps(
+            [
+                {
+                    "model_type": "gemma3 270M Q4_K - Medium",
+                    "n_prompt": 64,
+                    "n_gen": 0,
+                    "n_threads": 8,
+                    "n_batch": 2048,
+                    "avg_ts": 1.0,
+                }
+            ]
+        )
+    )
     out, unmatched = G.check_regression([engine_result()], G.load_baseline(f), 10.0, str(f))
     assert len(unmatched) == 1 and not out[0].passed and "no result matches" in out[0].detail
     # another model with the same test and parameters is not a baseline either
-    out, _ = G.check_regression([engine_result(threads=8, model_type="llama 7B Q4_0")], G.load_baseline(f), 10.0,
-                                str(f))
+    out, _ = G.check_regression(
+        [engine_result(threads=8, model_type="llama 7B Q4_0")], G.load_baseline(f), 10.0, str(f)
+    )
     assert not out[0].passed
 
 

@@ -69,16 +69,19 @@ def test_the_issue_injection_is_refused_with_its_key_path():
         validate({"services": {"chat": {"model": INJECTION}}})
 
 
-@pytest.mark.parametrize("doc, where", [
-    ({"models": {"evil\n": {"path": "/srv/a.gguf"}}}, "models"),
-    ({"services": {"chat\n": {"model": "smoke"}}}, "services"),
-    ({"upstreams": {"up\n": {"base_url": "http://x/v1"}}}, "upstreams"),
-    ({"systemd": {"health_user": "llmctl-health\n"}}, "systemd.health_user"),
-    ({"systemd": {"server_user": "llmctl\n"}}, "systemd.server_user"),
-    ({"systemd": {"gpu_groups": ["video\n"]}}, "systemd.gpu_groups"),
-    ({"services": {"x": {"model": "smoke", "memory_max": "8G\n"}}}, "services.x.memory_max"),
-    ({"models": {"m": {"repo": "a/b", "file": "f.gguf", "sha256": "a" * 64 + "\n"}}}, "models.m.sha256"),
-])
+@pytest.mark.parametrize(
+    "doc, where",
+    [
+        ({"models": {"evil\n": {"path": "/srv/a.gguf"}}}, "models"),
+        ({"services": {"chat\n": {"model": "smoke"}}}, "services"),
+        ({"upstreams": {"up\n": {"base_url": "http://x/v1"}}}, "upstreams"),
+        ({"systemd": {"health_user": "llmctl-health\n"}}, "systemd.health_user"),
+        ({"systemd": {"server_user": "llmctl\n"}}, "systemd.server_user"),
+        ({"systemd": {"gpu_groups": ["video\n"]}}, "systemd.gpu_groups"),
+        ({"services": {"x": {"model": "smoke", "memory_max": "8G\n"}}}, "services.x.memory_max"),
+        ({"models": {"m": {"repo": "a/b", "file": "f.gguf", "sha256": "a" * 64 + "\n"}}}, "models.m.sha256"),
+    ],
+)
 def test_names_with_a_trailing_newline_are_refused(doc, where):
     """Issue 13 item 6: `$` matched before the newline; every name check is a fullmatch now."""
     with pytest.raises(ConfigError) as exc:
@@ -86,13 +89,16 @@ def test_names_with_a_trailing_newline_are_refused(doc, where):
     assert str(exc.value).startswith(where)
 
 
-@pytest.mark.parametrize("doc, where", [
-    ({"systemd": {"health_user": "Root"}}, "systemd.health_user"),
-    ({"systemd": {"gpu_groups": ["video", "a b"]}}, "systemd.gpu_groups"),
-    ({"services": {"x": {"model": "smoke", "memory_max": "8 G"}}}, "services.x.memory_max"),
-    ({"health": {"timeout_s": float("inf")}}, "health.timeout_s"),
-    ({"health": {"timeout_s": float("nan")}}, "health.timeout_s"),
-])
+@pytest.mark.parametrize(
+    "doc, where",
+    [
+        ({"systemd": {"health_user": "Root"}}, "systemd.health_user"),
+        ({"systemd": {"gpu_groups": ["video", "a b"]}}, "systemd.gpu_groups"),
+        ({"services": {"x": {"model": "smoke", "memory_max": "8 G"}}}, "services.x.memory_max"),
+        ({"health": {"timeout_s": float("inf")}}, "health.timeout_s"),
+        ({"health": {"timeout_s": float("nan")}}, "health.timeout_s"),
+    ],
+)
 def test_other_malformed_values_are_refused(doc, where):
     with pytest.raises(ConfigError) as exc:
         validate(doc)
@@ -107,12 +113,15 @@ def _bomb() -> str:
     return text
 
 
-@pytest.mark.parametrize("text, message", [
-    (_bomb(), "more than 100000 values"),
-    ("health: " + "[" * 50_000 + "]" * 50_000 + "\n", f"nested deeper than {MAX_DEPTH} levels"),
-    ("services: {chat: {model: smoke, port: 1" + "0" * 5000 + "}}\n", "Exceeds the limit"),
-    ("a: &a [*a]\n", "after expanding aliases"),  # a list that holds itself
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_bomb(), "more than 100000 values"),
+        ("health: " + "[" * 50_000 + "]" * 50_000 + "\n", f"nested deeper than {MAX_DEPTH} levels"),
+        ("services: {chat: {model: smoke, port: 1" + "0" * 5000 + "}}\n", "Exceeds the limit"),
+        ("a: &a [*a]\n", "after expanding aliases"),  # a list that holds itself
+    ],
+)
 def test_hostile_yaml_is_one_line_error_without_exhausting_the_host(write_config, text, message):
     """Issue 13 item 12: `config show` and `health` expanded the alias bomb (5.9 GB) or printed a
     traceback; the loader every command uses now stops at the bound."""
@@ -130,6 +139,8 @@ def test_env_override_with_an_endless_number_is_a_config_error(write_config, mon
 
 
 def test_anchors_within_the_bounds_still_work(write_config):
-    text = "services:\n  a: {model: smoke, limits: &lim {max_tokens: 64}}\n  b: {model: smoke, port: 8001, limits: *lim}\n"
+    text = (
+        "services:\n  a: {model: smoke, limits: &lim {max_tokens: 64}}\n  b: {model: smoke, port: 8001, limits: *lim}\n"
+    )
     cfg = load_config(write_config(text)).config
     assert cfg.services["b"].limits.max_tokens == 64

@@ -217,4 +217,6 @@ def test_empty_restart_command_is_a_config_error():
     with pytest.raises(ConfigError, match="health.restart_command: must name a command"):
         validate({"health": {"restart_command": []}})
     assert validate({"health": {"restart_command": ["my-restart", "{service}"]}}).health.restart_command == [
-        "my-restart", "{service}"]
+        "my-restart",
+        "{service}",
+    ]

@@ -17,8 +17,15 @@ SETTINGS = ProbeSettings(timeout_s=10, slow_ms=2000)
 
 def _ok(name="chat", latency=123.4) -> ServiceResult:
     check = CheckResult(True, (ProbeResult("tcp", True, 1.0), ProbeResult("completion", True, latency)), 1, latency)
-    return ServiceResult(name, "http://127.0.0.1:8000", Status.OK, f"{name} {latency:.0f}ms", latency_ms=latency,
-                         check=check, restart_budget_left=3)
+    return ServiceResult(
+        name,
+        "http://127.0.0.1:8000",
+        Status.OK,
+        f"{name} {latency:.0f}ms",
+        latency_ms=latency,
+        check=check,
+        restart_budget_left=3,
+    )
 
 
 def test_nagios_line_and_perfdata():
@@ -83,7 +90,13 @@ def test_config_targets_defaults_and_selection():
         "  c: {model: smoke, host: '::', port: 8003}\n"
     )
     a, b, c = config_targets(cfg, [])
-    assert (a.name, a.unit, a.gpu, a.model, a.base_url) == ("a", "llmctl-a.service", True, "llama", "http://127.0.0.1:8002")
+    assert (a.name, a.unit, a.gpu, a.model, a.base_url) == (
+        "a",
+        "llmctl-a.service",
+        True,
+        "llama",
+        "http://127.0.0.1:8002",
+    )
     assert (b.unit, b.host, b.gpu) == ("custom.service", "127.0.0.1", True)
     assert c.base_url == "http://[::1]:8003"
     assert [t.name for t in config_targets(cfg, ["c", "a", "c"])] == ["c", "a"]
@@ -128,4 +141,3 @@ def test_url_target(url, base, port):
 def test_bad_url(url):
     with pytest.raises(UsageError):
         url_target(url)
-

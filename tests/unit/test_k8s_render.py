@@ -81,8 +81,13 @@ def test_files_objects_and_order():
     result = _render(GPU)
     assert [f.name for f in result.files] == ["00-namespace.yaml", "01-config.yaml", "llmctl-gpu.yaml"]
     assert result.get("llmctl-gpu.yaml").objects == (
-        ("Deployment", "llmctl-gpu"), ("Service", "llmctl-gpu"), ("PersistentVolumeClaim", "llmctl-gpu-models"),
-        ("NetworkPolicy", "llmctl-gpu"), ("PodDisruptionBudget", "llmctl-gpu"), ("ServiceMonitor", "llmctl-gpu"))
+        ("Deployment", "llmctl-gpu"),
+        ("Service", "llmctl-gpu"),
+        ("PersistentVolumeClaim", "llmctl-gpu-models"),
+        ("NetworkPolicy", "llmctl-gpu"),
+        ("PodDisruptionBudget", "llmctl-gpu"),
+        ("ServiceMonitor", "llmctl-gpu"),
+    )
     airgap = _render(AIRGAP).get("llmctl-chat.yaml").objects
     assert [k for k, _ in airgap] == ["Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"]  # emptyDir
     for doc in _docs(result):
@@ -105,23 +110,54 @@ def _newest_minors(n: int = 2) -> list[str]:
 # The ServiceMonitor is a custom resource (prometheus-operator's CRD, which kubernetes-validate does not
 # ship): its fields that llmctl writes, as its API reference documents them; anything else is refused.
 SERVICE_MONITOR_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
         "metadata": {"type": "object"},
-        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"], "properties": {
-            "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
-            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
-                "matchNames": {"type": "array", "items": {"type": "string"}}}},
-            "endpoints": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
-                "port": {"type": "string"}, "path": {"type": "string"},
-                "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                "authorization": {"type": "object", "additionalProperties": False, "properties": {
-                    "type": {"type": "string"},
-                    "credentials": {"type": "object", "additionalProperties": False, "required": ["key"],
-                                    "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}}},
-            }}},
-        }},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {
+                                "type": "string",
+                                "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "authorization": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "credentials": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["key"],
+                                        "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -174,7 +210,9 @@ def _breakers():
     return {
         "Host Namespaces": lambda s: s.update(hostNetwork=True),
         "Privileged Containers": lambda s: first(s).update(privileged=True),
-        "Capabilities": lambda s: first(s, "initContainers").update(capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+        "Capabilities": lambda s: first(s, "initContainers").update(
+            capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+        ),
         "HostPath Volumes": lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
         "Host Ports": lambda s: s["containers"][0]["ports"][0].update(hostPort=80),
         "AppArmor": lambda s: first(s).update(appArmorProfile={"type": "Unconfined"}),
@@ -184,11 +222,9 @@ def _breakers():
         "Sysctls": lambda s: s["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
         "Volume Types": lambda s: s["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}}),
         "Privilege Escalation": lambda s: first(s, "initContainers").pop("allowPrivilegeEscalation"),
-        "Running as Non-root": lambda s: (s["securityContext"].pop("runAsNonRoot"),
-                                          first(s).pop("runAsNonRoot")),
+        "Running as Non-root": lambda s: (s["securityContext"].pop("runAsNonRoot"), first(s).pop("runAsNonRoot")),
         "Running as Non-root user": lambda s: first(s).update(runAsUser=0),
-        "Seccomp (restricted)": lambda s: (s["securityContext"].pop("seccompProfile"),
-                                           first(s).pop("seccompProfile")),
+        "Seccomp (restricted)": lambda s: (s["securityContext"].pop("seccompProfile"), first(s).pop("seccompProfile")),
         "Capabilities (restricted)": lambda s: first(s).update(capabilities={"drop": ["NET_RAW"]}),
         "HostProcess": lambda s: first(s).update(windowsOptions={"hostProcess": True}),
     }
@@ -224,7 +260,9 @@ def test_init_containers_pull_then_verify_the_model_before_the_server_starts():
     pod = _deployment(_render(GPU))["spec"]["template"]["spec"]
     base = ["llmctl", "--user", "--config", "/etc/llmctl/config.yaml"]
     assert [(c["name"], c["command"]) for c in pod["initContainers"]] == [
-        ("pull", [*base, "models", "pull", "llama-1b"]), ("verify", [*base, "models", "verify", "llama-1b"])]
+        ("pull", [*base, "models", "pull", "llama-1b"]),
+        ("verify", [*base, "models", "verify", "llama-1b"]),
+    ]
     assert pod["containers"][0]["command"] == [*base, "serve", "gpu", "--host", "0.0.0.0", "--port", "8080"]
 
 
@@ -246,8 +284,10 @@ def test_probes_grace_period_and_prestop():
 
 def test_resources_from_memory_max_threads_and_the_gpu():
     gpu = _deployment(_render(GPU))["spec"]["template"]["spec"]["containers"][0]
-    assert gpu["resources"] == {"requests": {"cpu": "8", "memory": "24Gi"},
-                                "limits": {"cpu": "8", "memory": "24Gi", "nvidia.com/gpu": "1"}}
+    assert gpu["resources"] == {
+        "requests": {"cpu": "8", "memory": "24Gi"},
+        "limits": {"cpu": "8", "memory": "24Gi", "nvidia.com/gpu": "1"},
+    }
     assert "--threads" not in gpu["command"]  # n_threads: 8 is in the config the pod reads
     chat = _deployment(_render(EXAMPLE))["spec"]["template"]["spec"]["containers"][0]
     assert chat["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
@@ -257,8 +297,10 @@ def test_resources_from_memory_max_threads_and_the_gpu():
     assert amd["resources"]["limits"] == {"cpu": "6", "memory": "8Gi", "amd.com/gpu": "1"}
 
 
-@pytest.mark.parametrize("size, quantity", [("8G", "8Gi"), ("512M", "512Mi"), ("1.5G", "1.5Gi"), ("2T", "2Ti"),
-                                            ("64K", "64Ki"), ("1048576", "1048576")])
+@pytest.mark.parametrize(
+    "size, quantity",
+    [("8G", "8Gi"), ("512M", "512Mi"), ("1.5G", "1.5Gi"), ("2T", "2Ti"), ("64K", "64Ki"), ("1048576", "1048576")],
+)
 def test_memory_max_becomes_a_binary_quantity(size: str, quantity: str):
     assert memory_quantity(size, "x") == quantity
 
@@ -267,9 +309,22 @@ def test_model_volume_size_from_the_lock_the_smoke_model_or_the_config(tmp_path:
     pvc = _kind(_docs(_render(EXAMPLE)), "PersistentVolumeClaim")[0]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"  # smoke: 2 x 241 MiB + 1 GiB
     home = Paths("home", tmp_path, tmp_path, tmp_path / "state", tmp_path / "cache")
-    (tmp_path / "models.lock").write_text(json.dumps({"version": 1, "models": {"llama-1b": {
-        "file": "x.gguf", "path": "llama-1b/x.gguf", "size": 5 * 1024**3, "sha256": "0" * 64,
-        "pulled_at": "2026-01-01T00:00:00Z"}}}))
+    (tmp_path / "models.lock").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": {
+                    "llama-1b": {
+                        "file": "x.gguf",
+                        "path": "llama-1b/x.gguf",
+                        "size": 5 * 1024**3,
+                        "sha256": "0" * 64,
+                        "pulled_at": "2026-01-01T00:00:00Z",
+                    }
+                },
+            }
+        )
+    )
     cfg = _cfg({"models": {"llama-1b": {"repo": "o/r", "file": "x.gguf"}}, "services": {"a": {"model": "llama-1b"}}})
     result = render(cfg, K8sOptions(image=IMAGE, paths=home))
     assert _kind(_docs(result), "PersistentVolumeClaim")[0]["spec"]["resources"]["requests"]["storage"] == "11Gi"
@@ -302,10 +357,19 @@ def test_a_port_below_1024_listens_unprivileged_behind_the_service():
 def test_keys_are_files_from_a_secret_never_environment_variables(tmp_path: Path):
     keys = tmp_path / "chat.keys"
     keys.write_text("sk-very-secret\n")
-    cfg = _cfg({"services": {"chat": {"model": "smoke", "api_keys_file": str(keys)}},
-                "upstreams": {"openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY",
-                                         "default_model": "m"}},
-                "routing": {"strategy": "cascade"}})
+    cfg = _cfg(
+        {
+            "services": {"chat": {"model": "smoke", "api_keys_file": str(keys)}},
+            "upstreams": {
+                "openai": {
+                    "base_url": "https://api.openai.com/v1",
+                    "api_key_env": "OPENAI_API_KEY",
+                    "default_model": "m",
+                }
+            },
+            "routing": {"strategy": "cascade"},
+        }
+    )
     result = render(cfg, K8sOptions(image=IMAGE))
     assert "sk-very-secret" not in result.stream
     pod = _deployment(result)["spec"]["template"]["spec"]
@@ -370,8 +434,12 @@ def test_service_monitor_authenticates_only_when_metrics_need_a_key():
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["path"] == "/metrics" and endpoint["port"] == "http"
     assert endpoint["authorization"]["credentials"] == {"name": "llmctl-gpu-credentials", "key": "metrics-key"}
-    cfg = _cfg({"services": {"a": {"model": "smoke", "public_metrics": True, "api_keys_file": "/k"}},
-                "k8s": {"service_monitor": True}})
+    cfg = _cfg(
+        {
+            "services": {"a": {"model": "smoke", "public_metrics": True, "api_keys_file": "/k"}},
+            "k8s": {"service_monitor": True},
+        }
+    )
     monitor = _kind(_docs(render(cfg, K8sOptions(image=IMAGE))), "ServiceMonitor")[0]
     assert "authorization" not in monitor["spec"]["endpoints"][0]
 
@@ -390,7 +458,8 @@ def test_airgap_allows_no_egress_at_all():
     pod = _deployment(result)["spec"]["template"]["spec"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in pod["initContainers"][0]["env"]
     assert [i["key"] for v in pod["volumes"] if v["name"] == "credentials" for i in v["secret"]["items"]] == [
-        "api-keys"]  # airgap: no upstream keys either
+        "api-keys"
+    ]  # airgap: no upstream keys either
     config_map = _kind(_docs(result), "ConfigMap")[0]
     assert yaml.safe_load(config_map["data"]["config.yaml"])["airgap"] is True
 
@@ -406,26 +475,42 @@ def test_egress_is_dns_the_hub_and_the_services_upstreams_only():
     assert egress[3] == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 8443, "protocol": "TCP"}]}
     assert len(egress) == 4
     # smoke comes from the image: no Hub; routing none: no upstream; a loopback upstream needs no rule
-    cfg = _cfg({"services": {"a": {"model": "smoke"}, "b": {"model": "smoke"}},
-                "upstreams": {"local": {"base_url": "http://127.0.0.1:9000/v1", "default_model": "m"},
-                              "v6": {"base_url": "http://[2001:db8::1]/v1", "default_model": "m"}},
-                "routing": {"services": {"b": "cascade"}}})
+    cfg = _cfg(
+        {
+            "services": {"a": {"model": "smoke"}, "b": {"model": "smoke"}},
+            "upstreams": {
+                "local": {"base_url": "http://127.0.0.1:9000/v1", "default_model": "m"},
+                "v6": {"base_url": "http://[2001:db8::1]/v1", "default_model": "m"},
+            },
+            "routing": {"services": {"b": "cascade"}},
+        }
+    )
     result = render(cfg, K8sOptions(image=IMAGE))
     policies = {p["metadata"]["name"]: p["spec"]["egress"] for p in _kind(_docs(result), "NetworkPolicy")}
     assert len(policies["llmctl-a"]) == 1  # DNS only
-    assert policies["llmctl-b"][1:] == [{"to": [{"ipBlock": {"cidr": "2001:db8::1/128"}}],
-                                         "ports": [{"port": 80, "protocol": "TCP"}]}]
+    assert policies["llmctl-b"][1:] == [
+        {"to": [{"ipBlock": {"cidr": "2001:db8::1/128"}}], "ports": [{"port": 80, "protocol": "TCP"}]}
+    ]
 
 
 def test_ingress_only_from_the_configured_sources():
     policy = _policy(_render(GPU))
-    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "llmctl",
-                                                    "app.kubernetes.io/instance": "llmctl-gpu"}
-    assert policy["ingress"] == [{
-        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
-                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}},
-                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert policy["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "llmctl",
+        "app.kubernetes.io/instance": "llmctl-gpu",
+    }
+    assert policy["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+                },
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            ],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }
+    ]
     default = _policy(_render(EXAMPLE))["ingress"][0]["from"]
     assert default == [{"podSelector": {"matchLabels": {}}}]  # any pod of the namespace, nothing outside it
 
@@ -437,10 +522,46 @@ def test_disruption_budget_lets_a_drain_proceed_one_pod_at_a_time():
 
 # -- escaping -------------------------------------------------------------------------------------------
 
-HOSTILE = ["a: b", "x\n---\nkind: Secret", "'\"\\", "{{ 7*7 }}", "#c", "- z", "*alias", "&anchor", "!!python/object",
-           "%TAG", "@at", "`tick", "? q", "|", ">", "y", "no", "on", "0o17", "1e3", "~", "null", "", " lead",
-           "trail ", "tab\tx", "nul\x00x", "del\x7fx", "nel\x85x", "ls\u2028ps\u2029", "\ufeffbom", "emoji\U0001f600",
-           "é", "\r\n", "::/0", "0x1F", ".inf", "<<"]
+HOSTILE = [
+    "a: b",
+    "x\n---\nkind: Secret",
+    "'\"\\",
+    "{{ 7*7 }}",
+    "#c",
+    "- z",
+    "*alias",
+    "&anchor",
+    "!!python/object",
+    "%TAG",
+    "@at",
+    "`tick",
+    "? q",
+    "|",
+    ">",
+    "y",
+    "no",
+    "on",
+    "0o17",
+    "1e3",
+    "~",
+    "null",
+    "",
+    " lead",
+    "trail ",
+    "tab\tx",
+    "nul\x00x",
+    "del\x7fx",
+    "nel\x85x",
+    "ls\u2028ps\u2029",
+    "\ufeffbom",
+    "emoji\U0001f600",
+    "é",
+    "\r\n",
+    "::/0",
+    "0x1F",
+    ".inf",
+    "<<",
+]
 
 
 def test_hostile_values_reach_the_pods_config_unchanged():
@@ -453,11 +574,14 @@ def test_hostile_values_reach_the_pods_config_unchanged():
     # Control characters are refused by config validation (tests/unit/test_config.py); the rest must
     # pass through the emitter intact.
     values = [v for v in HOSTILE + fuzz if control_char(v) is None]
-    data = {"models": {"m": {"repo": "o/r", "file": values[1] + ".gguf", "chat_format": values[0]}},
-            "services": {"a": {"model": "smoke", "chat_format": values[2]}},
-            "upstreams": {"u": {"base_url": "https://u.example/v1",
-                                "models": {v: values[-i - 1] for i, v in enumerate(values)}}},
-            "routing": {"privacy_headers": [v.lower() for v in values], "privacy_patterns": ["x"]}}
+    data = {
+        "models": {"m": {"repo": "o/r", "file": values[1] + ".gguf", "chat_format": values[0]}},
+        "services": {"a": {"model": "smoke", "chat_format": values[2]}},
+        "upstreams": {
+            "u": {"base_url": "https://u.example/v1", "models": {v: values[-i - 1] for i, v in enumerate(values)}}
+        },
+        "routing": {"privacy_headers": [v.lower() for v in values], "privacy_patterns": ["x"]},
+    }
     cfg = _cfg(data)
     result = render(cfg, K8sOptions(image=IMAGE))
     config_map = _kind(_docs(result), "ConfigMap")[0]
@@ -500,16 +624,19 @@ def test_templates_cannot_print_a_value_without_the_yaml_filter():
 # -- names and other bad input: one line, exit 2, naming the key ---------------------------------------
 
 
-@pytest.mark.parametrize("services, message", [
-    ({"my_chat": {"model": "smoke"}}, "services.my_chat: the service name cannot name Kubernetes objects"),
-    ({"a.b": {"model": "smoke"}}, "services.a.b: the service name cannot"),
-    ({"x" * 57: {"model": "smoke"}}, f"services.{'x' * 57}: .*at most 63 characters"),
-    ({"a-": {"model": "smoke"}}, "services.a-: the service name"),
-    ({"a": {"model": "smoke", "public_health": False}}, "services.a.public_health: must be true"),
-    ({"a": {"model": "smoke", "memory_max": None}}, "services.a.memory_max: Kubernetes needs a memory limit"),
-    ({"a": {"model": "nope"}}, "services.a.model: 'nope' is not in models:"),
-    ({"a": {"models": ["smoke", "other"]}}, "services.a.models: k8s render serves one model per pod"),
-])
+@pytest.mark.parametrize(
+    "services, message",
+    [
+        ({"my_chat": {"model": "smoke"}}, "services.my_chat: the service name cannot name Kubernetes objects"),
+        ({"a.b": {"model": "smoke"}}, "services.a.b: the service name cannot"),
+        ({"x" * 57: {"model": "smoke"}}, f"services.{'x' * 57}: .*at most 63 characters"),
+        ({"a-": {"model": "smoke"}}, "services.a-: the service name"),
+        ({"a": {"model": "smoke", "public_health": False}}, "services.a.public_health: must be true"),
+        ({"a": {"model": "smoke", "memory_max": None}}, "services.a.memory_max: Kubernetes needs a memory limit"),
+        ({"a": {"model": "nope"}}, "services.a.model: 'nope' is not in models:"),
+        ({"a": {"models": ["smoke", "other"]}}, "services.a.models: k8s render serves one model per pod"),
+    ],
+)
 def test_bad_services_are_refused_naming_the_key(services, message):
     with pytest.raises(ConfigError, match=message) as exc:
         render(_cfg({"services": services}), K8sOptions(image=IMAGE))
@@ -522,25 +649,28 @@ def test_a_local_model_file_cannot_go_into_a_pod():
         render(cfg, K8sOptions(image=IMAGE))
 
 
-@pytest.mark.parametrize("k8s, key", [
-    ({"namespace": "Inference"}, "k8s.namespace"),
-    ({"namespace": "ns\n"}, "k8s.namespace"),
-    ({"namespace": "a" * 64}, "k8s.namespace"),
-    ({"image": "registry.example.com/llmctl:0.1\nkind: Secret"}, "k8s.image"),
-    ({"image": "llmctl@sha256:xyz"}, "k8s.image"),
-    ({"uid": 0}, "k8s.uid"),
-    ({"storage": {"storage_class": "Fast_SSD"}}, "k8s.storage.storage_class"),
-    ({"storage": {"size": "20 GB"}}, "k8s.storage.size"),
-    ({"ingress_from": [{"namespace": "x y"}]}, "k8s.ingress_from.0.namespace"),
-    ({"ingress_from": [{"pod_labels": {"app": "bad value"}}]}, "k8s.ingress_from.0.pod_labels"),
-    ({"ingress_from": [{"namespace_labels": {"-bad": "v"}}]}, "k8s.ingress_from.0.namespace_labels"),
-    ({"ingress_from": [{}]}, "k8s.ingress_from.0"),
-    ({"upstream_cidrs": {"nope": ["10.0.0.0/8"]}}, r"\(top level\): k8s.upstream_cidrs: .nope. is not an upstream"),
-    ({"upstream_cidrs": {"u": ["10.0.0.1/8"]}}, "k8s.upstream_cidrs"),
-    ({"gpu_resource": "gpu"}, "k8s.gpu_resource"),
-    ({"replicas": 3}, "k8s"),
-    ({"namespac": "x"}, "k8s.namespac: unknown key \\(did you mean 'namespace'\\?\\)"),
-])
+@pytest.mark.parametrize(
+    "k8s, key",
+    [
+        ({"namespace": "Inference"}, "k8s.namespace"),
+        ({"namespace": "ns\n"}, "k8s.namespace"),
+        ({"namespace": "a" * 64}, "k8s.namespace"),
+        ({"image": "registry.example.com/llmctl:0.1\nkind: Secret"}, "k8s.image"),
+        ({"image": "llmctl@sha256:xyz"}, "k8s.image"),
+        ({"uid": 0}, "k8s.uid"),
+        ({"storage": {"storage_class": "Fast_SSD"}}, "k8s.storage.storage_class"),
+        ({"storage": {"size": "20 GB"}}, "k8s.storage.size"),
+        ({"ingress_from": [{"namespace": "x y"}]}, "k8s.ingress_from.0.namespace"),
+        ({"ingress_from": [{"pod_labels": {"app": "bad value"}}]}, "k8s.ingress_from.0.pod_labels"),
+        ({"ingress_from": [{"namespace_labels": {"-bad": "v"}}]}, "k8s.ingress_from.0.namespace_labels"),
+        ({"ingress_from": [{}]}, "k8s.ingress_from.0"),
+        ({"upstream_cidrs": {"nope": ["10.0.0.0/8"]}}, r"\(top level\): k8s.upstream_cidrs: .nope. is not an upstream"),
+        ({"upstream_cidrs": {"u": ["10.0.0.1/8"]}}, "k8s.upstream_cidrs"),
+        ({"gpu_resource": "gpu"}, "k8s.gpu_resource"),
+        ({"replicas": 3}, "k8s"),
+        ({"namespac": "x"}, "k8s.namespac: unknown key \\(did you mean 'namespace'\\?\\)"),
+    ],
+)
 def test_bad_k8s_keys_are_config_errors_naming_the_key(k8s, key):
     with pytest.raises(ConfigError, match=f"^{key}") as exc:
         _cfg({"upstreams": {"u": {"base_url": "http://u/v1"}}, "k8s": k8s})
@@ -568,8 +698,12 @@ def test_flags_are_checked_too():
 
 
 def test_an_image_without_a_digest_gets_a_warning():
-    cfg = _cfg({"services": {"a": {"model": "smoke", "api_keys_file": "/k"}},
-                "k8s": {"image": "registry.example.com/llmctl:0.1.0"}})
+    cfg = _cfg(
+        {
+            "services": {"a": {"model": "smoke", "api_keys_file": "/k"}},
+            "k8s": {"image": "registry.example.com/llmctl:0.1.0"},
+        }
+    )
     result = render(cfg)
     assert result.image == "registry.example.com/llmctl:0.1.0"
     assert [w for w in result.warnings if "not pinned by digest" in w]

@@ -27,26 +27,48 @@ def results_from(json_file: Path) -> list[EngineResult]:
     """EngineResults holding what llmctl measures (the samples) and knows (the model, the settings)."""
     out = []
     for rec in json.loads(json_file.read_text()):
-        out.append(EngineResult(
-            build_commit=rec["build_commit"], build_number=rec["build_number"], cpu_info=rec["cpu_info"],
-            gpu_info=rec["gpu_info"], backends=rec["backends"], model_filename=rec["model_filename"],
-            model_type=rec["model_type"], model_size=rec["model_size"], model_n_params=rec["model_n_params"],
-            n_batch=rec["n_batch"], n_ubatch=rec["n_ubatch"], n_threads=rec["n_threads"], type_k=rec["type_k"],
-            type_v=rec["type_v"], n_gpu_layers=rec["n_gpu_layers"], flash_attn=rec["flash_attn"],
-            n_ctx=rec["n_prompt"] + rec["n_gen"] + rec["n_depth"], n_prompt=rec["n_prompt"], n_gen=rec["n_gen"],
-            n_depth=rec["n_depth"], repack=rec["repack"], test_time=rec["test_time"],
-            samples_ns=tuple(rec["samples_ns"]), split_mode=rec["split_mode"], load_mode=rec["load_mode"],
-            lazy_mode=rec["lazy_mode"],
-        ))
+        out.append(
+            EngineResult(
+                build_commit=rec["build_commit"],
+                build_number=rec["build_number"],
+                cpu_info=rec["cpu_info"],
+                gpu_info=rec["gpu_info"],
+                backends=rec["backends"],
+                model_filename=rec["model_filename"],
+                model_type=rec["model_type"],
+                model_size=rec["model_size"],
+                model_n_params=rec["model_n_params"],
+                n_batch=rec["n_batch"],
+                n_ubatch=rec["n_ubatch"],
+                n_threads=rec["n_threads"],
+                type_k=rec["type_k"],
+                type_v=rec["type_v"],
+                n_gpu_layers=rec["n_gpu_layers"],
+                flash_attn=rec["flash_attn"],
+                n_ctx=rec["n_prompt"] + rec["n_gen"] + rec["n_depth"],
+                n_prompt=rec["n_prompt"],
+                n_gen=rec["n_gen"],
+                n_depth=rec["n_depth"],
+                repack=rec["repack"],
+                test_time=rec["test_time"],
+                samples_ns=tuple(rec["samples_ns"]),
+                split_mode=rec["split_mode"],
+                load_mode=rec["load_mode"],
+                lazy_mode=rec["lazy_mode"],
+            )
+        )
     return out
 
 
-@pytest.mark.parametrize(("source", "fmt", "writer"), [
-    ("run1.json", "run1.json", LB.to_json),
-    ("run1.json", "run1.jsonl", LB.to_jsonl),
-    ("run3.json", "run3.json", LB.to_json),
-    ("run3.json", "run3.md", lambda rows: LB.to_markdown(rows)),
-])
+@pytest.mark.parametrize(
+    ("source", "fmt", "writer"),
+    [
+        ("run1.json", "run1.json", LB.to_json),
+        ("run1.json", "run1.jsonl", LB.to_jsonl),
+        ("run3.json", "run3.json", LB.to_json),
+        ("run3.json", "run3.md", lambda rows: LB.to_markdown(rows)),
+    ],
+)
 def test_same_text_as_llama_bench_from_the_same_samples(source, fmt, writer):
     results = results_from(DATA / source)
     assert [r.test for r in results] == ["pp16", "tg4", "pp8+tg2", "pp16 @ d8", "tg4 @ d8", "pp8+tg2 @ d8"]
@@ -91,7 +113,7 @@ def test_hostile_strings_stay_valid():
     """Quotes, control characters and non-ASCII in a path: JSON stays JSON, CSV stays CSV, SQL stays one
     INSERT per row (llama-bench itself does not double the SQL quote)."""
     r = results_from(DATA / "run1.json")[0]
-    row = {**r.row(), "model_filename": "/m/it's \"x\"\n\u00e9.gguf"}
+    row = {**r.row(), "model_filename": '/m/it\'s "x"\n\u00e9.gguf'}
     assert json.loads(LB.to_json([row]))[0]["model_filename"] == row["model_filename"]
     assert json.loads(LB.to_jsonl([row]))["model_filename"] == row["model_filename"]
     conn = sqlite3.connect(":memory:")
@@ -110,4 +132,10 @@ def test_normalize_names_the_bad_field():
     with pytest.raises(ValueError, match="avg_ts"):
         LB.normalize({"n_prompt": 1, "n_gen": 0})
     row = LB.normalize({"avg_ts": "2.5", "n_prompt": "16", "n_gen": "0", "flash_attn": True, "repack": "false"})
-    assert (row["avg_ts"], row["n_prompt"], row["flash_attn"], row["repack"], row["n_ubatch"]) == (2.5, 16, 1, False, 512)
+    assert (row["avg_ts"], row["n_prompt"], row["flash_attn"], row["repack"], row["n_ubatch"]) == (
+        2.5,
+        16,
+        1,
+        False,
+        512,
+    )

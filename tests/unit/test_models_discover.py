@@ -74,11 +74,20 @@ def test_ollama_names_as_ollama_shows_them(stores, gguf, other):
     add_ollama_model(root, other, "coder", "q4", namespace="someone")
     add_ollama_model(root, other, "Llama-3.2-1B-Instruct-GGUF", "Q4_K_M", namespace="bartowski", host="hf.co")
     found = by_source(run(stores))
-    assert set(found) == {"ollama:tiny:7b", "ollama:tiny:latest", "ollama:someone/coder:q4",
-                          "ollama:hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"}
+    assert set(found) == {
+        "ollama:tiny:7b",
+        "ollama:tiny:latest",
+        "ollama:someone/coder:q4",
+        "ollama:hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+    }
     f = found["ollama:tiny:7b"]
-    assert (f.kind, f.sha256, f.size, f.name, f.file) == ("ollama", sha256_of(gguf), gguf.stat().st_size,
-                                                          "tiny-7b", "tiny-7b.gguf")
+    assert (f.kind, f.sha256, f.size, f.name, f.file) == (
+        "ollama",
+        sha256_of(gguf),
+        gguf.stat().st_size,
+        "tiny-7b",
+        "tiny-7b.gguf",
+    )
     assert (f.gguf.architecture, f.gguf.quantization) == ("qwen2", "Q8_0")
     assert found["ollama:tiny:latest"].name == "tiny"
     assert found["ollama:someone/coder:q4"].gguf.quantization == "Q4_K_M"
@@ -87,8 +96,13 @@ def test_ollama_names_as_ollama_shows_them(stores, gguf, other):
 def test_ollama_skips_manifests_without_a_gguf_layer(stores, gguf):
     root = Path(stores["OLLAMA_MODELS"])
     manifest = add_ollama_model(root, gguf, "tiny")
-    manifest.write_text(json.dumps(ollama_manifest("sha256:" + sha256_of(gguf), gguf.stat().st_size,
-                                                   media_type="application/vnd.ollama.image.adapter")))
+    manifest.write_text(
+        json.dumps(
+            ollama_manifest(
+                "sha256:" + sha256_of(gguf), gguf.stat().st_size, media_type="application/vnd.ollama.image.adapter"
+            )
+        )
+    )
     result = run(stores)
     assert result.models == () and result.warnings == ()
 
@@ -101,11 +115,19 @@ def test_hf_cache_main_first_other_bytes_by_commit_git_blobs_have_no_digest(stor
     add_hf_file(cache, other, "org/Plain", "git.gguf", C1, blob="e" * 40)  # a non-LFS file
     (cache / "models--org--Tiny-GGUF" / "snapshots" / C2 / "README.md").write_text("not a model")
     found = by_source(run(stores))
-    assert set(found) == {"hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf", f"hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf@{C1}",
-                          "hf-cache:org/Tiny-GGUF/sub/dir/same.gguf", "hf-cache:org/Plain/git.gguf"}
+    assert set(found) == {
+        "hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf",
+        f"hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf@{C1}",
+        "hf-cache:org/Tiny-GGUF/sub/dir/same.gguf",
+        "hf-cache:org/Plain/git.gguf",
+    }
     main = found["hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf"]
-    assert (main.sha256, main.revision, main.repo, main.file) == (sha256_of(gguf), C2, "org/Tiny-GGUF",
-                                                                  "tiny-Q8_0.gguf")
+    assert (main.sha256, main.revision, main.repo, main.file) == (
+        sha256_of(gguf),
+        C2,
+        "org/Tiny-GGUF",
+        "tiny-Q8_0.gguf",
+    )
     assert found[f"hf-cache:org/Tiny-GGUF/tiny-Q8_0.gguf@{C1}"].sha256 == sha256_of(other)
     assert found["hf-cache:org/Plain/git.gguf"].sha256 is None
     assert "git SHA-1" in found["hf-cache:org/Plain/git.gguf"].digest_note
@@ -188,13 +210,21 @@ def test_hostile_ollama_manifests_are_one_line_warnings(tmp_path, stores, gguf):
     assert_one_line(result.warnings)
     text = "\n".join(result.warnings)
     for model, words in [
-        ("badjson", "not JSON"), ("notdict", "no list of layers"), ("nolayers", "no list of layers"),
-        ("nothex", "is not sha256:<64 hex digits>"), ("escape", "is not sha256:<64 hex digits>"),
-        ("newline", "is not sha256:<64 hex digits>"), ("badsize", "the manifest says"),
-        ("nosize", "not a number of bytes"), ("missing", "the model blob is missing"),
-        ("twomodels", "more than one model layer"), ("huge", "larger than"),
-        ("blobout", "points outside its store"), ("linkout", "points outside its store"),
-        ("loop", "cannot be resolved"), ("notgguf", "not a GGUF file"),
+        ("badjson", "not JSON"),
+        ("notdict", "no list of layers"),
+        ("nolayers", "no list of layers"),
+        ("nothex", "is not sha256:<64 hex digits>"),
+        ("escape", "is not sha256:<64 hex digits>"),
+        ("newline", "is not sha256:<64 hex digits>"),
+        ("badsize", "the manifest says"),
+        ("nosize", "not a number of bytes"),
+        ("missing", "the model blob is missing"),
+        ("twomodels", "more than one model layer"),
+        ("huge", "larger than"),
+        ("blobout", "points outside its store"),
+        ("linkout", "points outside its store"),
+        ("loop", "cannot be resolved"),
+        ("notgguf", "not a GGUF file"),
     ]:
         prefixes = (f"ollama:{model}:latest ", f"ollama:{model}:latest: ")
         line = next((w for w in result.warnings if w.startswith(prefixes)), None)
@@ -233,8 +263,14 @@ def test_hostile_hf_cache_entries_are_one_line_warnings(tmp_path, stores, gguf):
     result = run(stores)
     assert [f.source for f in result.models] == ["hf-cache:org/good/good.gguf"]
     assert_one_line(result.warnings)
-    for words in ["hf-cache:org/out/x.gguf", "hf-cache:org/cross/y.gguf", "models--org--broken",
-                  "hf-cache:org/odd/o.gguf", "evil\\nname.gguf", "hf-cache:org/notcommit/n.gguf"]:
+    for words in [
+        "hf-cache:org/out/x.gguf",
+        "hf-cache:org/cross/y.gguf",
+        "models--org--broken",
+        "hf-cache:org/odd/o.gguf",
+        "evil\\nname.gguf",
+        "hf-cache:org/notcommit/n.gguf",
+    ]:
         assert any(words in w for w in result.warnings), (words, result.warnings)
     assert not any("datasets--" in w for w in result.warnings)
     assert len(result.warnings) == 6
@@ -262,15 +298,18 @@ def test_lookup_ollama_default_tag_and_case(stores, gguf):
     assert d.lookup("ollama:TINY:LATEST", env=stores).sha256 == sha256_of(gguf)
 
 
-@pytest.mark.parametrize("source,error,words", [
-    ("ollama:", UsageError, "not an Ollama model name"),
-    ("ollama:../../etc/passwd", UsageError, "not an Ollama model name"),
-    ("ollama:/abs", UsageError, "not an Ollama model name"),
-    ("ollama:a\nb", UsageError, "not an Ollama model name"),
-    ("hf-cache:org", UsageError, "not a Hugging Face cache file"),
-    ("ollama:nope", NotFound, "not found in"),
-    ("hf-cache:org/repo/none.gguf", NotFound, "not found in"),
-])
+@pytest.mark.parametrize(
+    "source,error,words",
+    [
+        ("ollama:", UsageError, "not an Ollama model name"),
+        ("ollama:../../etc/passwd", UsageError, "not an Ollama model name"),
+        ("ollama:/abs", UsageError, "not an Ollama model name"),
+        ("ollama:a\nb", UsageError, "not an Ollama model name"),
+        ("hf-cache:org", UsageError, "not a Hugging Face cache file"),
+        ("ollama:nope", NotFound, "not found in"),
+        ("hf-cache:org/repo/none.gguf", NotFound, "not found in"),
+    ],
+)
 def test_lookup_bad_ids(stores, source, error, words):
     with pytest.raises(error, match=words) as exc:
         d.lookup(source, env=stores)

@@ -11,11 +11,11 @@ from tests.ggufmake import make_gguf
 
 @pytest.mark.parametrize("arch,ft,quant", [("llama", 15, "Q4_K_M"), ("gemma3", 18, "Q6_K"), ("qwen2", 1, "F16")])
 def test_reads_arch_context_and_quantization(tmp_path, arch, ft, quant):
-    f = make_gguf(tmp_path / "m.gguf", arch=arch, name="Some Model", context_length=131072, file_type=ft,
-                  payload_bytes=1024)
+    f = make_gguf(
+        tmp_path / "m.gguf", arch=arch, name="Some Model", context_length=131072, file_type=ft, payload_bytes=1024
+    )
     info = read_gguf_info(f)
-    assert (info.architecture, info.context_length, info.quantization, info.name) == \
-        (arch, 131072, quant, "Some Model")
+    assert (info.architecture, info.context_length, info.quantization, info.name) == (arch, 131072, quant, "Some Model")
     assert info.version == 3 and info.tensor_count == 1
 
 

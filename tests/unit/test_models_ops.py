@@ -9,11 +9,14 @@ from llmctl.models.ops import check_name, default_name, normalize_sha256
 from tests.hubserver import FakeHub
 
 
-@pytest.mark.parametrize("file,name", [
-    ("Llama-3.2-1B-Instruct-Q4_K_M.gguf", "llama-3.2-1b-instruct-q4_k_m"),
-    ("sub/dir/Model F16.gguf", "model-f16"),
-    ("___.gguf", "model"),
-])
+@pytest.mark.parametrize(
+    "file,name",
+    [
+        ("Llama-3.2-1B-Instruct-Q4_K_M.gguf", "llama-3.2-1b-instruct-q4_k_m"),
+        ("sub/dir/Model F16.gguf", "model-f16"),
+        ("___.gguf", "model"),
+    ],
+)
 def test_default_name(file, name):
     assert default_name(file) == name
     check_name(default_name(file))

@@ -15,8 +15,16 @@ from llmctl.config import load_config
 from llmctl.errors import UsageError
 from llmctl.monitoring import escape
 from llmctl.monitoring.render import DASHBOARD_FILE, RULES_FILE, SCRAPE_FILE
-from tests._monitoring import (HOSTILE, ISSUE_ALERTS, REPO, TEST_CONFIG, grafana_exprs, hostile_strings, rendered,
-                               substituted)
+from tests._monitoring import (
+    HOSTILE,
+    ISSUE_ALERTS,
+    REPO,
+    TEST_CONFIG,
+    grafana_exprs,
+    hostile_strings,
+    rendered,
+    substituted,
+)
 
 EXAMPLE = REPO / "config.example.yaml"
 SNAPSHOTS = REPO / "tests" / "snapshots" / "monitoring" / "example"
@@ -95,9 +103,13 @@ def test_every_alert_the_issue_asks_for_with_annotations_and_a_runbook():
 
 
 def test_thresholds_come_from_the_config(write_config):
-    path = write_config(TEST_CONFIG.read_text().replace(
-        "monitoring:\n", "monitoring:\n  ttft_p95_s: 2.5\n  min_generation_tps: 12\n  max_cloud_fallback_percent: 25\n"
-                         "  alert_for: 90s\n  health_stale_after: 1h\n  rate_window: 2m\n  job: 'llm \"prod\"'\n"))
+    path = write_config(
+        TEST_CONFIG.read_text().replace(
+            "monitoring:\n",
+            "monitoring:\n  ttft_p95_s: 2.5\n  min_generation_tps: 12\n  max_cloud_fallback_percent: 25\n"
+            "  alert_for: 90s\n  health_stale_after: 1h\n  rate_window: 2m\n  job: 'llm \"prod\"'\n",
+        )
+    )
     rules = rendered(path).get(RULES_FILE).content
     doc = yaml.safe_load(rules)
     exprs = {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
@@ -111,15 +123,20 @@ def test_thresholds_come_from_the_config(write_config):
 
 
 def test_queue_alert_uses_each_services_queue_length():
-    expr = next(r["expr"] for g in yaml.safe_load(rendered(TEST_CONFIG).get(RULES_FILE).content)["groups"]
-                for r in g["rules"] if r.get("alert") == "LlmctlQueueSaturated")
+    expr = next(
+        r["expr"]
+        for g in yaml.safe_load(rendered(TEST_CONFIG).get(RULES_FILE).content)["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "LlmctlQueueSaturated"
+    )
     assert 'llmctl_requests_deferred{job="llmctl", service="chat"} >= 16' in expr
     assert 'llmctl_requests_deferred{job="llmctl", service="gpu"} >= 4' in expr
 
 
 def test_no_health_textfile_no_health_job_or_alerts(write_config):
-    text = TEST_CONFIG.read_text().replace("  health_textfile: /var/lib/node_exporter/textfile_collector/llmctl.prom\n",
-                                           "  health_textfile: null\n")
+    text = TEST_CONFIG.read_text().replace(
+        "  health_textfile: /var/lib/node_exporter/textfile_collector/llmctl.prom\n", "  health_textfile: null\n"
+    )
     result = rendered(write_config(text))
     assert not {"LlmctlHealthCritical", "LlmctlRestartBudgetExhausted", "LlmctlHealthCheckStale"} & set(result.alerts)
     assert "llmctl_health_" not in result.get(RULES_FILE).content
@@ -133,7 +150,8 @@ def test_no_health_textfile_no_health_job_or_alerts(write_config):
 def test_cloud_fallback_alert_only_for_cloud_upstreams_and_never_in_airgap(write_config):
     assert "LlmctlCloudFallbackHigh" in rendered(TEST_CONFIG).alerts
     only_lan = TEST_CONFIG.read_text().replace(
-        '  openai: {base_url: "https://api.openai.com/v1", default_model: gpt-4o-mini}\n', "")
+        '  openai: {base_url: "https://api.openai.com/v1", default_model: gpt-4o-mini}\n', ""
+    )
     assert "LlmctlCloudFallbackHigh" not in rendered(write_config(only_lan)).alerts
     airgap = TEST_CONFIG.read_text() + "airgap: true\n"
     assert "LlmctlCloudFallbackHigh" not in rendered(write_config(airgap)).alerts
@@ -154,8 +172,10 @@ monitoring: {scrape_interval: 15s, credentials_file: "/etc/prometheus/keys/{serv
     doc = yaml.safe_load(rendered(write_config(text)).get(SCRAPE_FILE).content)
     jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
     assert list(jobs) == ["llmctl/keyed", "llmctl/public", "llmctl/open", "llmctl/six", "llmctl/named"]
-    assert jobs["llmctl/keyed"]["authorization"] == {"type": "Bearer",
-                                                     "credentials_file": "/etc/prometheus/keys/keyed.key"}
+    assert jobs["llmctl/keyed"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/etc/prometheus/keys/keyed.key",
+    }
     assert all("authorization" not in jobs[j] for j in ("llmctl/public", "llmctl/open"))  # public or no keys
     targets = {n: j["static_configs"][0]["targets"] for n, j in jobs.items()}
     assert targets["llmctl/open"] == ["127.0.0.1:8002"] and targets["llmctl/six"] == ["[::1]:8003"]
@@ -166,7 +186,8 @@ monitoring: {scrape_interval: 15s, credentials_file: "/etc/prometheus/keys/{serv
     text = text.replace("monitoring: {", "monitoring: {target_host: llm-1.example.com, ")
     doc = yaml.safe_load(rendered(write_config(text)).get(SCRAPE_FILE).content)
     assert {j["static_configs"][0]["targets"][0] for j in doc["scrape_configs"]} == {
-        f"llm-1.example.com:{p}" for p in range(8000, 8005)}
+        f"llm-1.example.com:{p}" for p in range(8000, 8005)
+    }
 
 
 def test_no_services_is_a_usage_error(write_config):
@@ -204,9 +225,20 @@ def test_dashboard_shape_variables_and_panels():
     assert variables["service"]["type"] == "query" and variables["service"]["multi"]
     assert variables["service"]["query"]["query"] == 'label_values(up{job="llmctl"}, service)'
     titles = [p["title"] for p in board["panels"]]
-    for wanted in ("Health status", "Health check latency", "Restarts", "Requests by status", "Time to first token",
-                   "Request duration", "Tokens/s", "Queue wait", "Slots busy", "Routes and fallbacks",
-                   "Circuit state", "Cost in the time range"):
+    for wanted in (
+        "Health status",
+        "Health check latency",
+        "Restarts",
+        "Requests by status",
+        "Time to first token",
+        "Request duration",
+        "Tokens/s",
+        "Queue wait",
+        "Slots busy",
+        "Routes and fallbacks",
+        "Circuit state",
+        "Cost in the time range",
+    ):
         assert wanted in titles
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
     for p in board["panels"]:
@@ -241,9 +273,14 @@ def test_hostile_dashboard_title_and_job(write_config, title):
     promql = pytest.importorskip("promql_parser", reason="needs llmctl[test]")
     for expr in grafana_exprs(board):
         jobs = []
-        promql.walk(promql.parse(substituted(expr)),
-                    lambda n: jobs.extend(m.value for m in n.matchers.matchers if m.name == "job")  # noqa: B023 - called now
-                    if isinstance(n, promql.VectorSelector) else None)
+        promql.walk(
+            promql.parse(substituted(expr)),
+            lambda n: (
+                jobs.extend(m.value for m in n.matchers.matchers if m.name == "job")  # noqa: B023 - called now
+                if isinstance(n, promql.VectorSelector)
+                else None
+            ),
+        )
         assert set(jobs) <= {job, "llmctl-health"} and jobs, expr
 
 

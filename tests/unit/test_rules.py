@@ -15,8 +15,17 @@ import pytest
 from llmctl.apierror import error_body, error_event, error_response, retry_after_header
 from llmctl.config import validate
 from llmctl.errors import ConfigError, UsageError
-from llmctl.keys import (CREDENTIAL_NAME, credential_file, credential_name, first_key, first_key_shell,
-                         load_api_keys, parse_api_keys, parse_keys, read_keys)
+from llmctl.keys import (
+    CREDENTIAL_NAME,
+    credential_file,
+    credential_name,
+    first_key,
+    first_key_shell,
+    load_api_keys,
+    parse_api_keys,
+    parse_keys,
+    read_keys,
+)
 from llmctl.netutil import connect_host, is_loopback
 from llmctl.unitname import HEALTH_UNIT, unit_name
 
@@ -68,8 +77,9 @@ def test_the_shell_form_printed_for_people_finds_the_same_first_key(tmp_path: Pa
     for text in (KEY_FILE, "k-only", "# a\n\n   \n  spaced key  \nnext\n", "\t# tab comment\nreal\n"):
         path = tmp_path / "k"
         path.write_text(text)
-        out = subprocess.run([sh, "-c", first_key_shell(shlex.quote(str(path)))], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sh, "-c", first_key_shell(shlex.quote(str(path)))], capture_output=True, text=True, check=True
+        ).stdout
         assert out == first_key(path, "x") + "\n", text
 
 
@@ -91,9 +101,13 @@ def test_every_reader_uses_the_format(tmp_path: Path):
 
     keys = tmp_path / "keys"
     keys.write_text(KEY_FILE)
-    cfg = validate({"services": {"chat": {"model": "smoke", "api_keys_file": str(keys)}},
-                    "upstreams": {"up": {"base_url": "http://h/v1", "api_key_file": str(keys)}},
-                    "routing": {"strategy": "up"}})
+    cfg = validate(
+        {
+            "services": {"chat": {"model": "smoke", "api_keys_file": str(keys)}},
+            "upstreams": {"up": {"base_url": "http://h/v1", "api_key_file": str(keys)}},
+            "routing": {"strategy": "up"},
+        }
+    )
     (target,) = config_targets(cfg, [], environ={})
     assert target.api_key == "k1"
     assert routing_for(cfg, "chat", {}).upstreams[0].api_key == "k1"
@@ -106,7 +120,8 @@ def test_every_reader_uses_the_format(tmp_path: Path):
     keys.write_text("# none\n")
     (target,) = config_targets(cfg, [], environ={})
     assert target.api_key is None and target.setup_error == (
-        f"cannot read an API key: services.chat.api_keys_file: {keys} holds no API keys (one per line)")
+        f"cannot read an API key: services.chat.api_keys_file: {keys} holds no API keys (one per line)"
+    )
     with pytest.raises(ConfigError, match=r"^upstreams\.up\.api_key_file: .* holds no API keys"):
         routing_for(cfg, "chat", {})
 
@@ -140,8 +155,20 @@ def test_where_the_servers_keys_come_from(tmp_path: Path):
 
 # -- bind address -> the address a client on this host dials -----------------------------------------
 
-BINDS = ["", "0.0.0.0", "::", "[::]", "127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "10.0.0.5",
-         "fd00::5", "llm.example.internal"]
+BINDS = [
+    "",
+    "0.0.0.0",
+    "::",
+    "[::]",
+    "127.0.0.1",
+    "127.0.0.2",
+    "::1",
+    "[::1]",
+    "localhost",
+    "10.0.0.5",
+    "fd00::5",
+    "llm.example.internal",
+]
 
 
 @pytest.mark.parametrize("bind", BINDS)
@@ -163,9 +190,18 @@ def test_what_health_dials_is_what_its_unit_allows(bind: str, tmp_path: Path):
     cfg = validate({"services": {"chat": {"model": "/srv/m.gguf", "host": bind, "allow_unverified_path": True}}})
     (target,) = config_targets(cfg, [], environ={})
     assert target.host == connect_host(bind)
-    unit = render(cfg, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml",
-                                     paths=Paths("home", tmp_path, tmp_path, tmp_path / "s", tmp_path / "c"))
-                  ).get(HEALTH_UNIT).content
+    unit = (
+        render(
+            cfg,
+            RenderOptions(
+                llmctl="/usr/bin/llmctl",
+                config_path="/etc/llmctl/config.yaml",
+                paths=Paths("home", tmp_path, tmp_path, tmp_path / "s", tmp_path / "c"),
+            ),
+        )
+        .get(HEALTH_UNIT)
+        .content
+    )
     allow = [line for line in unit.splitlines() if line.startswith("IPAddressAllow=")]
     assert allow == (["IPAddressAllow=localhost"] if is_loopback(target.host) else []), unit
     families = next(line for line in unit.splitlines() if line.startswith("RestrictAddressFamilies=")).split("=")[1]
@@ -179,10 +215,15 @@ def test_what_health_dials_is_what_its_unit_allows(bind: str, tmp_path: Path):
 # -- service -> unit name -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("unit", "expected"), [
-    (None, "llmctl-chat.service"), ("llm-chat", "llm-chat.service"), ("llm-chat.service", "llm-chat.service"),
-    ("llm\\x2dchat", "llm\\x2dchat.service"),
-])
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        (None, "llmctl-chat.service"),
+        ("llm-chat", "llm-chat.service"),
+        ("llm-chat.service", "llm-chat.service"),
+        ("llm\\x2dchat", "llm\\x2dchat.service"),
+    ],
+)
 def test_service_to_unit_name(unit: str | None, expected: str, tmp_path: Path):
     """The unit the renderer writes, the unit health restarts and the unit the monitoring names."""
     from llmctl.cli.monitoring import deployment
@@ -194,16 +235,27 @@ def test_service_to_unit_name(unit: str | None, expected: str, tmp_path: Path):
     assert unit_name("chat", unit) == expected
     cfg = validate({"services": {"chat": {"model": "/srv/m.gguf", "unit": unit}}})
     paths = Paths("home", tmp_path, tmp_path, tmp_path / "s", tmp_path / "c")
-    rendered = render(cfg, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml",
-                                         paths=paths))
+    rendered = render(cfg, RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml", paths=paths))
     assert [f.name for f in rendered.files if f.service == "chat"] == [expected]
     (target,) = config_targets(cfg, [], environ={})
     assert target.unit == expected
     assert deployment(LoadedConfig(config=cfg, path=None, paths=paths)).units == {"chat": expected}
 
 
-@pytest.mark.parametrize("unit", ["../../etc/passwd", "x\nExecStartPre=/bin/evil", "-x", ".x", "a b",
-                                  "llmctl-health", "llmctl-health.service", "x.timer.service/", "a" * 250])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "../../etc/passwd",
+        "x\nExecStartPre=/bin/evil",
+        "-x",
+        ".x",
+        "a b",
+        "llmctl-health",
+        "llmctl-health.service",
+        "x.timer.service/",
+        "a" * 250,
+    ],
+)
 def test_bad_unit_names_are_config_errors(unit: str):
     with pytest.raises(UsageError, match=r"^services\.chat\.unit: "):
         unit_name("chat", unit)
@@ -214,8 +266,9 @@ def test_bad_unit_names_are_config_errors(unit: str):
 # -- OpenAI's error body and Retry-After -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("wait", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (1.5, "2"),
-                                              (2.5, "3"), (59.5, "60")])
+@pytest.mark.parametrize(
+    ("wait", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (1.5, "2"), (2.5, "3"), (59.5, "60")]
+)
 def test_retry_after_is_whole_seconds_rounded_up(wait: float, header: str):
     """A client that waits as told never comes back before the limit has passed."""
     assert retry_after_header(wait) == header
@@ -232,8 +285,14 @@ def test_the_error_body_and_who_writes_it():
     from llmctl.upstreams.config import RoutingConfig
     from llmctl.upstreams.router import Router
 
-    assert error_body("Nope \ud800", "invalid_request_error", "bad", "messages[0].\udfff") == {"error": {
-        "message": "Nope \\ud800", "type": "invalid_request_error", "param": "messages[0].\\udfff", "code": "bad"}}
+    assert error_body("Nope \ud800", "invalid_request_error", "bad", "messages[0].\udfff") == {
+        "error": {
+            "message": "Nope \\ud800",
+            "type": "invalid_request_error",
+            "param": "messages[0].\\udfff",
+            "code": "bad",
+        }
+    }
     assert error_body("m", "server_error", None)["error"]["param"] is None
     event = error_event("m", "server_error", "c")
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
@@ -246,8 +305,18 @@ def test_the_error_body_and_who_writes_it():
     assert served.status_code == 503 and served.headers["retry-after"] == "3"
     assert json.loads(served.body) == error_body("the queue is full", "server_error", "queue_full")
 
-    airgap = RoutingConfig(strategy="none", upstreams=(), airgap=True, privacy_headers=(), privacy_patterns=(),
-                           failures=3, cooldown_s=30.0, retries=0, backoff_initial_s=0.1, backoff_max_s=1.0)
+    airgap = RoutingConfig(
+        strategy="none",
+        upstreams=(),
+        airgap=True,
+        privacy_headers=(),
+        privacy_patterns=(),
+        failures=3,
+        cooldown_s=30.0,
+        retries=0,
+        backoff_initial_s=0.1,
+        backoff_max_s=1.0,
+    )
     routed = asyncio.run(Router(airgap, served_model="m").handle(None, "chat", QueueFull("full", retry_after=2.5), {}))
     assert routed.status_code == 503 and routed.headers["retry-after"] == "3"
     assert set(json.loads(routed.body)["error"]) == {"message", "type", "param", "code"}

@@ -150,17 +150,39 @@ def test_tampered_model_is_an_integrity_error(home):
     path = home / "models" / "tiny" / "tiny.gguf"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"GGUF tiny")
-    (home / "models.lock").write_text(json.dumps({"version": 1, "models": {"tiny": {
-        "file": "tiny.gguf", "path": "tiny/tiny.gguf", "size": 9, "sha256": "0" * 64,
-        "pulled_at": "2026-01-01T00:00:00Z", "source": "import"}}}))
+    (home / "models.lock").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": {
+                    "tiny": {
+                        "file": "tiny.gguf",
+                        "path": "tiny/tiny.gguf",
+                        "size": 9,
+                        "sha256": "0" * 64,
+                        "pulled_at": "2026-01-01T00:00:00Z",
+                        "source": "import",
+                    }
+                },
+            }
+        )
+    )
     with pytest.raises(IntegrityError):
         _settings("tiny")
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kw, flag", [({"port": 0}, "--port"), ({"n_ctx": 10}, "--n-ctx"),
-                                      ({"threads": 0}, "--threads"), ({"n_gpu_layers": -2}, "--n-gpu-layers"),
-                                      ({"parallel": 0}, "--parallel"), ({"parallel": 65}, "--parallel")])
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"port": 0}, "--port"),
+        ({"n_ctx": 10}, "--n-ctx"),
+        ({"threads": 0}, "--threads"),
+        ({"n_gpu_layers": -2}, "--n-gpu-layers"),
+        ({"parallel": 0}, "--parallel"),
+        ({"parallel": 65}, "--parallel"),
+    ],
+)
 def test_bad_flags(smoke_model, kw, flag):
     with pytest.raises(UsageError, match=flag):
         _settings("smoke", **kw)

@@ -121,8 +121,9 @@ def test_without_keys_the_rate_limit_is_per_client_ip(smoke_model):
 
     base = resolve_settings(load_config(), resolve_paths(), "smoke")
     assert not base.auth_enabled
-    settings = dataclasses.replace(base, limits=base.limits.model_copy(update={"rate_limit_burst": 3,
-                                                                               "rate_limit_rpm": 1.0}))
+    settings = dataclasses.replace(
+        base, limits=base.limits.model_copy(update={"rate_limit_burst": 3, "rate_limit_rpm": 1.0})
+    )
     app, _ = create_app(settings, Engine(settings), access_log=lambda r: None)  # /v1/models needs no model
 
     async def scenario() -> tuple[list[int], int, int]:
@@ -190,9 +191,17 @@ def test_bias_and_penalties_applied_in_python_draw_what_llama_cpps_samplers_draw
     settings = dataclasses.replace(resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256), parallel=1)
     backend = Backend(settings)
     try:
-        for params in ({"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3,
-                        "logit_bias": {236764: 5.0, 1: -100.0}, "temperature": 0.9, "seed": 11},
-                       {"repeat_penalty": 1.5, "temperature": 0.0}):
+        for params in (
+            {
+                "repeat_penalty": 1.3,
+                "frequency_penalty": 0.5,
+                "presence_penalty": 0.3,
+                "logit_bias": {236764: 5.0, 1: -100.0},
+                "temperature": 0.9,
+                "seed": 11,
+            },
+            {"repeat_penalty": 1.5, "temperature": 0.0},
+        ):
             spec = SamplingSpec.of(params, "chat")
             ours, theirs = ChainSampler(backend, spec), ChainSampler(backend, spec, native_penalties=True)
             tokens = backend.tokenize("Repeat after me: la la la la la", add_bos=True)
@@ -233,8 +242,9 @@ def test_requests_arriving_together_decode_their_shared_prefix_once(smoke_model)
         assert engine.loaded.wait(120) and engine.state == "ready"
 
         async def one(prompt: str) -> str:
-            job = await engine.submit(GenerationRequest("completion", {"prompt": prompt, "max_tokens": 4,
-                                                                      "temperature": 0.0}))
+            job = await engine.submit(
+                GenerationRequest("completion", {"prompt": prompt, "max_tokens": 4, "temperature": 0.0})
+            )
             await job.wait_started(60)
             return [item async for item in job][-1]["choices"][0]["text"]
 

@@ -33,64 +33,73 @@ def rules(gbnf: str) -> dict[str, str]:
 # -- refused, with the key named ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schema, param, words", [
-    ({"enum": []}, "schema.enum", "at least one value"),
-    ({"anyOf": []}, "schema.anyOf", "at least one schema"),
-    ({"oneOf": []}, "schema.oneOf", "at least one schema"),
-    ({"allOf": []}, "schema.allOf", "non-empty"),
-    ({"type": []}, "schema.type", "at least one type"),
-    ({"type": ["string", "string"]}, "schema.type", "at most once"),
-    ({"type": "foo"}, "schema.type", "unknown type"),
-    ({"type": "foo", "enum": [None]}, "schema.type", "unknown type"),  # found by the property test below
-    ({"type": "object", "properties": {"a": {"enum": []}}}, "schema.properties.a.enum", "at least one value"),
-    ({"const": "\u0000"}, "schema.const", "U+0000"),
-    ({"const": {"k": ["ok", "a\u001fb"]}}, "schema.const.k[1]", "U+001F"),
-    ({"enum": ["fine", "\u0085"]}, "schema.enum[1]", "U+0085"),
-    ({"type": "object", "properties": {"\u0000": {}}}, "schema.properties", "U+0000"),
-    ({"const": "x" * 1025}, "schema.const", "limit is 1024"),
-    ({"enum": list(range(257))}, "schema.enum", "limit is 256"),
-    ({"$ref": "#/$defs/missing"}, "schema.$ref", "does not resolve"),
-    ({"$ref": "https://example.com/s.json"}, "schema.$ref", "only local"),
-    ({"$ref": "other.json#/a"}, "schema.$ref", "only local"),
-    ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}, "schema.$defs.a", "recursive"),
-    ({"$ref": "#/$defs/a", "$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/a"}}}},
-     "schema.$defs.a.items", "recursive"),
-    ({"$ref": "#"}, "schema", "recursive"),
-    ({"$defs": {"a": {"enum": []}}, "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
-     "schema.$defs.a.enum", "at least one value"),
-    ({"$ref": "#/$defs/a", "maxLength": 3, "$defs": {"a": {"type": "string"}}}, "schema", "$ref beside"),
-    ({"anyOf": [{"type": "string"}], "maxLength": 3}, "schema", "anyOf beside maxLength"),
-    ({"allOf": [{"type": "string"}]}, "schema.allOf[0]", "objects only"),
-    ({"type": "array", "minItems": 100_000_000}, "schema.minItems", "limit is 256"),
-    ({"type": "array", "maxItems": -1}, "schema.maxItems", "non-negative integer"),
-    ({"type": "array", "minItems": 3, "maxItems": 1}, "schema", "less than minItems"),
-    ({"type": "array", "items": False, "minItems": 1}, "schema", "items is false"),
-    ({"type": "array", "prefixItems": [{}], "items": {}}, "schema", "prefixItems beside items"),
-    ({"type": "string", "minLength": 200_000}, "schema.minLength", "limit is 1024"),
-    ({"type": "string", "minLength": 5, "maxLength": 2}, "schema", "less than minLength"),
-    ({"type": "string", "minLength": True}, "schema.minLength", "non-negative integer"),
-    ({"type": "string", "pattern": "^a", "maxLength": 3}, "schema", "pattern beside"),
-    ({"type": "string", "pattern": "["}, "schema.pattern", "not a regular expression"),
-    ({"type": "string", "pattern": "^a(?=b)$"}, "schema.pattern", "lookahead"),
-    ({"type": "string", "pattern": r"^(a)\1$"}, "schema.pattern", "backreferences"),
-    ({"type": "string", "pattern": r"a\b"}, "schema.pattern", "start and the end"),
-    ({"type": "string", "pattern": "a^b"}, "schema.pattern", "start and the end"),
-    ({"type": "string", "pattern": "(?i)abc"}, "schema.pattern", "inline flags"),
-    ({"type": "string", "pattern": "a*+"}, "schema.pattern", "possessive"),
-    ({"type": "string", "pattern": "a{1,100}"}, "schema.pattern", "over the limit"),
-    ({"type": "string", "pattern": "(a?)*"}, "schema.pattern", "empty string"),
-    ({"type": "string", "pattern": "(a|)+"}, "schema.pattern", "empty string"),
-    ({"type": "string", "pattern": "^[\\ud800-\\udfff]$"}, "schema.pattern", "no character"),
-    ({"type": "string", "pattern": "x" * 513}, "schema.pattern", "limit is 512"),
-    ({"type": "object", "properties": {f"p{i}": {} for i in range(129)}}, "schema.properties", "limit is 128"),
-    ({"type": "object", "required": ["a"], "additionalProperties": False}, "schema.required", "not a property"),
-    ({"type": "object", "required": "a"}, "schema.required", "list of property names"),
-    ({"type": "object", "additionalProperties": 5}, "schema.additionalProperties", "true, false or a schema"),
-    ({}, "schema", None),  # any value: accepted
-    ({"not": {"type": "string"}, "minimum": 3}, "schema", None),  # not enforced, accepted (docstring)
-    (False, "schema", "never be satisfied"),
-    ([], "schema", "must be a JSON schema"),
-])
+@pytest.mark.parametrize(
+    "schema, param, words",
+    [
+        ({"enum": []}, "schema.enum", "at least one value"),
+        ({"anyOf": []}, "schema.anyOf", "at least one schema"),
+        ({"oneOf": []}, "schema.oneOf", "at least one schema"),
+        ({"allOf": []}, "schema.allOf", "non-empty"),
+        ({"type": []}, "schema.type", "at least one type"),
+        ({"type": ["string", "string"]}, "schema.type", "at most once"),
+        ({"type": "foo"}, "schema.type", "unknown type"),
+        ({"type": "foo", "enum": [None]}, "schema.type", "unknown type"),  # found by the property test below
+        ({"type": "object", "properties": {"a": {"enum": []}}}, "schema.properties.a.enum", "at least one value"),
+        ({"const": "\u0000"}, "schema.const", "U+0000"),
+        ({"const": {"k": ["ok", "a\u001fb"]}}, "schema.const.k[1]", "U+001F"),
+        ({"enum": ["fine", "\u0085"]}, "schema.enum[1]", "U+0085"),
+        ({"type": "object", "properties": {"\u0000": {}}}, "schema.properties", "U+0000"),
+        ({"const": "x" * 1025}, "schema.const", "limit is 1024"),
+        ({"enum": list(range(257))}, "schema.enum", "limit is 256"),
+        ({"$ref": "#/$defs/missing"}, "schema.$ref", "does not resolve"),
+        ({"$ref": "https://example.com/s.json"}, "schema.$ref", "only local"),
+        ({"$ref": "other.json#/a"}, "schema.$ref", "only local"),
+        ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}, "schema.$defs.a", "recursive"),
+        (
+            {"$ref": "#/$defs/a", "$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/a"}}}},
+            "schema.$defs.a.items",
+            "recursive",
+        ),
+        ({"$ref": "#"}, "schema", "recursive"),
+        (
+            {"$defs": {"a": {"enum": []}}, "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
+            "schema.$defs.a.enum",
+            "at least one value",
+        ),
+        ({"$ref": "#/$defs/a", "maxLength": 3, "$defs": {"a": {"type": "string"}}}, "schema", "$ref beside"),
+        ({"anyOf": [{"type": "string"}], "maxLength": 3}, "schema", "anyOf beside maxLength"),
+        ({"allOf": [{"type": "string"}]}, "schema.allOf[0]", "objects only"),
+        ({"type": "array", "minItems": 100_000_000}, "schema.minItems", "limit is 256"),
+        ({"type": "array", "maxItems": -1}, "schema.maxItems", "non-negative integer"),
+        ({"type": "array", "minItems": 3, "maxItems": 1}, "schema", "less than minItems"),
+        ({"type": "array", "items": False, "minItems": 1}, "schema", "items is false"),
+        ({"type": "array", "prefixItems": [{}], "items": {}}, "schema", "prefixItems beside items"),
+        ({"type": "string", "minLength": 200_000}, "schema.minLength", "limit is 1024"),
+        ({"type": "string", "minLength": 5, "maxLength": 2}, "schema", "less than minLength"),
+        ({"type": "string", "minLength": True}, "schema.minLength", "non-negative integer"),
+        ({"type": "string", "pattern": "^a", "maxLength": 3}, "schema", "pattern beside"),
+        ({"type": "string", "pattern": "["}, "schema.pattern", "not a regular expression"),
+        ({"type": "string", "pattern": "^a(?=b)$"}, "schema.pattern", "lookahead"),
+        ({"type": "string", "pattern": r"^(a)\1$"}, "schema.pattern", "backreferences"),
+        ({"type": "string", "pattern": r"a\b"}, "schema.pattern", "start and the end"),
+        ({"type": "string", "pattern": "a^b"}, "schema.pattern", "start and the end"),
+        ({"type": "string", "pattern": "(?i)abc"}, "schema.pattern", "inline flags"),
+        ({"type": "string", "pattern": "a*+"}, "schema.pattern", "possessive"),
+        ({"type": "string", "pattern": "a{1,100}"}, "schema.pattern", "over the limit"),
+        ({"type": "string", "pattern": "(a?)*"}, "schema.pattern", "empty string"),
+        ({"type": "string", "pattern": "(a|)+"}, "schema.pattern", "empty string"),
+        ({"type": "string", "pattern": "^[\\ud800-\\udfff]$"}, "schema.pattern", "no character"),
+        ({"type": "string", "pattern": "x" * 513}, "schema.pattern", "limit is 512"),
+        ({"type": "object", "properties": {f"p{i}": {} for i in range(129)}}, "schema.properties", "limit is 128"),
+        ({"type": "object", "required": ["a"], "additionalProperties": False}, "schema.required", "not a property"),
+        ({"type": "object", "required": "a"}, "schema.required", "list of property names"),
+        ({"type": "object", "additionalProperties": 5}, "schema.additionalProperties", "true, false or a schema"),
+        ({}, "schema", None),  # any value: accepted
+        ({"not": {"type": "string"}, "minimum": 3}, "schema", None),  # not enforced, accepted (docstring)
+        (False, "schema", "never be satisfied"),
+        ([], "schema", "must be a JSON schema"),
+    ],
+)
 def test_schemas_the_grammar_engine_cannot_take_are_refused(schema, param, words):
     if words is None:
         assert schema_to_gbnf(schema)
@@ -110,24 +119,26 @@ def test_depth_and_size_are_bounded():
     # $refs used many times count each time: a ref tree of 4**6 leaves is refused, not expanded.
     defs = {"l0": {"type": "integer"}}
     for i in range(1, 7):
-        defs[f"l{i}"] = {"type": "array", "prefixItems": [{"$ref": f"#/$defs/l{i-1}"}] * 4}
+        defs[f"l{i}"] = {"type": "array", "prefixItems": [{"$ref": f"#/$defs/l{i - 1}"}] * 4}
     with pytest.raises(SchemaError, match="more than 1000 subschemas"):
         schema_to_gbnf({"$defs": defs, "$ref": "#/$defs/l6"})
-    wide = {"type": "object", "properties": {f"p{i}": {"enum": [f"v{j}" * 40 for j in range(40)]}
-                                              for i in range(20)}}
+    wide = {"type": "object", "properties": {f"p{i}": {"enum": [f"v{j}" * 40 for j in range(40)]} for i in range(20)}}
     with pytest.raises(SchemaError, match="grammar for this schema would be"):
         schema_to_gbnf(wide)
     assert schema_to_gbnf(wide, bounds=Bounds(max_grammar_bytes=10**6))
 
 
-@pytest.mark.parametrize("response_format, param", [
-    ({}, "response_format"),
-    (None, "response_format"),
-    ({"type": "json_schema"}, "response_format.json_schema"),
-    ({"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}, "response_format.json_schema.name"),
-    ({"type": "json_schema", "json_schema": {"schema": {"enum": []}}}, "response_format.json_schema.schema.enum"),
-    ({"type": "yaml"}, "response_format.type"),
-])
+@pytest.mark.parametrize(
+    "response_format, param",
+    [
+        ({}, "response_format"),
+        (None, "response_format"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}, "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"schema": {"enum": []}}}, "response_format.json_schema.schema.enum"),
+        ({"type": "yaml"}, "response_format.type"),
+    ],
+)
 def test_bad_response_formats_are_refused(response_format, param):
     with pytest.raises(SchemaError) as info:
         grammar_for_response_format(response_format)
@@ -145,7 +156,7 @@ def test_text_needs_no_grammar_and_json_object_is_any_object():
     assert g["char"].startswith('[^"\\\\\\x7F\\x00-\\x1F]')
 
 
-@pytest.mark.parametrize("value", ['a"b', "a\\b", "tab\there", "\U0001F600", "é", 5, None, {"k": [True]}])
+@pytest.mark.parametrize("value", ['a"b', "a\\b", "tab\there", "\U0001f600", "é", 5, None, {"k": [True]}])
 def test_constants_are_matched_as_their_json_text(value):
     if isinstance(value, str) and "\t" in value:
         with pytest.raises(SchemaError, match="control character"):
@@ -161,14 +172,23 @@ def test_constants_are_matched_as_their_json_text(value):
 def _gbnf_literal_value(lit: str) -> str:
     """The text a one-literal GBNF rule matches (for the escapes grammar.py writes)."""
     assert lit.startswith('"') and lit.endswith('"')
-    return re.sub(r"\\x([0-9A-F]{2})|\\u([0-9A-F]{4})|\\U([0-9A-F]{8})",
-                  lambda m: chr(int(next(g for g in m.groups() if g), 16)), lit[1:-1])
+    return re.sub(
+        r"\\x([0-9A-F]{2})|\\u([0-9A-F]{4})|\\U([0-9A-F]{8})",
+        lambda m: chr(int(next(g for g in m.groups() if g), 16)),
+        lit[1:-1],
+    )
 
 
 def test_property_names_and_empty_names_keep_their_own_rules():
-    g = rules(schema_to_gbnf({"type": "object", "properties": {"": {"type": "string"}, 'q"\\': {"type": "integer"},
-                                                               "space": {"type": "boolean"}},
-                              "required": ["", 'q"\\', "space"]}))
+    g = rules(
+        schema_to_gbnf(
+            {
+                "type": "object",
+                "properties": {"": {"type": "string"}, 'q"\\': {"type": "integer"}, "space": {"type": "boolean"}},
+                "required": ["", 'q"\\', "space"],
+            }
+        )
+    )
     assert g["root"].startswith('"{" space ')  # the root is the object, not the property named ""
     kv = [v for k, v in g.items() if k.endswith("kv")]
     names = sorted(_gbnf_literal_value(v.split(" space ")[0]) for v in kv)
@@ -177,10 +197,16 @@ def test_property_names_and_empty_names_keep_their_own_rules():
 
 
 def test_refs_are_inlined_and_cannot_shadow_builtin_rules():
-    g = rules(schema_to_gbnf({"$defs": {"space": {"type": "integer"}, "char": {"enum": ["x"]}},
-                              "type": "object", "properties": {"a": {"$ref": "#/$defs/space"},
-                                                                "b": {"$ref": "#/$defs/char"}},
-                              "required": ["a", "b"]}))
+    g = rules(
+        schema_to_gbnf(
+            {
+                "$defs": {"space": {"type": "integer"}, "char": {"enum": ["x"]}},
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/space"}, "b": {"$ref": "#/$defs/char"}},
+                "required": ["a", "b"],
+            }
+        )
+    )
     assert g["space"] == '" "?'
     assert "integer" in g["a-kv"] and '"\\x22x\\x22"' in " ".join(g.values())
 
@@ -191,14 +217,17 @@ def test_types_lists_apply_sibling_keywords_to_each_type():
     assert g["alternative-0"] == '"\\"" (char (char)?)? "\\"" space'
 
 
-@pytest.mark.parametrize("pattern, grammar", [
-    (r"^\d{3}$", r'"\"" pattern-1 pattern-1 pattern-1 "\"" space'),
-    (r"^\.$", r'"\"" "." "\"" space'),
-    (r"^a\x00b$", r'"\"" "a\x5Cu0000b" "\"" space'),  # NUL as the JSON escape \u0000: writable
-    (r"^(?:yes|no)$", r'"\"" ("yes" | "no") "\"" space'),
-    (r'^"$', r'"\"" "\x5C\x22" "\"" space'),  # a quote in the value is \" in the JSON text
-    ("abc", r'"\"" char* "abc" char* "\"" space'),  # unanchored: a search, as JSON Schema says
-])
+@pytest.mark.parametrize(
+    "pattern, grammar",
+    [
+        (r"^\d{3}$", r'"\"" pattern-1 pattern-1 pattern-1 "\"" space'),
+        (r"^\.$", r'"\"" "." "\"" space'),
+        (r"^a\x00b$", r'"\"" "a\x5Cu0000b" "\"" space'),  # NUL as the JSON escape \u0000: writable
+        (r"^(?:yes|no)$", r'"\"" ("yes" | "no") "\"" space'),
+        (r'^"$', r'"\"" "\x5C\x22" "\"" space'),  # a quote in the value is \" in the JSON text
+        ("abc", r'"\"" char* "abc" char* "\"" space'),  # unanchored: a search, as JSON Schema says
+    ],
+)
 def test_patterns_become_grammar_over_the_json_text(pattern, grammar):
     assert rules(schema_to_gbnf({"type": "string", "pattern": pattern}))["root"] == grammar
 
@@ -217,9 +246,14 @@ class Parser:
     """llama.cpp's GBNF parser in a worker process (tests/gbnf_check.py)."""
 
     def __init__(self, model) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.gbnf_check", str(model)], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.gbnf_check", str(model)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def accepts(self, gbnf: str) -> bool:
         self.proc.stdin.write(json.dumps(gbnf) + "\n")
@@ -253,34 +287,103 @@ def test_the_parser_check_can_fail(parser):
 def _schemas():
     from hypothesis import strategies as st
 
-    hostile_text = st.sampled_from(["", "a", 'q"', "b\\s", "\u0000", "\u001f", "\u0085", "\U0001F600", "é",
-                                    "space", "root", "char", "-", "a b", "x" * 300])
-    scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
-                       st.floats(allow_nan=False, allow_infinity=False), hostile_text)
+    hostile_text = st.sampled_from(
+        [
+            "",
+            "a",
+            'q"',
+            "b\\s",
+            "\u0000",
+            "\u001f",
+            "\u0085",
+            "\U0001f600",
+            "é",
+            "space",
+            "root",
+            "char",
+            "-",
+            "a b",
+            "x" * 300,
+        ]
+    )
+    scalar = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=False, allow_infinity=False),
+        hostile_text,
+    )
     count = st.one_of(st.integers(-2, 300), st.just(10**8), st.booleans(), st.just(1.5))
-    pattern = st.one_of(st.sampled_from([r"^\d+$", r"^\.$", "abc", r"^[^a]$", "(a?)*", r"^a\x00b$", "[",
-                                         r"^(a|b){2,5}c?$", r"\w+@\w+\.com", "^$", "a{0,64}", "(?i)x",
-                                         r"^\S+$", r"^[\s\S]$", r"^a|b$", ".*", r"^[\]\-\\]$", r"\u00e9"]),
-                        st.text(alphabet="ab.|()[]^$*+?{}0123,\\d-", max_size=12))
-    keyword = st.sampled_from(["type", "enum", "const", "anyOf", "oneOf", "allOf", "properties", "required",
-                               "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-                               "minLength", "maxLength", "pattern", "format", "$ref", "description", "$defs"])
+    pattern = st.one_of(
+        st.sampled_from(
+            [
+                r"^\d+$",
+                r"^\.$",
+                "abc",
+                r"^[^a]$",
+                "(a?)*",
+                r"^a\x00b$",
+                "[",
+                r"^(a|b){2,5}c?$",
+                r"\w+@\w+\.com",
+                "^$",
+                "a{0,64}",
+                "(?i)x",
+                r"^\S+$",
+                r"^[\s\S]$",
+                r"^a|b$",
+                ".*",
+                r"^[\]\-\\]$",
+                r"\u00e9",
+            ]
+        ),
+        st.text(alphabet="ab.|()[]^$*+?{}0123,\\d-", max_size=12),
+    )
+    keyword = st.sampled_from(
+        [
+            "type",
+            "enum",
+            "const",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "properties",
+            "required",
+            "additionalProperties",
+            "items",
+            "prefixItems",
+            "minItems",
+            "maxItems",
+            "minLength",
+            "maxLength",
+            "pattern",
+            "format",
+            "$ref",
+            "description",
+            "$defs",
+        ]
+    )
 
     def node(children):
         value_for = {
-            "type": st.one_of(st.sampled_from(["string", "number", "integer", "boolean", "null", "object",
-                                               "array", "foo", "value"]),
-                              st.lists(st.sampled_from(["string", "null", "integer", "object"]), max_size=3)),
+            "type": st.one_of(
+                st.sampled_from(["string", "number", "integer", "boolean", "null", "object", "array", "foo", "value"]),
+                st.lists(st.sampled_from(["string", "null", "integer", "object"]), max_size=3),
+            ),
             "enum": st.lists(scalar, max_size=3),
             "const": scalar,
-            "anyOf": st.lists(children, max_size=3), "oneOf": st.lists(children, max_size=3),
+            "anyOf": st.lists(children, max_size=3),
+            "oneOf": st.lists(children, max_size=3),
             "allOf": st.lists(children, max_size=2),
             "properties": st.dictionaries(hostile_text, children, max_size=3),
             "required": st.lists(hostile_text, max_size=3),
             "additionalProperties": st.one_of(st.booleans(), children),
             "items": st.one_of(st.booleans(), children, st.lists(children, max_size=2)),
             "prefixItems": st.lists(children, max_size=2),
-            "minItems": count, "maxItems": count, "minLength": count, "maxLength": count,
+            "minItems": count,
+            "maxItems": count,
+            "minLength": count,
+            "maxLength": count,
             "pattern": pattern,
             "format": st.sampled_from(["date", "date-time", "uuid", "email", "time"]),
             "$ref": st.sampled_from(["#", "#/$defs/a", "#/$defs/missing", "#/properties/x", "https://x/y"]),
@@ -288,7 +391,8 @@ def _schemas():
             "$defs": st.dictionaries(st.sampled_from(["a", "space", "root"]), children, max_size=2),
         }
         return st.lists(keyword, max_size=4, unique=True).flatmap(
-            lambda keys: st.fixed_dictionaries({k: value_for[k] for k in keys}))
+            lambda keys: st.fixed_dictionaries({k: value_for[k] for k in keys})
+        )
 
     return st.recursive(st.one_of(st.booleans(), node(st.just({}))), node, max_leaves=12)
 
@@ -343,7 +447,8 @@ sampler = grammar_sampler(llm._model.vocab, 'root ::= "ok"')
 C.llama_sampler_free(sampler)
 print("accepted" if sampler else "NULL")
 """
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(bad)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(bad)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:5] == ["refused 400"] * 4 + ["accepted"]

@@ -13,10 +13,15 @@ pytest.importorskip("llama_cpp", reason="needs llmctl[serve]")
 
 pytestmark = pytest.mark.model
 
-SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 30},
-                                           "year": {"type": "integer"}, "tags": {"type": "array", "maxItems": 2,
-                                                                                  "items": {"enum": ["sea", "storm"]}}},
-          "required": ["title", "year", "tags"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 30},
+        "year": {"type": "integer"},
+        "tags": {"type": "array", "maxItems": 2, "items": {"enum": ["sea", "storm"]}},
+    },
+    "required": ["title", "year", "tags"],
+}
 PROMPT = b"<start_of_turn>user\nA story about a lighthouse, as JSON.<end_of_turn>\n<start_of_turn>model\n"
 
 

@@ -6,15 +6,23 @@ from llmctl.serve.choices import completion_logprobs, legacy_logprobs
 
 
 def entry(token: str, logprob: float, top: dict[str, float]) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode()),
-            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()]}
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()],
+    }
 
 
 def test_the_legacy_shape():
     entries = [entry("b", -0.1, {"b": -0.1, "c": -2.0}), entry("a", -1.5, {"c": -0.5, "a": -1.5})]
     c = completion_logprobs(entries, text_offset=10)
-    assert c == {"tokens": ["b", "a"], "token_logprobs": [-0.1, -1.5],
-                 "top_logprobs": [{"b": -0.1, "c": -2.0}, {"c": -0.5, "a": -1.5}], "text_offset": [10, 11]}
+    assert c == {
+        "tokens": ["b", "a"],
+        "token_logprobs": [-0.1, -1.5],
+        "top_logprobs": [{"b": -0.1, "c": -2.0}, {"c": -0.5, "a": -1.5}],
+        "text_offset": [10, 11],
+    }
 
 
 def test_offsets_run_on_across_a_stream():

@@ -34,11 +34,28 @@ MiB = 1 << 20
 def settings(names=("a", "b", "c"), **pool) -> ServeSettings:
     served = tuple(ServedModel(n, Path(f"/models/{n}.gguf"), True, None) for n in names)
     return ServeSettings(
-        service=None, model_name=served[0].name, model_path=served[0].path, verified=True, host="127.0.0.1",
-        port=8000, n_ctx=512, n_batch=512, n_threads=None, n_gpu_layers=0, flash_attn=False, chat_format=None,
-        embeddings=False, api_keys=(), api_keys_source=None, public_health=True, public_metrics=False,
-        shutdown_timeout_s=1.0, limits=Limits(), models=served if len(served) > 1 else (),
-        pool=PoolSettings(**pool))
+        service=None,
+        model_name=served[0].name,
+        model_path=served[0].path,
+        verified=True,
+        host="127.0.0.1",
+        port=8000,
+        n_ctx=512,
+        n_batch=512,
+        n_threads=None,
+        n_gpu_layers=0,
+        flash_attn=False,
+        chat_format=None,
+        embeddings=False,
+        api_keys=(),
+        api_keys_source=None,
+        public_health=True,
+        public_metrics=False,
+        shutdown_timeout_s=1.0,
+        limits=Limits(),
+        models=served if len(served) > 1 else (),
+        pool=PoolSettings(**pool),
+    )
 
 
 class StubEngine:
@@ -87,13 +104,18 @@ class Clock:
         return self.now
 
 
-def make_pool(s: ServeSettings, sizes: dict[str, int] | None = None, fail: set[str] = frozenset(),
-              clock: Clock | None = None) -> tuple[ModelPool, list[tuple[str, str]]]:
+def make_pool(
+    s: ServeSettings, sizes: dict[str, int] | None = None, fail: set[str] = frozenset(), clock: Clock | None = None
+) -> tuple[ModelPool, list[tuple[str, str]]]:
     sizes = sizes or {}
     events: list[tuple[str, str]] = []
-    pool = ModelPool(s, lambda ms: StubEngine(ms, fail=ms.model_name in fail),
-                     estimate=lambda ms: sizes.get(ms.model_name, 100 * MiB), clock=clock or time.monotonic,
-                     measure=False)
+    pool = ModelPool(
+        s,
+        lambda ms: StubEngine(ms, fail=ms.model_name in fail),
+        estimate=lambda ms: sizes.get(ms.model_name, 100 * MiB),
+        clock=clock or time.monotonic,
+        measure=False,
+    )
     pool.on_event = lambda event, model, **kw: events.append((event, model))
     return pool, events
 
@@ -119,6 +141,7 @@ def test_loads_on_demand_and_alternates_with_max_loaded_1():
         unloads = [m for e, m in events if e == "model_unloaded"]
         assert loads == ["a", "b", "a", "b"] and unloads == ["a", "b", "a"]
         assert pool.entries["a"].loads == 2 and pool.entries["a"].unloads == 2
+
     run(main())
 
 
@@ -132,6 +155,7 @@ def test_least_recently_used_goes_first():
         clock.now += 1
         await pool.load("c", 5)  # b is the least recently used
         assert states(pool) == {"a": "loaded", "b": "unloaded", "c": "loaded"}
+
     run(main())
 
 
@@ -153,6 +177,7 @@ def test_a_busy_model_is_never_unloaded_the_request_waits():
         entry = await asyncio.wait_for(waiter, 5)
         assert entry.name == "b" and engine_a.stopped and states(pool) == {"a": "unloaded", "b": "loaded"}
         pool.release(entry)
+
     run(main())
 
 
@@ -164,6 +189,7 @@ def test_a_leased_model_is_not_unloaded_before_its_job_is_submitted():
             await pool.acquire("b", 0.1)
         pool.release(entry)
         await pool.load("b", 5)
+
     run(main())
 
 
@@ -177,6 +203,7 @@ def test_pinned_model_survives_and_takes_its_place():
         assert states(pool)["a"] == "loaded" and ("model_unloaded", "a") not in events
         with pytest.raises(Conflict):
             await pool.unload("a")
+
     run(main())
 
 
@@ -189,28 +216,34 @@ def test_no_room_even_without_every_unpinned_model_is_503_at_once():
         assert err.value.status == 503 and "pinned" in err.value.message
         assert states(pool) == {"a": "loaded", "b": "unloaded"}
 
-        pool, events = make_pool(settings(("a", "b", "c"), memory_budget=300 * MiB),
-                                 sizes={"a": 150 * MiB, "b": 100 * MiB, "c": 400 * MiB})
+        pool, events = make_pool(
+            settings(("a", "b", "c"), memory_budget=300 * MiB), sizes={"a": 150 * MiB, "b": 100 * MiB, "c": 400 * MiB}
+        )
         await pool.load("a", 5)
         await pool.load("b", 5)
         with pytest.raises(NoRoom) as err:
             await pool.acquire("c", 5)
         assert err.value.code == "insufficient_memory" and "memory_budget 300 MiB" in err.value.message
         assert states(pool) == {"a": "loaded", "b": "loaded", "c": "unloaded"}  # nothing unloaded for it
+
     run(main())
 
 
 def test_memory_budget_unloads_as_few_as_needed():
     async def main():
         clock = Clock()
-        pool, _ = make_pool(settings(("a", "b", "c"), memory_budget=300 * MiB), clock=clock,
-                            sizes={"a": 100 * MiB, "b": 100 * MiB, "c": 150 * MiB})
+        pool, _ = make_pool(
+            settings(("a", "b", "c"), memory_budget=300 * MiB),
+            clock=clock,
+            sizes={"a": 100 * MiB, "b": 100 * MiB, "c": 150 * MiB},
+        )
         for name in ["a", "b"]:
             clock.now += 1
             await pool.load(name, 5)
         clock.now += 1
         await pool.load("c", 5)  # 350 > 300: a (the oldest) goes, b stays
         assert states(pool) == {"a": "unloaded", "b": "loaded", "c": "loaded"}
+
     run(main())
 
 
@@ -223,6 +256,7 @@ def test_unknown_model_is_404_but_one_model_takes_any_name():
         assert pool.entry(None).name == "a"  # no name: the default model
         single, _ = make_pool(settings(("only",)))
         assert single.entry("gpt-4o").name == "only"
+
     run(main())
 
 
@@ -242,6 +276,7 @@ def test_keep_alive_unloads_idle_unpinned_models():
             await asyncio.sleep(0.02)
         assert states(pool) == {"a": "loaded", "b": "unloaded"}
         reaper.cancel()
+
     run(main())
 
 
@@ -253,6 +288,7 @@ def test_a_failed_load_is_a_503_and_leaves_the_model_unloaded():
         assert "bad file" in err.value.message and err.value.status == 503
         assert states(pool)["b"] == "unloaded" and pool.entries["b"].error == "ValueError: bad file"
         assert pool.status()["models"][1]["error"] == "ValueError: bad file"
+
     run(main())
 
 
@@ -269,10 +305,18 @@ def test_unload_refuses_a_busy_model_and_status_tells_the_truth():
         clock.now += 5
         doc = pool.status()
         a, b = doc["models"]
-        assert (a["id"], a["status"], a["default"], a["idle_s"], a["slots"], a["n_ctx"]) == ("a", "loaded", True, 5.0, 4, 512)
+        assert (a["id"], a["status"], a["default"], a["idle_s"], a["slots"], a["n_ctx"]) == (
+            "a",
+            "loaded",
+            True,
+            5.0,
+            4,
+            512,
+        )
         assert (b["status"], b["idle_s"], b["rss_bytes"]) == ("unloaded", None, None)
         assert await pool.unload("a") is True
         assert pool.status()["models"][0]["status"] == "unloaded"
+
     run(main())
 
 
@@ -284,15 +328,25 @@ def test_concurrent_requests_for_one_unloaded_model_load_it_once():
         assert pool.entries["b"].leases == 5
         for e in entries:
             pool.release(e)
+
     run(main())
 
 
 def test_estimate_counts_the_kv_cache_from_the_gguf_header(tmp_path):
     from tests.ggufmake import make_gguf
 
-    path = make_gguf(tmp_path / "m.gguf", payload_bytes=4 * MiB,
-                     shape={"block_count": 18, "head_count": 4, "head_count_kv": 1, "embedding_length": 640,
-                            "key_length": 256, "value_length": 256})
+    path = make_gguf(
+        tmp_path / "m.gguf",
+        payload_bytes=4 * MiB,
+        shape={
+            "block_count": 18,
+            "head_count": 4,
+            "head_count_kv": 1,
+            "embedding_length": 640,
+            "key_length": 256,
+            "value_length": 256,
+        },
+    )
     s = ServeSettings(**{**settings(("m",)).__dict__, "model_path": path, "n_ctx": 1024})
     size = path.stat().st_size
     kv = 18 * 1 * (256 + 256) * 2 * 1024 * 4  # four slots (parallel), each with n_ctx of its own
@@ -300,9 +354,15 @@ def test_estimate_counts_the_kv_cache_from_the_gguf_header(tmp_path):
     # one rule with what serve logs at start (from llama.cpp's view of the same header)
     from llmctl.serve.backend import kv_bytes_per_token
 
-    meta = {"general.architecture": "llama", "llama.block_count": "18", "llama.attention.head_count": "4",
-            "llama.attention.head_count_kv": "1", "llama.embedding_length": "640",
-            "llama.attention.key_length": "256", "llama.attention.value_length": "256"}
+    meta = {
+        "general.architecture": "llama",
+        "llama.block_count": "18",
+        "llama.attention.head_count": "4",
+        "llama.attention.head_count_kv": "1",
+        "llama.embedding_length": "640",
+        "llama.attention.key_length": "256",
+        "llama.attention.value_length": "256",
+    }
     assert kv_bytes_per_token(meta) * 1024 * 4 == kv
 
 
@@ -313,8 +373,10 @@ def test_service_models_keys(write_config):
     from llmctl.config import load_config
     from llmctl.errors import ConfigError
 
-    write_config("version: 1\nservices:\n  chat:\n    models: [a, b]\n    memory_budget: 6G\n    pinned: [b]\n"
-                 "    max_loaded: 2\n    keep_alive_s: 300\n")
+    write_config(
+        "version: 1\nservices:\n  chat:\n    models: [a, b]\n    memory_budget: 6G\n    pinned: [b]\n"
+        "    max_loaded: 2\n    keep_alive_s: 300\n"
+    )
     spec = load_config().config.services["chat"]
     assert spec.model == "a" and spec.served_models == ["a", "b"] and spec.memory_budget == 6 << 30
     write_config("version: 1\nservices:\n  chat:\n    model: c\n    models: [a, b]\n")
@@ -340,8 +402,10 @@ def test_settings_with_several_model_paths(write_config, tmp_path):
     from tests.ggufmake import make_gguf
 
     a, b = make_gguf(tmp_path / "a.gguf"), make_gguf(tmp_path / "b.gguf", seed=1)
-    write_config(f"version: 1\nservices:\n  chat:\n    models: [{a}, {b}]\n    allow_unverified_path: true\n"
-                 f"    max_loaded: 1\n    keep_alive_s: 60\n")
+    write_config(
+        f"version: 1\nservices:\n  chat:\n    models: [{a}, {b}]\n    allow_unverified_path: true\n"
+        f"    max_loaded: 1\n    keep_alive_s: 60\n"
+    )
     s = resolve_settings(load_config(), resolve_paths(), "chat")
     assert [m.path for m in s.served] == [a, b] and s.model_path == a and s.model_name == s.served[0].name
     assert (s.pool.max_loaded, s.pool.keep_alive_s, s.preload) == (1, 60.0, (s.served[0].name,))

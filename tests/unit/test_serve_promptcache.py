@@ -16,7 +16,7 @@ def state(size: int) -> tuple[object, int]:
 
 def test_best_is_the_longest_shared_prefix_and_short_prompts_are_not_saved():
     cache = PromptCache(1000)
-    assert not cache.wants(A[:MIN_SAVE - 1])
+    assert not cache.wants(A[: MIN_SAVE - 1])
     cache.put(A, state(10))
     cache.put(B, state(10))
     found = cache.best(A[:70] + [1, 2, 3])
@@ -29,7 +29,7 @@ def test_a_prefix_of_a_saved_prompt_is_redundant_both_ways():
     cache.put(A[:MIN_SAVE], state(10))
     cache.put(A, state(20))  # the longer one serves both: the shorter goes
     assert len(cache) == 1 and cache.used == 20
-    assert not cache.wants(A[:MIN_SAVE + 5])  # already inside a saved prompt
+    assert not cache.wants(A[: MIN_SAVE + 5])  # already inside a saved prompt
 
 
 def test_the_budget_drops_the_least_recently_used_first():

@@ -33,20 +33,23 @@ def refused(body: dict | bytes, n_vocab: int = N_VOCAB) -> P.InvalidRequest:
 # -- the body: JSON that parses, nests sanely and is text -------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, words", [
-    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),
-    (b'{"prompt": ' + b"[" * 70 + b"]" * 70 + b"}", "nests too deeply"),
-    (b'{"prompt": "\\ud800", "max_tokens": 2}', "lone UTF-16 surrogate"),
-    (b'{"prompt": "x", "\\udfff": 1}', "lone UTF-16 surrogate"),
-    (b'{"prompt": "\xed\xa0\x80"}', "not valid UTF-8"),  # a surrogate encoded in UTF-8
-    (b'\xff\xfe{}', "not valid UTF-8"),
-    (b'{"prompt": "x", "temperature": NaN}', "NaN is not a JSON number"),
-    (b'{"prompt": "x", "temperature": Infinity}', "Infinity is not a JSON number"),
-    (b'{"prompt": "x", "temperature": -1e999}', "out of range"),
-    (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", "could not parse"),
-    (b'{not json', "could not parse"),
-    (b'[1, 2]', "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),
+        (b'{"prompt": ' + b"[" * 70 + b"]" * 70 + b"}", "nests too deeply"),
+        (b'{"prompt": "\\ud800", "max_tokens": 2}', "lone UTF-16 surrogate"),
+        (b'{"prompt": "x", "\\udfff": 1}', "lone UTF-16 surrogate"),
+        (b'{"prompt": "\xed\xa0\x80"}', "not valid UTF-8"),  # a surrogate encoded in UTF-8
+        (b"\xff\xfe{}", "not valid UTF-8"),
+        (b'{"prompt": "x", "temperature": NaN}', "NaN is not a JSON number"),
+        (b'{"prompt": "x", "temperature": Infinity}', "Infinity is not a JSON number"),
+        (b'{"prompt": "x", "temperature": -1e999}', "out of range"),
+        (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", "could not parse"),
+        (b"{not json", "could not parse"),
+        (b"[1, 2]", "must be a JSON object"),
+    ],
+)
 def test_bodies_that_are_not_sane_json_text_are_400(raw, words):
     assert words in refused(raw).message
 
@@ -58,79 +61,99 @@ def test_a_lone_surrogate_in_a_key_is_named_with_an_escape():
 
 
 def test_a_paired_surrogate_escape_is_text():
-    assert translate(b'{"prompt": "\\ud83d\\ude00", "max_tokens": 2}').params["prompt"] == "\U0001F600"
+    assert translate(b'{"prompt": "\\ud83d\\ude00", "max_tokens": 2}').params["prompt"] == "\U0001f600"
 
 
 # -- strict types, ranges, and what only the vocabulary can tell ----------------------------------------------
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": True}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 5.0}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-    ({"prompt": "x", "stream": "yes"}, "stream"),
-    ({"prompt": "x", "stream": 1}, "stream"),
-    ({"prompt": "x", "temperature": "0.5"}, "temperature"),
-    ({"prompt": "x", "temperature": 3}, "temperature"),
-    ({"prompt": "x", "top_p": True}, "top_p"),
-    ({"prompt": "x", "top_k": -1}, "top_k"),
-    ({"prompt": "x", "top_k": 2**31}, "top_k"),
-    ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
-    ({"prompt": "x", "seed": 2**64}, "seed"),
-    ({"prompt": "x", "stop": 5}, "stop"),
-    ({"prompt": "x", "stop": ""}, "stop"),
-    ({"prompt": "x", "stop": ["a"] * 17}, "stop"),
-    ({"prompt": "x", "n": 2}, "n"),
-    ({"prompt": "x", "best_of": 3}, "best_of"),
-    ({"prompt": "x", "logprobs": 1}, "logprobs"),
-    ({"prompt": "x", "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
-    ({"prompt": "x", "logit_bias": {"-5": 1}}, "logit_bias"),
-    ({"prompt": "x", "logit_bias": {"05": 1}}, "logit_bias"),
-    ({"prompt": "x", "logit_bias": {"5.0": 1}}, "logit_bias"),
-    ({"prompt": "x", "logit_bias": {"1000": 1}}, "logit_bias"),
-    ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias.5"),
-    ({"prompt": "x", "logit_bias": {"5": "1"}}, "logit_bias.5"),
-    ({"prompt": [1000]}, "prompt[0]"),
-    ({"prompt": [-5]}, "prompt[0]"),
-    ({"prompt": [1, True]}, "prompt"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": [""]}, "prompt"),
-    ({"prompt": ["a", "b"]}, "prompt"),
-    ({"prompt": [2, 100], "echo": True}, "echo"),
-    ({"prompt": "x", "echo": "true"}, "echo"),
-    ({"prompt": "x", "suffix": 5}, "suffix"),
-    ({"prompt": [1] * 449}, "prompt"),  # 512 - 64 = 448 tokens of room
-    ({"messages": "hi"}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "function", "content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user"}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
-    ({"messages": [{"role": "tool", "content": "r"}]}, "messages[0].tool_call_id"),
-    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
-     "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
-     "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}, "messages[0].content[0].type"),
-    ({"messages": MSG, "max_completion_tokens": 0}, "max_completion_tokens"),
-    ({"messages": MSG, "logprobs": True}, "logprobs"),
-    ({"messages": MSG, "response_format": {}}, "response_format"),
-    ({"messages": MSG, "response_format": "json"}, "response_format"),
-    ({"messages": MSG, "response_format": {"type": "xml"}}, "response_format.type"),
-    ({"messages": MSG, "response_format": {"type": "json_object", "schema": {"enum": []}}},
-     "response_format.schema.enum"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 5.0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "stream": "yes"}, "stream"),
+        ({"prompt": "x", "stream": 1}, "stream"),
+        ({"prompt": "x", "temperature": "0.5"}, "temperature"),
+        ({"prompt": "x", "temperature": 3}, "temperature"),
+        ({"prompt": "x", "top_p": True}, "top_p"),
+        ({"prompt": "x", "top_k": -1}, "top_k"),
+        ({"prompt": "x", "top_k": 2**31}, "top_k"),
+        ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
+        ({"prompt": "x", "seed": 2**64}, "seed"),
+        ({"prompt": "x", "stop": 5}, "stop"),
+        ({"prompt": "x", "stop": ""}, "stop"),
+        ({"prompt": "x", "stop": ["a"] * 17}, "stop"),
+        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "best_of": 3}, "best_of"),
+        ({"prompt": "x", "logprobs": 1}, "logprobs"),
+        ({"prompt": "x", "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ({"prompt": "x", "logit_bias": {"-5": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"05": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"5.0": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"1000": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"prompt": "x", "logit_bias": {"5": "1"}}, "logit_bias.5"),
+        ({"prompt": [1000]}, "prompt[0]"),
+        ({"prompt": [-5]}, "prompt[0]"),
+        ({"prompt": [1, True]}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [""]}, "prompt"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": [2, 100], "echo": True}, "echo"),
+        ({"prompt": "x", "echo": "true"}, "echo"),
+        ({"prompt": "x", "suffix": 5}, "suffix"),
+        ({"prompt": [1] * 449}, "prompt"),  # 512 - 64 = 448 tokens of room
+        ({"messages": "hi"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "function", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
+        ({"messages": [{"role": "tool", "content": "r"}]}, "messages[0].tool_call_id"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+            "messages[0].content[0].type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages[0].content[0].type",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}, "messages[0].content[0].type"),
+        ({"messages": MSG, "max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"messages": MSG, "logprobs": True}, "logprobs"),
+        ({"messages": MSG, "response_format": {}}, "response_format"),
+        ({"messages": MSG, "response_format": "json"}, "response_format"),
+        ({"messages": MSG, "response_format": {"type": "xml"}}, "response_format.type"),
+        (
+            {"messages": MSG, "response_format": {"type": "json_object", "schema": {"enum": []}}},
+            "response_format.schema.enum",
+        ),
+    ],
+)
 def test_lax_or_impossible_values_are_400_naming_the_field(body, param):
     assert refused(body).param == param
 
 
 def test_image_parts_are_refused_clearly():
-    err = refused({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]})
+    err = refused(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:,"}},
+                    ],
+                }
+            ]
+        }
+    )
     assert err.code == "unsupported_content" and "text only" in err.message
 
 
@@ -146,22 +169,42 @@ def test_token_ids_cannot_be_checked_while_loading():
 
 
 def test_chat_is_normalized_for_the_engine():
-    req = translate({
-        "model": "anything", "max_tokens": 9, "temperature": 0, "seed": -1, "stop": "END",
-        "logit_bias": {"0": -100, "999": 2.5}, "stream": True, "user": "u-1",
-        "messages": [
-            {"role": "developer", "content": "Be brief."},
-            {"role": "user", "name": "ann", "content": [{"type": "text", "text": "one"},
-                                                          {"type": "text", "text": "two"}], "extra": 1},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "42"},
-            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
-        ]})
+    req = translate(
+        {
+            "model": "anything",
+            "max_tokens": 9,
+            "temperature": 0,
+            "seed": -1,
+            "stop": "END",
+            "logit_bias": {"0": -100, "999": 2.5},
+            "stream": True,
+            "user": "u-1",
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "name": "ann",
+                    "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}],
+                    "extra": 1,
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+            ],
+        }
+    )
     assert req.endpoint == "chat" and req.stream is True
     assert req.max_prompt_tokens == 512 - 9
     assert req.params == {
-        "max_tokens": 9, "model": "smoke", "temperature": 0, "seed": -1, "stop": ["END"],
+        "max_tokens": 9,
+        "model": "smoke",
+        "temperature": 0,
+        "seed": -1,
+        "stop": ["END"],
         "logit_bias": {0: -100.0, 999: 2.5},
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -170,15 +213,23 @@ def test_chat_is_normalized_for_the_engine():
             {"role": "assistant", "content": '{"tool_calls": [{"name": "f", "arguments": {}}]}'},
             {"role": "user", "content": '{"tool_response": {"name": "f", "content": "42", "tool_call_id": "c1"}}'},
             {"role": "assistant", "content": "no"},
-        ]}
+        ],
+    }
 
 
 def test_completion_is_normalized_for_the_engine():
     req = translate({"prompt": [[5, 6, 7]], "max_tokens": 1000})
     assert req.params == {"max_tokens": 64, "model": "smoke", "prompt": [5, 6, 7], "echo": False, "suffix": None}
     req = translate({"prompt": ["Hello"], "echo": True, "suffix": "!", "top_k": 0, "min_p": 0.1})
-    assert req.params == {"max_tokens": 64, "model": "smoke", "prompt": "Hello", "echo": True, "suffix": "!",
-                          "top_k": 0, "min_p": 0.1}
+    assert req.params == {
+        "max_tokens": 64,
+        "model": "smoke",
+        "prompt": "Hello",
+        "echo": True,
+        "suffix": "!",
+        "top_k": 0,
+        "min_p": 0.1,
+    }
     assert P.prompt_text(req) == "Hello"
     assert P.prompt_text(translate({"prompt": [1, 2]})) == ""
 
@@ -192,7 +243,7 @@ def test_response_format_reaches_the_engine_only_as_grammar():
 
 
 def test_unknown_fields_are_accepted_and_not_passed_on():
-    req = translate({"prompt": "x", "frobnicate": {"deep": [1, 2]}, "grammar": "root ::= \"x\""})
+    req = translate({"prompt": "x", "frobnicate": {"deep": [1, 2]}, "grammar": 'root ::= "x"'})
     assert "frobnicate" not in req.params and "grammar" not in req.params
 
 
@@ -216,8 +267,12 @@ def test_the_prompt_budget_is_the_context_less_max_tokens_within_the_cap():
 
 def test_the_translation_is_pure():
     """The same body gives the same request, and the body is left as it was (the router forwards it)."""
-    data = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}]}], "stop": "x",
-            "logit_bias": {"5": 1}, "stream": True}
+    data = {
+        "messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}]}],
+        "stop": "x",
+        "logit_bias": {"5": 1},
+        "stream": True,
+    }
     snapshot = json.loads(json.dumps(data))
     body = P.validate_chat(data)
     first, second = P.to_generation_request(body, LIMITS, N_VOCAB), P.to_generation_request(body, LIMITS, N_VOCAB)
@@ -228,8 +283,9 @@ def test_the_translation_is_pure():
 def test_limits_of_the_settings():
     from types import SimpleNamespace
 
-    settings = SimpleNamespace(model_name="chat", n_ctx=2048, limits=SimpleNamespace(max_tokens=256,
-                                                                                      max_prompt_tokens=1000, max_n=3))
+    settings = SimpleNamespace(
+        model_name="chat", n_ctx=2048, limits=SimpleNamespace(max_tokens=256, max_prompt_tokens=1000, max_n=3)
+    )
     assert P.Limits.of(settings) == P.Limits("chat", 2048, 256, 1000, 3)  # type: ignore[arg-type]
 
 
@@ -239,18 +295,30 @@ def test_max_tokens_defaults_and_is_capped():
     assert translate({"messages": MSG, "max_tokens": 3, "max_completion_tokens": 7}).params["max_tokens"] == 7
 
 
-@pytest.mark.parametrize("value, result", [
-    ("hi", "hi"), (["a", "b"], ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "value, result",
+    [
+        ("hi", "hi"),
+        (["a", "b"], ["a", "b"]),
+    ],
+)
 def test_embedding_input(value, result):
     body = P.validate_embedding(P.parse_body(json.dumps({"input": value}).encode()))
     assert P.embedding_input(body) == result
 
 
-@pytest.mark.parametrize("value, param", [
-    ("", "input"), ([], "input"), (["a", ""], "input[1]"), ([1, 2], "input"), ([[1, 2]], "input"),
-    (5, "input"), (["a"] * 2049, "input"),
-])
+@pytest.mark.parametrize(
+    "value, param",
+    [
+        ("", "input"),
+        ([], "input"),
+        (["a", ""], "input[1]"),
+        ([1, 2], "input"),
+        ([[1, 2]], "input"),
+        (5, "input"),
+        (["a"] * 2049, "input"),
+    ],
+)
 def test_bad_embedding_input_is_400(value, param):
     with pytest.raises(P.InvalidRequest) as info:
         P.embedding_input(P.validate_embedding(P.parse_body(json.dumps({"input": value}).encode())))

@@ -22,13 +22,16 @@ class Settings:
         self.limits = Limits(**limits)
 
 
-@pytest.mark.parametrize("max_connections, open_files, caps", [
-    (256, Limits().open_files, (256, 320)),  # what LimitNOFILE= gives: every connection, and 64 to answer 503
-    (8, Limits(max_connections=8).open_files, (8, 72)),
-    (256, 96, (39, 48)),  # a tight ulimit: both fit in it, with room for the rest of the process
-    (256, 1024, (256, 320)),
-    (1, 4, (1, 2)),
-])
+@pytest.mark.parametrize(
+    "max_connections, open_files, caps",
+    [
+        (256, Limits().open_files, (256, 320)),  # what LimitNOFILE= gives: every connection, and 64 to answer 503
+        (8, Limits(max_connections=8).open_files, (8, 72)),
+        (256, 96, (39, 48)),  # a tight ulimit: both fit in it, with room for the rest of the process
+        (256, 1024, (256, 320)),
+        (1, 4, (1, 2)),
+    ],
+)
 def test_connection_caps_fit_the_open_file_limit(max_connections, open_files, caps):
     served, hard = connection_caps(Settings(max_connections=max_connections), open_files)
     assert (served, hard) == caps
@@ -50,8 +53,10 @@ def test_once_per_second_counts_what_it_held_back():
 
 def test_uvicorns_per_request_warnings_are_limited():
     f = FloodFilter()
-    records = [logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Exceeded concurrency limit.", None, None)
-               for _ in range(100)]
+    records = [
+        logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Exceeded concurrency limit.", None, None)
+        for _ in range(100)
+    ]
     assert sum(f.filter(r) for r in records) == 1
     other = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "something else", None, None)
     assert f.filter(other) and f.filter(other)
@@ -87,8 +92,14 @@ asyncio.run(main())
 def accept_errors_logged(mode: str, tmp_path) -> tuple[int, str]:
     log = tmp_path / f"{mode}.log"  # a file, not a pipe: thousands of tracebacks would fill a pipe
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", ACCEPT_SERVER, mode], cwd=REPO, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ACCEPT_SERVER, mode],
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     clients: list[socket.socket] = []
     try:
         port = int(proc.stdout.readline())
@@ -124,11 +135,16 @@ def test_the_server_units_limit_nofile_follows_max_connections(tmp_path):
     from llmctl.units.render import RenderOptions, render
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("services:\n  big:\n    model: smoke\n    limits:\n      max_connections: 1000\n"
-                   "  small:\n    model: smoke\n    port: 8001\n")
+    cfg.write_text(
+        "services:\n  big:\n    model: smoke\n    limits:\n      max_connections: 1000\n"
+        "  small:\n    model: smoke\n    port: 8001\n"
+    )
     root = tmp_path / "home"
-    options = RenderOptions(llmctl="/opt/llmctl/bin/llmctl", config_path="/etc/llmctl/config.yaml",
-                            paths=Paths("home", root, root, root / "state", root / "cache"))
+    options = RenderOptions(
+        llmctl="/opt/llmctl/bin/llmctl",
+        config_path="/etc/llmctl/config.yaml",
+        paths=Paths("home", root, root, root / "state", root / "cache"),
+    )
     result = render(check_file(cfg), options)
     for unit, limit in (("llmctl-big.service", 1000 + 64 + 128), ("llmctl-small.service", 256 + 64 + 128)):
         lines = result.get(unit).content.splitlines()

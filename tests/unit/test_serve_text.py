@@ -87,13 +87,22 @@ def test_gemma_keeps_the_system_message_at_the_head_of_the_first_user_turn():
     from llmctl.serve.chat import resolve
 
     gemma = resolve("gemma", {}, "<bos>", "<eos>", 1)
-    out = gemma.format([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"}])
-    assert out.prompt == ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello"
-                          "<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n")
+    out = gemma.format(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Why?"},
+        ]
+    )
+    assert out.prompt == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello"
+        "<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
+    )
     only_system = gemma.format([{"role": "system", "content": "Be brief."}])
     assert "Be brief." in only_system.prompt
     # Other formats keep their own handling of the system turn.
-    chatml = resolve("chatml", {}, "", "", -1).format([{"role": "system", "content": "S"},
-                                                       {"role": "user", "content": "U"}])
+    chatml = resolve("chatml", {}, "", "", -1).format(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    )
     assert "<|im_start|>system\nS" in chatml.prompt

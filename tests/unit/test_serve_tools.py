@@ -13,12 +13,25 @@ import pytest
 from llmctl.serve import protocol as P
 from llmctl.serve import tools as T
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}, "required": ["city"]}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
 LIMITS = P.Limits(model_name="smoke", n_ctx=512, max_tokens=64, max_prompt_tokens=None, max_n=4)
 
 
@@ -31,28 +44,60 @@ def spec(choice=None, parallel=True, tools=(WEATHER, TIME)) -> T.ToolSpec:
 # -- validation ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tools,choice,parallel,param", [
-    ("f", None, None, "tools"),
-    ([], None, None, "tools"),
-    ([{"type": "retrieval"}], None, None, "tools[0].type"),
-    ([{"type": "function"}], None, None, "tools[0].function"),
-    ([{"type": "function", "function": {"name": "a b"}}], None, None, "tools[0].function.name"),
-    ([{"type": "function", "function": {"name": "x" * 65}}], None, None, "tools[0].function.name"),
-    ([{"type": "function", "function": {"name": "f", "description": 5}}], None, None,
-     "tools[0].function.description"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], None, None,
-     "tools[0].function.parameters"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "x": {"enum": []}}}}}], None, None, "tools[0].function.parameters.properties.x.enum"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "x": {"$ref": "#/$defs/missing"}}}}}], None, None, "tools[0].function.parameters.properties.x.$ref"),
-    ([WEATHER, WEATHER], None, None, "tools[1].function.name"),
-    ([WEATHER], "sometimes", None, "tool_choice"),
-    ([WEATHER], {"type": "function", "function": {"name": "nope"}}, None, "tool_choice.function.name"),
-    ([WEATHER], {"type": "function"}, None, "tool_choice.function.name"),
-    ([WEATHER], None, "yes", "parallel_tool_calls"),
-    (None, "required", None, "tool_choice"),
-])
+@pytest.mark.parametrize(
+    "tools,choice,parallel,param",
+    [
+        ("f", None, None, "tools"),
+        ([], None, None, "tools"),
+        ([{"type": "retrieval"}], None, None, "tools[0].type"),
+        ([{"type": "function"}], None, None, "tools[0].function"),
+        ([{"type": "function", "function": {"name": "a b"}}], None, None, "tools[0].function.name"),
+        ([{"type": "function", "function": {"name": "x" * 65}}], None, None, "tools[0].function.name"),
+        (
+            [{"type": "function", "function": {"name": "f", "description": 5}}],
+            None,
+            None,
+            "tools[0].function.description",
+        ),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}],
+            None,
+            None,
+            "tools[0].function.parameters",
+        ),
+        (
+            [
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"enum": []}}}},
+                }
+            ],
+            None,
+            None,
+            "tools[0].function.parameters.properties.x.enum",
+        ),
+        (
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}},
+                    },
+                }
+            ],
+            None,
+            None,
+            "tools[0].function.parameters.properties.x.$ref",
+        ),
+        ([WEATHER, WEATHER], None, None, "tools[1].function.name"),
+        ([WEATHER], "sometimes", None, "tool_choice"),
+        ([WEATHER], {"type": "function", "function": {"name": "nope"}}, None, "tool_choice.function.name"),
+        ([WEATHER], {"type": "function"}, None, "tool_choice.function.name"),
+        ([WEATHER], None, "yes", "parallel_tool_calls"),
+        (None, "required", None, "tool_choice"),
+    ],
+)
 def test_bad_tools_are_refused_naming_the_field(tools, choice, parallel, param):
     with pytest.raises(T.ToolError) as info:
         T.parse_tools(tools, choice, parallel)
@@ -81,8 +126,13 @@ def test_detect_format():
 
 HISTORY = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
     {"role": "tool", "content": "21 C", "tool_call_id": "call_1"},
     {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
 ]
@@ -101,18 +151,21 @@ def test_render_gives_plain_alternating_messages(fmt):
 
 
 def test_render_keeps_a_system_prompt_and_formats():
-    out = T.render_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-                            spec(), "hermes")
+    out = T.render_messages(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], spec(), "hermes"
+    )
     assert out[0]["content"].startswith("Be brief.\n\n# Tools") and "<tools>" in out[0]["content"]
     generic = T.render_messages(HISTORY, spec(), "generic")
     assert json.loads(generic[3]["content"].split("\n\n")[0]) == {
-        "tool_response": {"name": "get_weather", "content": "21 C", "tool_call_id": "call_1"}}
+        "tool_response": {"name": "get_weather", "content": "21 C", "tool_call_id": "call_1"}
+    }
     assert "<tool_response>\n21 C\n</tool_response>" in T.render_messages(HISTORY, spec(), "hermes")[3]["content"]
     # tool_choice none: the definitions stay out; the history is still text
     out = T.render_messages(HISTORY, spec("none"), "generic")
     assert [m["role"] for m in out] == ["user", "assistant", "user"]
     assert T.render_messages([{"role": "user", "content": "x", "name": "ann"}], None, "generic") == [
-        {"role": "user", "content": "x", "name": "ann"}]
+        {"role": "user", "content": "x", "name": "ann"}
+    ]
 
 
 # -- grammars -----------------------------------------------------------------------------------------------
@@ -154,31 +207,64 @@ def test_named_grammar_names_only_that_function():
 # -- parsing ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt,text,content,calls", [
-    ("generic", '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}', None,
-     [("get_weather", {"city": "Oslo"})]),
-    ("generic", '{"response": "Hello \\"you\\""}', 'Hello "you"', []),
-    ("generic", "plain words", "plain words", []),
-    ("generic", '{"response": "cut \\u00e9 sho', "cut \u00e9 sho", []),  # max_tokens: the text so far
-    ("generic", '{"tool_calls": [{"name": "unknown", "arguments": {}}]}',
-     '{"tool_calls": [{"name": "unknown", "arguments": {}}]}', []),
-    ("hermes", ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
-                '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'), "Let me check.",
-     [("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})]),
-    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}', None,
-     [("get_weather", {"city": "Oslo"})]),
-    ("hermes", "No tools needed.", "No tools needed.", []),
-    ("hermes", "<tool_call>\nnot json\n</tool_call>", "<tool_call>\nnot json\n</tool_call>", []),
-    ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]', None,
-     [("get_weather", {"city": "Oslo"})]),
-    ("mistral", ' [{"name": "get_time", "arguments": {"zone": "UTC"}}]', None, [("get_time", {"zone": "UTC"})]),
-    ("mistral", "[1, 2] are numbers", "[1, 2] are numbers", []),
-    ("llama3", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}', None,
-     [("get_weather", {"city": "Oslo"})]),
-    ("llama3", ('{"name": "get_weather", "parameters": {"city": "A"}}; {"name": "get_time", "parameters": '
-                '{"zone": "B"}}'), None, [("get_weather", {"city": "A"}), ("get_time", {"zone": "B"})]),
-    ("llama3", '{"a": 1}', '{"a": 1}', []),
-])
+@pytest.mark.parametrize(
+    "fmt,text,content,calls",
+    [
+        (
+            "generic",
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}',
+            None,
+            [("get_weather", {"city": "Oslo"})],
+        ),
+        ("generic", '{"response": "Hello \\"you\\""}', 'Hello "you"', []),
+        ("generic", "plain words", "plain words", []),
+        ("generic", '{"response": "cut \\u00e9 sho', "cut \u00e9 sho", []),  # max_tokens: the text so far
+        (
+            "generic",
+            '{"tool_calls": [{"name": "unknown", "arguments": {}}]}',
+            '{"tool_calls": [{"name": "unknown", "arguments": {}}]}',
+            [],
+        ),
+        (
+            "hermes",
+            (
+                'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+                '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+            ),
+            "Let me check.",
+            [("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})],
+        ),
+        (
+            "hermes",
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}',
+            None,
+            [("get_weather", {"city": "Oslo"})],
+        ),
+        ("hermes", "No tools needed.", "No tools needed.", []),
+        ("hermes", "<tool_call>\nnot json\n</tool_call>", "<tool_call>\nnot json\n</tool_call>", []),
+        (
+            "mistral",
+            '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+            None,
+            [("get_weather", {"city": "Oslo"})],
+        ),
+        ("mistral", ' [{"name": "get_time", "arguments": {"zone": "UTC"}}]', None, [("get_time", {"zone": "UTC"})]),
+        ("mistral", "[1, 2] are numbers", "[1, 2] are numbers", []),
+        (
+            "llama3",
+            '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}',
+            None,
+            [("get_weather", {"city": "Oslo"})],
+        ),
+        (
+            "llama3",
+            ('{"name": "get_weather", "parameters": {"city": "A"}}; {"name": "get_time", "parameters": {"zone": "B"}}'),
+            None,
+            [("get_weather", {"city": "A"}), ("get_time", {"zone": "B"})],
+        ),
+        ("llama3", '{"a": 1}', '{"a": 1}', []),
+    ],
+)
 def test_parse_output(fmt, text, content, calls):
     parsed = T.parse_output(text, spec(), fmt)
     assert parsed.content == content
@@ -188,8 +274,10 @@ def test_parse_output(fmt, text, content, calls):
 
 
 def test_parallel_false_keeps_one_call():
-    text = ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "A"}}, '
-            '{"name": "get_time", "arguments": {"zone": "B"}}]}')
+    text = (
+        '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "A"}}, '
+        '{"name": "get_time", "arguments": {"zone": "B"}}]}'
+    )
     assert len(T.parse_output(text, spec(parallel=False), "generic").calls) == 1
     assert len(T.parse_output(text, spec(), "generic").calls) == 2
 
@@ -202,7 +290,7 @@ def stream(text: str, fmt: str, s: T.ToolSpec | None = None, step: int = 3) -> t
     a = T.StreamAssembler(s or spec(), fmt)
     deltas: list[dict] = []
     for i in range(0, len(text), step):
-        deltas += a.feed(text[i:i + step])
+        deltas += a.feed(text[i : i + step])
     rest, called = a.finish()
     deltas += rest
     content = "".join(d.get("content", "") for d in deltas)
@@ -218,31 +306,38 @@ def stream(text: str, fmt: str, s: T.ToolSpec | None = None, step: int = 3) -> t
     return content, [calls[i] for i in sorted(calls)], called
 
 
-@pytest.mark.parametrize("fmt,text", [
-    ("generic", '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}'),
-    ("hermes", 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'),
-    ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]'),
-    ("llama3", '{"name": "get_weather", "parameters": {"city": "Oslo"}}'),
-])
+@pytest.mark.parametrize(
+    "fmt,text",
+    [
+        ("generic", '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}'),
+        ("hermes", 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'),
+        ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]'),
+        ("llama3", '{"name": "get_weather", "parameters": {"city": "Oslo"}}'),
+    ],
+)
 @pytest.mark.parametrize("step", [1, 4, 1000])
 def test_streamed_calls_match_the_whole_parse(fmt, text, step):
     content, calls, called = stream(text, fmt, step=step)
     whole = T.parse_output(text, spec(), fmt)
     assert called and content.strip() == (whole.content or "")  # streamed: blanks before a call may have gone out
     assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
-        (c.name, json.loads(c.arguments)) for c in whole.calls]
+        (c.name, json.loads(c.arguments)) for c in whole.calls
+    ]
     assert all(c["id"].startswith("call_") for c in calls)
 
 
-@pytest.mark.parametrize("fmt,text,expected", [
-    ("generic", '{"response": "Hi \\"there\\" \\u00e9\\ud83d\\ude00\\n"}', 'Hi "there" \u00e9\U0001F600\n'),
-    ("generic", "not json at all", "not json at all"),
-    ("hermes", "Just text, < and <tool but no call.", "Just text, < and <tool but no call."),
-    ("mistral", "Plain answer [1].", "Plain answer [1]."),
-    ("mistral", "[not a call]", "[not a call]"),
-    ("llama3", "{curly} text", "{curly} text"),
-    ("llama3", "Plain.", "Plain."),
-])
+@pytest.mark.parametrize(
+    "fmt,text,expected",
+    [
+        ("generic", '{"response": "Hi \\"there\\" \\u00e9\\ud83d\\ude00\\n"}', 'Hi "there" \u00e9\U0001f600\n'),
+        ("generic", "not json at all", "not json at all"),
+        ("hermes", "Just text, < and <tool but no call.", "Just text, < and <tool but no call."),
+        ("mistral", "Plain answer [1].", "Plain answer [1]."),
+        ("mistral", "[not a call]", "[not a call]"),
+        ("llama3", "{curly} text", "{curly} text"),
+        ("llama3", "Plain.", "Plain."),
+    ],
+)
 @pytest.mark.parametrize("step", [1, 2, 7])
 def test_streamed_content_arrives_whole(fmt, text, expected, step):
     content, calls, called = stream(text, fmt, step=step)
@@ -281,20 +376,35 @@ def test_protocol_renders_tools_and_sets_the_grammar():
     assert "grammar" not in req.params
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}}}]}, "tools[0].function.parameters.properties.x.$ref"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"functions": [{"name": "f"}]}, "functions"),
-    ({"function_call": "auto"}, "function_call"),
-    ({"audio": {"voice": "alloy"}}, "audio"),
-    ({"modalities": ["text", "audio"]}, "modalities"),
-    ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
-    ({"web_search_options": {}}, "web_search_options"),
-    ({"n": 5}, "n"),
-    ({"top_logprobs": 21}, "top_logprobs"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}},
+                        },
+                    }
+                ]
+            },
+            "tools[0].function.parameters.properties.x.$ref",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"n": 5}, "n"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+    ],
+)
 def test_protocol_refusals_name_the_field(body, param):
     with pytest.raises(P.InvalidRequest) as info:
         translate({"messages": [{"role": "user", "content": "hi"}], **body})
@@ -302,23 +412,57 @@ def test_protocol_refusals_name_the_field(body, param):
 
 
 def test_json_schema_with_refs_and_strict():
-    req = translate({"messages": [{"role": "user", "content": "hi"}], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "Person", "strict": True, "schema": {
-            "$defs": {"Pet": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
-            "type": "object", "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}}},
-            "required": ["pets"], "additionalProperties": False}}}})
+    req = translate(
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "Person",
+                    "strict": True,
+                    "schema": {
+                        "$defs": {
+                            "Pet": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+                        },
+                        "type": "object",
+                        "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}}},
+                        "required": ["pets"],
+                        "additionalProperties": False,
+                    },
+                },
+            },
+        }
+    )
     assert "pets" in req.params["grammar"]
     assert translate({"messages": [{"role": "user", "content": "hi"}], "n": 4}).params["messages"]
 
 
-@pytest.mark.parametrize("fmt,text", [
-    ("generic", ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
-                '{"name": "get_time", "arguments": {"zone": "UTC"}}]}')),
-    ("hermes", ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}\n</tool_call>\n'
-               '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>')),
-    ("mistral", ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
-                '{"name": "get_time", "arguments": {"zone": "UTC"}}]')),
-])
+@pytest.mark.parametrize(
+    "fmt,text",
+    [
+        (
+            "generic",
+            (
+                '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
+                '{"name": "get_time", "arguments": {"zone": "UTC"}}]}'
+            ),
+        ),
+        (
+            "hermes",
+            (
+                '<tool_call>\n{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}\n</tool_call>\n'
+                '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+            ),
+        ),
+        (
+            "mistral",
+            (
+                '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "O\\"s}lo"}}, '
+                '{"name": "get_time", "arguments": {"zone": "UTC"}}]'
+            ),
+        ),
+    ],
+)
 def test_forced_calls_stream_their_arguments_as_written(fmt, text):
     s = spec("required", parallel=True)
     a = T.StreamAssembler(s, fmt)
@@ -355,9 +499,11 @@ def test_logprobs_reach_the_engine_only_where_it_has_them():
     assert req({"messages": msgs, "logprobs": True}).params["logprobs"] == 0
     assert "logprobs" not in req({"messages": msgs, "logprobs": False}).params
     assert req({"prompt": "x", "logprobs": 2}).params["logprobs"] == 2
-    for body, param in [({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
-                        ({"prompt": "x", "logprobs": 21}, "logprobs"),
-                        ({"prompt": "x", "logprobs": 1, "echo": True}, "logprobs")]:
+    for body, param in [
+        ({"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"prompt": "x", "logprobs": 1, "echo": True}, "logprobs"),
+    ]:
         with pytest.raises(P.InvalidRequest) as info:
             req(body)
         assert info.value.param == param

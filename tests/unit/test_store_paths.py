@@ -23,9 +23,17 @@ def _store(home: Path) -> Store:
 
 
 def _entry(path: str, victim: Path) -> dict:
-    return {"file": "victim.gguf", "path": path, "size": victim.stat().st_size, "sha256": sha256_of(victim),
-            "pulled_at": "2026-01-01T00:00:00Z", "repo": None, "revision": None, "source": "import",
-            "chat_format": None}
+    return {
+        "file": "victim.gguf",
+        "path": path,
+        "size": victim.stat().st_size,
+        "sha256": sha256_of(victim),
+        "pulled_at": "2026-01-01T00:00:00Z",
+        "repo": None,
+        "revision": None,
+        "source": "import",
+        "chat_format": None,
+    }
 
 
 def _write_lock(home: Path, entries: dict) -> None:
@@ -86,8 +94,10 @@ def test_every_reader_refuses_a_path_outside_the_store(home: Path, victim: Path,
     from llmctl.units.render import RenderOptions, render
 
     with pytest.raises(IntegrityError):
-        render(validate({"services": {"chat": {"model": "evil"}}}),
-               RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml", paths=store.paths))
+        render(
+            validate({"services": {"chat": {"model": "evil"}}}),
+            RenderOptions(llmctl="/usr/bin/llmctl", config_path="/etc/llmctl/config.yaml", paths=store.paths),
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -135,21 +145,47 @@ def test_rm_of_an_entry_that_is_a_directory_changes_nothing(home: Path, victim: 
     assert (home / "models" / "d" / "model.gguf").is_dir()
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b'{"version": 1, "models": {"\xff": {}}}', "utf-8"),
-    (json.dumps({"version": 1, "models": {"m": {"file": 5, "path": ["a"], "size": "big", "sha256": None,
-                                                "pulled_at": 1}}}).encode(), "must be a string"),
-    (json.dumps({"version": 1, "models": {"m": {"file": "f", "path": "m/f", "size": True, "sha256": "a" * 64,
-                                                "pulled_at": "t"}}}).encode(), "'size' must be an integer"),
-    (json.dumps({"version": 1, "models": {"m": {"file": "f", "path": "m/f", "size": 1, "sha256": "a" * 64,
-                                                "pulled_at": "t", "extra": 1}}}).encode(), "unknown field"),
-    (json.dumps({"version": 1, "models": {"m": {"path": "m/f"}}}).encode(), "is missing"),
-    (json.dumps({"version": 1, "models": {"Evil\n": {}}}).encode(), "not a model name"),
-    (b'{"version": 1, "models": [1]}', "'models' is not an object"),
-    (b'[1, 2]', "unsupported version"),
-    (b'{"version": 1, "models": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-    (b"not json", "Expecting value"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b'{"version": 1, "models": {"\xff": {}}}', "utf-8"),
+        (
+            json.dumps(
+                {
+                    "version": 1,
+                    "models": {"m": {"file": 5, "path": ["a"], "size": "big", "sha256": None, "pulled_at": 1}},
+                }
+            ).encode(),
+            "must be a string",
+        ),
+        (
+            json.dumps(
+                {
+                    "version": 1,
+                    "models": {"m": {"file": "f", "path": "m/f", "size": True, "sha256": "a" * 64, "pulled_at": "t"}},
+                }
+            ).encode(),
+            "'size' must be an integer",
+        ),
+        (
+            json.dumps(
+                {
+                    "version": 1,
+                    "models": {
+                        "m": {"file": "f", "path": "m/f", "size": 1, "sha256": "a" * 64, "pulled_at": "t", "extra": 1}
+                    },
+                }
+            ).encode(),
+            "unknown field",
+        ),
+        (json.dumps({"version": 1, "models": {"m": {"path": "m/f"}}}).encode(), "is missing"),
+        (json.dumps({"version": 1, "models": {"Evil\n": {}}}).encode(), "not a model name"),
+        (b'{"version": 1, "models": [1]}', "'models' is not an object"),
+        (b"[1, 2]", "unsupported version"),
+        (b'{"version": 1, "models": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b"not json", "Expecting value"),
+    ],
+)
 def test_a_corrupt_lockfile_is_one_integrity_error(home: Path, raw: bytes, why: str):
     (home / "models.lock").write_bytes(raw)
     with pytest.raises(IntegrityError) as exc:
@@ -167,7 +203,6 @@ def test_a_malformed_hub_hash_never_names_a_partial_file(home: Path, tmp_path: P
         hub.faults.linked_etag = False  # the hash comes from paths-info only
         hub.add("o/r", "f.gguf", b"GGUF" + b"\0" * 64, sha256="../../../outside/x")
         with pytest.raises(OperationFailed, match="malformed LFS sha256"):
-            ops.pull(_store(home), "o/r", "f.gguf",
-                     settings=hubmod.HubSettings(hub.url, None, False))
+            ops.pull(_store(home), "o/r", "f.gguf", settings=hubmod.HubSettings(hub.url, None, False))
     assert not (home / "models" / ".partial").exists() or not any((home / "models" / ".partial").iterdir())
     assert not (home.parent / "outside").exists()

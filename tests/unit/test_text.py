@@ -12,8 +12,13 @@ from llmctl.text import PATTERNS, check_pattern, control_char, is_name, printabl
 REPO = Path(__file__).resolve().parents[2]
 
 GOOD = {
-    "name": "llama-1b", "user": "llmctl-health", "sha256": "a" * 64, "commit": "b" * 40, "size": "8G",
-    "service_unit": "llmctl-chat.service", "timespan": "1min",
+    "name": "llama-1b",
+    "user": "llmctl-health",
+    "sha256": "a" * 64,
+    "commit": "b" * 40,
+    "size": "8G",
+    "service_unit": "llmctl-chat.service",
+    "timespan": "1min",
 }
 
 
@@ -43,8 +48,9 @@ def test_no_regex_in_llmctl_is_anchored_with_dollar():
     assert offenders == []
 
 
-@pytest.mark.parametrize("ch", ["\0", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e",
-                                "\ufeff", "\ud800"])
+@pytest.mark.parametrize(
+    "ch", ["\0", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e", "\ufeff", "\ud800"]
+)
 def test_control_characters(ch: str):
     assert control_char(f"a{ch}b") == ch
     shown = printable(f"a{ch}b")

@@ -56,11 +56,24 @@ def test_rendering_is_deterministic_and_names_the_version(home: Path):
 
 def test_cpu_server_is_sandboxed_without_devices(home: Path):
     chat = _render(EXAMPLE, home).get("llmctl-chat.service").content
-    for setting in ("ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
-                    "DynamicUser=yes", "CapabilityBoundingSet=", "PrivateDevices=yes", "ProcSubset=pid",
-                    "IPAddressAllow=localhost", "IPAddressDeny=any", "MemoryMax=8G", "Type=notify",
-                    "WatchdogSec=30s", "Restart=on-failure", "RestartPreventExitStatus=2 3",
-                    "StartLimitBurst=5"):
+    for setting in (
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=",
+        "PrivateDevices=yes",
+        "ProcSubset=pid",
+        "IPAddressAllow=localhost",
+        "IPAddressDeny=any",
+        "MemoryMax=8G",
+        "Type=notify",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=2 3",
+        "StartLimitBurst=5",
+    ):
         assert setting in chat.splitlines(), setting
     assert _unit(chat, "SystemCallFilter") == ["@system-service", "~@privileged @resources"]
     assert _unit(chat, "RestrictAddressFamilies") == ["AF_UNIX AF_INET"]
@@ -93,27 +106,55 @@ def test_gpu_services_keep_the_sandbox_and_reach_the_gpu(gpu_keys: str, home: Pa
 def test_exec_start_uses_absolute_paths_and_the_store_layout(home: Path):
     result = _render(FLEET, home)
     chat = _unit(result.get("llmctl-chat.service").content, "ExecStart")[0].split()
-    assert chat == [LLMCTL, "--system", "--config", CONFIG, "serve", "chat", "--model",
-                    "/var/lib/llmctl/models/smoke/gemma-3-270m-q4_k_m.gguf"]
+    assert chat == [
+        LLMCTL,
+        "--system",
+        "--config",
+        CONFIG,
+        "serve",
+        "chat",
+        "--model",
+        "/var/lib/llmctl/models/smoke/gemma-3-270m-q4_k_m.gguf",
+    ]
     gpu = _unit(result.get("llmctl-gpu.service").content, "ExecStart")[0].split()
     assert gpu[-1] == "/var/lib/llmctl/models/llama-1b/Llama-3.2-1B-Instruct-Q4_K_M.gguf"
 
 
 def test_exec_start_names_every_model_of_a_multi_model_service(home: Path, tmp_path: Path):
     config = tmp_path / "multi.yaml"
-    config.write_text("version: 1\nmodels:\n  llama-1b:\n    repo: bartowski/Llama-3.2-1B-Instruct-GGUF\n"
-                      "    file: Llama-3.2-1B-Instruct-Q4_K_M.gguf\n"
-                      "services:\n  multi:\n    models: [smoke, llama-1b]\n    max_loaded: 1\n")
+    config.write_text(
+        "version: 1\nmodels:\n  llama-1b:\n    repo: bartowski/Llama-3.2-1B-Instruct-GGUF\n"
+        "    file: Llama-3.2-1B-Instruct-Q4_K_M.gguf\n"
+        "services:\n  multi:\n    models: [smoke, llama-1b]\n    max_loaded: 1\n"
+    )
     unit = _render(config, home).get("llmctl-multi.service").content
     assert _unit(unit, "ExecStart")[0].split()[4:] == [
-        "serve", "multi", "--model", "/var/lib/llmctl/models/smoke/gemma-3-270m-q4_k_m.gguf",
-        "--model", "/var/lib/llmctl/models/llama-1b/Llama-3.2-1B-Instruct-Q4_K_M.gguf"]
+        "serve",
+        "multi",
+        "--model",
+        "/var/lib/llmctl/models/smoke/gemma-3-270m-q4_k_m.gguf",
+        "--model",
+        "/var/lib/llmctl/models/llama-1b/Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+    ]
 
 
 def test_exec_start_uses_the_lock_entrys_path_when_installed(home: Path):
-    (home / "models.lock").write_text(json.dumps({"version": 1, "models": {"llama-1b": {
-        "file": "Llama-3.2-1B-Instruct-Q4_K_M.gguf", "path": "llama-1b/renamed.gguf", "size": 1,
-        "sha256": "0" * 64, "pulled_at": "2026-01-01T00:00:00Z"}}}))
+    (home / "models.lock").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": {
+                    "llama-1b": {
+                        "file": "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+                        "path": "llama-1b/renamed.gguf",
+                        "size": 1,
+                        "sha256": "0" * 64,
+                        "pulled_at": "2026-01-01T00:00:00Z",
+                    }
+                },
+            }
+        )
+    )
     gpu = _render(FLEET, home).get("llmctl-gpu.service").content
     assert _unit(gpu, "ExecStart")[0].endswith(" --model /var/lib/llmctl/models/llama-1b/renamed.gguf")
 
@@ -143,7 +184,11 @@ def test_health_runs_as_its_own_user_and_writes_only_its_state(home: Path):
     assert _unit(health, "StateDirectory") == ["llmctl/state"]
     assert _unit(health, "ReadWritePaths") == ["-/var/lib/node_exporter/textfile_collector"]
     assert _unit(health, "ExecStart")[0].split()[4:] == [
-        "health", "--quiet", "--textfile", "/var/lib/node_exporter/textfile_collector/llmctl.prom"]
+        "health",
+        "--quiet",
+        "--textfile",
+        "/var/lib/node_exporter/textfile_collector/llmctl.prom",
+    ]
     assert _unit(health, "CapabilityBoundingSet") == [""]
     timer = result.get("llmctl-health.timer").content
     assert _unit(timer, "OnUnitInactiveSec") == ["30s"]
@@ -197,12 +242,16 @@ def test_templates_are_strict_and_escape_every_value(home: Path):
     with pytest.raises(jinja2.UndefinedError):
         env.render("systemd", "health.timer.j2", {"header": Rendered("#")})
     # A value a template prints goes through its format's escaper, unless it is Rendered already.
-    timer = env.render("systemd", "health.timer.j2", {"header": Rendered("# h"), "interval": "1%",
-                                                      "health_unit": "x.service"})
+    timer = env.render(
+        "systemd", "health.timer.j2", {"header": Rendered("# h"), "interval": "1%", "health_unit": "x.service"}
+    )
     assert "OnBootSec=1%%" in timer
     with pytest.raises(UsageError, match="control character"):
-        env.render("systemd", "health.timer.j2", {"header": Rendered("# h"), "interval": "1min\nExecStart=/x",
-                                                  "health_unit": "x.service"})
+        env.render(
+            "systemd",
+            "health.timer.j2",
+            {"header": Rendered("# h"), "interval": "1min\nExecStart=/x", "health_unit": "x.service"},
+        )
 
 
 def test_exec_arguments_are_quoted_and_escaped():
@@ -218,9 +267,22 @@ def test_world_unreadable_model_gives_a_warning(home: Path, tmp_path: Path):
     model.parent.mkdir(parents=True)
     model.write_bytes(b"GGUF")
     model.chmod(0o600)
-    (home / "models.lock").write_text(json.dumps({"version": 1, "models": {"smoke": {
-        "file": model.name, "path": "smoke/" + model.name, "size": 4, "sha256": "0" * 64,
-        "pulled_at": "2026-01-01T00:00:00Z"}}}))
+    (home / "models.lock").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": {
+                    "smoke": {
+                        "file": model.name,
+                        "path": "smoke/" + model.name,
+                        "size": 4,
+                        "sha256": "0" * 64,
+                        "pulled_at": "2026-01-01T00:00:00Z",
+                    }
+                },
+            }
+        )
+    )
     result = _render(EXAMPLE, home)
     assert any("not world-readable" in w and "smoke" in w for w in result.warnings)
 
@@ -247,8 +309,9 @@ def test_server_units_write_only_serves_state_directory(home: Path):
     `llmctl usage` reads it (Paths.serve_state_dir), not the health check's directory (another user)."""
     result = _render(FLEET, home)
     expected = "/var/lib/llmctl/serve"
-    system = Paths("system", Path("/etc/llmctl"), Path("/var/lib/llmctl"), Path("/var/lib/llmctl/state"),
-                   Path("/var/cache/llmctl"))
+    system = Paths(
+        "system", Path("/etc/llmctl"), Path("/var/lib/llmctl"), Path("/var/lib/llmctl/state"), Path("/var/cache/llmctl")
+    )
     assert str(system.serve_state_dir) == expected and str(system.state_dir) != expected
     for f in result.files:
         if f.kind == "service" and f.name != "llmctl-health.service":
@@ -265,24 +328,30 @@ def test_polkit_rule_allows_only_restarts_of_the_listed_units_by_the_health_user
     from tests._node import polkit_decisions
 
     rules = _render(FLEET, home).get("50-llmctl-health.rules").content
-    assert polkit_decisions(rules, [
-        ["llmctl-health", "restart", "llmctl-chat.service", None],
-        ["llmctl-health", "try-restart", "llm-public.service", None],
-        ["llmctl-health", "stop", "llmctl-chat.service", None],
-        ["llmctl-health", "start", "llmctl-chat.service", None],
-        ["llmctl-health", "restart", "sshd.service", None],
-        ["llmctl-health", "restart", "llmctl-health.service", None],
-        ["nobody", "restart", "llmctl-chat.service", None],
-        ["llmctl-health", "restart", "llmctl-chat.service", "org.freedesktop.systemd1.manage-unit-files"],
-    ]) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
+    assert polkit_decisions(
+        rules,
+        [
+            ["llmctl-health", "restart", "llmctl-chat.service", None],
+            ["llmctl-health", "try-restart", "llm-public.service", None],
+            ["llmctl-health", "stop", "llmctl-chat.service", None],
+            ["llmctl-health", "start", "llmctl-chat.service", None],
+            ["llmctl-health", "restart", "sshd.service", None],
+            ["llmctl-health", "restart", "llmctl-health.service", None],
+            ["nobody", "restart", "llmctl-chat.service", None],
+            ["llmctl-health", "restart", "llmctl-chat.service", "org.freedesktop.systemd1.manage-unit-files"],
+        ],
+    ) == ["yes", "yes", "no", "no", "no", "no", "no", "no"]
 
 
-@pytest.mark.parametrize("services, message", [
-    ({"a": {"model": "smoke", "unit": "../../etc/passwd"}}, "services.a.unit"),
-    ({"a": {"model": "smoke", "unit": "x\nExecStartPre=/bin/evil"}}, "services.a.unit"),
-    ({"a": {"model": "smoke", "unit": "llmctl-health"}}, "the health check's unit"),
-    ({"a": {"model": "smoke", "unit": "x"}, "b": {"model": "smoke", "unit": "x.service"}}, "same unit name"),
-])
+@pytest.mark.parametrize(
+    "services, message",
+    [
+        ({"a": {"model": "smoke", "unit": "../../etc/passwd"}}, "services.a.unit"),
+        ({"a": {"model": "smoke", "unit": "x\nExecStartPre=/bin/evil"}}, "services.a.unit"),
+        ({"a": {"model": "smoke", "unit": "llmctl-health"}}, "the health check's unit"),
+        ({"a": {"model": "smoke", "unit": "x"}, "b": {"model": "smoke", "unit": "x.service"}}, "same unit name"),
+    ],
+)
 def test_unit_names_that_could_escape_are_refused(services, message, home: Path):
     options = RenderOptions(llmctl=LLMCTL, config_path=CONFIG, paths=_paths(home))
     with pytest.raises(UsageError, match=message):

@@ -90,8 +90,9 @@ upstreams:
 
 def test_strategies_per_service_and_cascade_order(write_config, monkeypatch):
     monkeypatch.setenv("TEST_CLOUD_KEY", "sk-cloud-secret")
-    path = write_config(UPSTREAMS + "routing:\n  strategy: cloud\n  services: {chat: cascade, batch: none}\n"
-                        "  cascade: [cloud, lan]\n")
+    path = write_config(
+        UPSTREAMS + "routing:\n  strategy: cloud\n  services: {chat: cascade, batch: none}\n  cascade: [cloud, lan]\n"
+    )
     cfg = load_config(path).config
     assert cfg.upstreams["lan"].base_url == "http://10.0.0.2:8000/v1"
     assert [u.name for u in routing_for(cfg, "chat").upstreams] == ["cloud", "lan"]
@@ -116,21 +117,25 @@ def test_missing_key_variable_names_the_key_path(write_config, monkeypatch):
 def test_key_file_first_line(write_config, tmp_path):
     key = tmp_path / "k"
     key.write_text("# comment\nsk-file\n")
-    cfg = load_config(write_config(f"upstreams:\n  a:\n    base_url: http://h/v1\n    api_key_file: {key}\n"
-                                   "routing:\n  strategy: a\n")).config
+    cfg = load_config(
+        write_config(f"upstreams:\n  a:\n    base_url: http://h/v1\n    api_key_file: {key}\nrouting:\n  strategy: a\n")
+    ).config
     assert routing_for(cfg, None).upstreams[0].api_key == "sk-file"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("routing:\n  strategy: nowhere\n", r"routing\.strategy: 'nowhere' is not none, cascade or an upstream"),
-    ("routing:\n  services: {chat: nope}\n", r"routing\.services\.chat: 'nope'"),
-    ("routing:\n  cascade: [x]\n", r"routing\.cascade: 'x' is not an upstream"),
-    ("routing:\n  privacy_patterns: ['(']\n", r"routing\.privacy_patterns: .*not a regular expression"),
-    ("upstreams:\n  a:\n    base_url: ftp://x\n", r"upstreams\.a\.base_url: must be an http"),
-    ("upstreams:\n  a:\n    base_url: http://x\n    api_key_env: A\n    api_key_file: /b\n", "not both"),
-    ("upstreams:\n  cascade:\n    base_url: http://x\n", "reserved"),
-    ("upstreams:\n  a:\n    base_url: http://x\n    timout_s: 3\n", r"did you mean 'timeout_s'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("routing:\n  strategy: nowhere\n", r"routing\.strategy: 'nowhere' is not none, cascade or an upstream"),
+        ("routing:\n  services: {chat: nope}\n", r"routing\.services\.chat: 'nope'"),
+        ("routing:\n  cascade: [x]\n", r"routing\.cascade: 'x' is not an upstream"),
+        ("routing:\n  privacy_patterns: ['(']\n", r"routing\.privacy_patterns: .*not a regular expression"),
+        ("upstreams:\n  a:\n    base_url: ftp://x\n", r"upstreams\.a\.base_url: must be an http"),
+        ("upstreams:\n  a:\n    base_url: http://x\n    api_key_env: A\n    api_key_file: /b\n", "not both"),
+        ("upstreams:\n  cascade:\n    base_url: http://x\n", "reserved"),
+        ("upstreams:\n  a:\n    base_url: http://x\n    timout_s: 3\n", r"did you mean 'timeout_s'"),
+    ],
+)
 def test_bad_routing_config(write_config, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(text))
@@ -149,8 +154,12 @@ def test_airgap_from_the_environment(write_config, monkeypatch):
 
 def test_privacy_header_and_patterns(write_config, monkeypatch):
     monkeypatch.setenv("TEST_CLOUD_KEY", "k")
-    cfg = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n"
-                                   "  privacy_patterns: ['(?i)secret project', '\\b\\d{3}-\\d{2}-\\d{4}\\b']\n")).config
+    cfg = load_config(
+        write_config(
+            UPSTREAMS + "routing:\n  strategy: cascade\n"
+            "  privacy_patterns: ['(?i)secret project', '\\b\\d{3}-\\d{2}-\\d{4}\\b']\n"
+        )
+    ).config
     router = Router(routing_for(cfg, None), served_model="smoke")
     chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "about the SECRET project"}]}]}
     assert router.private({}, chat)
@@ -159,32 +168,56 @@ def test_privacy_header_and_patterns(write_config, monkeypatch):
     assert router.private({"x-llmctl-private": "1"}, {"prompt": "hello"})
     assert not router.private({"x-llmctl-private": "0"}, {"prompt": "hello"})
     assert set(request_texts({"messages": [{"content": "a"}, {"content": None}], "prompt": ["b"]})) == {
-        "messages", "content", "a", "prompt", "b"}
+        "messages",
+        "content",
+        "a",
+        "prompt",
+        "b",
+    }
 
 
 SECRET = "the Secret Project plan"
 
 
-@pytest.mark.parametrize("where, body", [
-    ("message content", {"messages": [{"role": "user", "content": SECRET}]}),
-    ("content as parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}]}),
-    ("a message's name", {"messages": [{"role": "user", "name": SECRET, "content": "hi"}]}),
-    ("tool call arguments", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "1", "type": "function", "function": {"name": "f", "arguments": SECRET}}]}]}),
-    ("a tool result", {"messages": [{"role": "tool", "tool_call_id": "1", "content": SECRET}]}),
-    ("tool definitions", {"messages": [{"role": "user", "content": "hi"}],
-                          "tools": [{"type": "function", "function": {"name": "f", "description": SECRET}}]}),
-    ("the prompt", {"prompt": SECRET}),
-    ("the prompt as a list", {"prompt": ["x", SECRET]}),
-    ("the suffix", {"prompt": "def f():", "suffix": SECRET}),
-    ("a stop sequence", {"prompt": "x", "stop": [SECRET]}),
-    ("a field the server does not know", {"prompt": "x", "metadata": {"note": SECRET}}),
-    ("an object's key", {"prompt": "x", "metadata": {SECRET: 1}}),
-])
+@pytest.mark.parametrize(
+    "where, body",
+    [
+        ("message content", {"messages": [{"role": "user", "content": SECRET}]}),
+        ("content as parts", {"messages": [{"role": "user", "content": [{"type": "text", "text": SECRET}]}]}),
+        ("a message's name", {"messages": [{"role": "user", "name": SECRET, "content": "hi"}]}),
+        (
+            "tool call arguments",
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": SECRET}}],
+                    }
+                ]
+            },
+        ),
+        ("a tool result", {"messages": [{"role": "tool", "tool_call_id": "1", "content": SECRET}]}),
+        (
+            "tool definitions",
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f", "description": SECRET}}],
+            },
+        ),
+        ("the prompt", {"prompt": SECRET}),
+        ("the prompt as a list", {"prompt": ["x", SECRET]}),
+        ("the suffix", {"prompt": "def f():", "suffix": SECRET}),
+        ("a stop sequence", {"prompt": "x", "stop": [SECRET]}),
+        ("a field the server does not know", {"prompt": "x", "metadata": {"note": SECRET}}),
+        ("an object's key", {"prompt": "x", "metadata": {SECRET: 1}}),
+    ],
+)
 def test_privacy_patterns_see_every_text_a_request_carries(write_config, monkeypatch, where, body):
     monkeypatch.setenv("TEST_CLOUD_KEY", "k")
-    cfg = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n"
-                                   "  privacy_patterns: ['(?i)secret project']\n")).config
+    cfg = load_config(
+        write_config(UPSTREAMS + "routing:\n  strategy: cascade\n  privacy_patterns: ['(?i)secret project']\n")
+    ).config
     router = Router(routing_for(cfg, None), served_model="smoke")
     assert router.private({}, body), where
     assert not router.private({}, {"prompt": "nothing to hide"})
@@ -192,8 +225,9 @@ def test_privacy_patterns_see_every_text_a_request_carries(write_config, monkeyp
 
 def test_token_id_prompts_count_as_private_when_patterns_are_set(write_config, monkeypatch):
     monkeypatch.setenv("TEST_CLOUD_KEY", "k")
-    with_patterns = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n"
-                                             "  privacy_patterns: ['(?i)secret']\n")).config
+    with_patterns = load_config(
+        write_config(UPSTREAMS + "routing:\n  strategy: cascade\n  privacy_patterns: ['(?i)secret']\n")
+    ).config
     assert Router(routing_for(with_patterns, None), served_model="smoke").private({}, {"prompt": [2, 100]})
     assert Router(routing_for(with_patterns, None), served_model="smoke").private({}, {"prompt": [[2, 100]]})
     without = load_config(write_config(UPSTREAMS + "routing:\n  strategy: cascade\n")).config
@@ -229,13 +263,17 @@ def test_router_metrics_count_cost_per_route_and_ledger_drops(write_config, monk
 
     def samples() -> dict:
         text = generate_latest(registry).decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
 
     got = samples()
     assert got[("llmctl_route_cost_usd_total", (("route", "upstream:cloud"),))] == 0.5 + 3.0
-    assert not any(name == "llmctl_route_cost_usd_total" and dict(labels)["route"] != "upstream:cloud"
-                   for name, labels in got)  # local and the free host of our own cost nothing
+    assert not any(
+        name == "llmctl_route_cost_usd_total" and dict(labels)["route"] != "upstream:cloud" for name, labels in got
+    )  # local and the free host of our own cost nothing
     assert got[("llmctl_usage_ledger_dropped_total", ())] == 7
     assert [row[-1] for row in rows] == [3.5, 0.0, 0.0]  # the ledger records the same cost
     drops[0] = 9

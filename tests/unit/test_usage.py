@@ -16,9 +16,21 @@ from llmctl.usage.report import parse_since, percentile, summarize
 
 
 def row(**kw) -> dict:
-    base = {"ts": time.time(), "key_id": "key-aaa", "client": "127.0.0.1", "route": "local", "model": "smoke",
-            "endpoint": "chat", "stream": False, "prompt_tokens": 10, "completion_tokens": 5,
-            "latency_ms": 100.0, "status": 200, "error": None, "cost": 0.0}
+    base = {
+        "ts": time.time(),
+        "key_id": "key-aaa",
+        "client": "127.0.0.1",
+        "route": "local",
+        "model": "smoke",
+        "endpoint": "chat",
+        "stream": False,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_ms": 100.0,
+        "status": 200,
+        "error": None,
+        "cost": 0.0,
+    }
     base.update(kw)
     return base
 
@@ -130,16 +142,33 @@ def test_summary_counts_tokens_latency_cost_and_savings(tmp_path):
     now = time.time()
     ledger = Ledger(tmp_path / FILENAME)
     for i in range(10):  # local: 10 requests, one failed
-        ledger.record(row(ts=now - 60, latency_ms=float(10 * (i + 1)), status=503 if i == 9 else 200,
-                          prompt_tokens=0 if i == 9 else 100, completion_tokens=0 if i == 9 else 50))
+        ledger.record(
+            row(
+                ts=now - 60,
+                latency_ms=float(10 * (i + 1)),
+                status=503 if i == 9 else 200,
+                prompt_tokens=0 if i == 9 else 100,
+                completion_tokens=0 if i == 9 else 50,
+            )
+        )
     for _ in range(3):  # a cloud upstream: 1000 in, 500 out at $0.5 / $1.5 per 1K
-        ledger.record(row(ts=now - 30, route="upstream:cloud", model="gpt-x", key_id="key-bbb",
-                          prompt_tokens=1000, completion_tokens=500, cost=1000 / 1000 * 0.5 + 500 / 1000 * 1.5))
+        ledger.record(
+            row(
+                ts=now - 30,
+                route="upstream:cloud",
+                model="gpt-x",
+                key_id="key-bbb",
+                prompt_tokens=1000,
+                completion_tokens=500,
+                cost=1000 / 1000 * 0.5 + 500 / 1000 * 1.5,
+            )
+        )
     ledger.record(row(ts=now - 10 * 86400))  # outside a 7-day window
     ledger.close()
 
-    report = summarize(tmp_path, since=now - 7 * 86400, by="provider", reference_in_per_1k=1.0,
-                       reference_out_per_1k=2.0)
+    report = summarize(
+        tmp_path, since=now - 7 * 86400, by="provider", reference_in_per_1k=1.0, reference_out_per_1k=2.0
+    )
     by = {r.group: r for r in report.rows}
     assert set(by) == {"local", "upstream:cloud"}
     local, cloud = by["local"], by["upstream:cloud"]

@@ -66,13 +66,13 @@ def environment(module, secrets=None):
     return env
 
 
-BOX = u"\u2502\u256d\u256e\u2570\u256f\u2500"  # the frame Typer draws around a usage error
+BOX = "\u2502\u256d\u256e\u2570\u256f\u2500"  # the frame Typer draws around a usage error
 
 
 def error_line(stderr):
     """llmctl's one-line error (`Error: ...`, with its `Hint: ...`), else the last line of stderr
     (for a usage error Typer rejected before llmctl ran: the message inside its frame)."""
-    lines = [ln.strip(BOX + u" ").strip() for ln in (stderr or "").splitlines()]
+    lines = [ln.strip(BOX + " ").strip() for ln in (stderr or "").splitlines()]
     lines = [ln for ln in lines if ln]
     picked = [ln for ln in lines if ln.startswith(("Error:", "Hint:"))]
     if picked:
@@ -112,8 +112,9 @@ class Llmctl(object):
 
     def fail(self, args, rc, out, err, doc=None, msg=None, **extra):
         """Fail the task: llmctl's error line, its exit code, the command, and its JSON (`llmctl`) or stdout."""
-        result = dict(msg=msg or error_line(err) or "llmctl exited %d" % rc, rc=rc, cmd=self.argv + list(args),
-                      stderr=err)
+        result = dict(
+            msg=msg or error_line(err) or "llmctl exited %d" % rc, rc=rc, cmd=self.argv + list(args), stderr=err
+        )
         if doc is not None:
             result["llmctl"] = doc
         else:

@@ -121,8 +121,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llmctl.fleet.plugins.module_utils.llmctl import Llmctl, common_spec
 
 RESERVED = ("changed", "failed", "msg", "rc", "cmd", "stdout", "stderr", "invocation")
-OPTIONS = (("timeout", "--timeout"), ("retries", "--retries"), ("retry_delay", "--retry-delay"),
-           ("slow_ms", "--slow-ms"), ("recovery_timeout", "--recovery-timeout"), ("wait", "--wait"))
+OPTIONS = (
+    ("timeout", "--timeout"),
+    ("retries", "--retries"),
+    ("retry_delay", "--retry-delay"),
+    ("slow_ms", "--slow-ms"),
+    ("recovery_timeout", "--recovery-timeout"),
+    ("wait", "--wait"),
+)
 
 
 def summary(doc):
@@ -146,8 +152,9 @@ def main():
             recovery_timeout=dict(type="float"),
             wait=dict(type="float"),
             textfile=dict(type="path"),
-            fail_on=dict(type="list", elements="str", default=["CRITICAL", "UNKNOWN"],
-                         choices=["WARNING", "CRITICAL", "UNKNOWN"]),
+            fail_on=dict(
+                type="list", elements="str", default=["CRITICAL", "UNKNOWN"], choices=["WARNING", "CRITICAL", "UNKNOWN"]
+            ),
         ),
         supports_check_mode=True,
     )

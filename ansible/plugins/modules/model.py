@@ -183,13 +183,23 @@ def import_local(module, llmctl, before, src):
     actual = module.sha256(src)
     pinned = (p["sha256"] or "").strip().lower().replace("sha256:", "") or None
     if pinned and pinned != actual:
-        module.fail_json(msg="%s: sha256 %s does not match the pinned %s; nothing imported" % (src, actual, pinned),
-                         rc=3)
+        module.fail_json(
+            msg="%s: sha256 %s does not match the pinned %s; nothing imported" % (src, actual, pinned), rc=3
+        )
     if before is not None and before.get("present") and before.get("sha256") == actual:
         return False, dict(before, status="present")
     if module.check_mode:
-        return True, dict(name=p["name"], status="would_install", path=src, size=os.path.getsize(src),
-                          sha256=actual, file=os.path.basename(src), source="import", repo=None, revision=None)
+        return True, dict(
+            name=p["name"],
+            status="would_install",
+            path=src,
+            size=os.path.getsize(src),
+            sha256=actual,
+            file=os.path.basename(src),
+            source="import",
+            repo=None,
+            revision=None,
+        )
     args = ["models", "import", src, "--name", p["name"], "--json", "--quiet"]
     if pinned:
         args += ["--sha256", pinned]
@@ -255,8 +265,12 @@ def main():
             result["verify"] = verify(llmctl, name)
     result["model"] = after
     if module._diff:
-        result["diff"] = dict(before_header="models.lock: %s" % name, after_header="models.lock: %s" % name,
-                              before=text(lock_view(before)), after=text(lock_view(after)))
+        result["diff"] = dict(
+            before_header="models.lock: %s" % name,
+            after_header="models.lock: %s" % name,
+            before=text(lock_view(before)),
+            after=text(lock_view(after)),
+        )
     module.exit_json(**result)
 
 

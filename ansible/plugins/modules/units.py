@@ -133,7 +133,7 @@ def enable_command(commands):
     for cmd in commands:
         if "enable" in cmd:
             i = cmd.index("enable")
-            return cmd[:i], [a for a in cmd[i + 1:] if not a.startswith("-")]
+            return cmd[:i], [a for a in cmd[i + 1 :] if not a.startswith("-")]
     return None, []
 
 
@@ -156,8 +156,11 @@ def file_diffs(rendered, written, removed):
     by_name = dict((f["name"], f["content"]) for f in rendered)
     diffs = []
     for path in written:
-        diffs.append(dict(before_header=path, after_header=path, before=read(path),
-                          after=by_name.get(os.path.basename(path), "")))
+        diffs.append(
+            dict(
+                before_header=path, after_header=path, before=read(path), after=by_name.get(os.path.basename(path), "")
+            )
+        )
     for path in removed:
         diffs.append(dict(before_header=path, after_header="%s (removed)" % path, before=read(path), after=""))
     return diffs
@@ -214,9 +217,14 @@ def main():
     outcome = plan
     if changed and not module.check_mode:
         rc, outcome, out, err = llmctl.run(["systemd", "install", "--json"] + install_opts)
-    result.update(changed=changed, written=outcome["written"], unchanged=outcome["unchanged"],
-                  removed=outcome["removed"], commands=outcome["commands"],
-                  commands_run=bool(outcome.get("commands_run")) and outcome is not plan)
+    result.update(
+        changed=changed,
+        written=outcome["written"],
+        unchanged=outcome["unchanged"],
+        removed=outcome["removed"],
+        commands=outcome["commands"],
+        commands_run=bool(outcome.get("commands_run")) and outcome is not plan,
+    )
     module.exit_json(**result)
 
 
