@@ -74,6 +74,7 @@ def test_commands_and_subcommands():
         "health",
         "bench",
         "serve",
+        "ps",
         "usage",
         "config",
     }
