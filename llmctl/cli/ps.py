@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import JsonOpt, complete_services, emit_json, guard, human_bytes, print_table
+from llmctl.cli._common import ApiKeyOpt, JsonOpt, complete_services, emit_json, guard, human_bytes, print_table
 
 HELP = (
     "Show what each server runs: per model its status, memory, context and slots, busy slots, the last "
@@ -41,20 +41,12 @@ def main(
         list[str] | None,
         typer.Option("--url", metavar="URL", help="Ask this server instead (repeatable).", show_default=False),
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="OPENAI_API_KEY",
-            show_envvar=True,
-            help="With --url: Bearer key. Configured services use health's key.",
-            show_default=False,
-        ),
-    ] = None,
+    api_key: ApiKeyOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="Per server.", min=0.1)] = 5.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show what each server runs (from its /status endpoint)."""
+    """Show what each server runs (from its /status endpoint). Configured services are asked with the
+    health check's key for them; --url with --api-key."""
     from llmctl.errors import UsageError
     from llmctl.serve.ps import PsTarget, collect
 
