@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import platform
 import re
 import shutil
@@ -10,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from llmctl.cpu import default_threads  # noqa: F401 - re-exported: bench's default -t
 
 from llmctl import __version__
 from llmctl.bench.results import HostInfo
@@ -102,15 +105,3 @@ def host_info(system_info: str | None = None, ggml_commit: str | None = None) ->
         hostname=platform.node(),
         ggml_commit=ggml_commit,
     )
-
-
-def default_threads() -> int:
-    """Physical cores, as llama-bench's default (common_cpu_get_num_math)."""
-    import psutil
-
-    n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    try:
-        n = min(n, len(os.sched_getaffinity(0)))  # a container or cgroup may allow fewer
-    except (AttributeError, OSError):
-        pass
-    return max(n, 1)

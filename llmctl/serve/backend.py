@@ -81,8 +81,9 @@ class Backend:
         cparams.flash_attn_type = (
             C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        if settings.n_threads:
-            cparams.n_threads = cparams.n_threads_batch = settings.n_threads
+        from llmctl.cpu import default_threads
+
+        cparams.n_threads = cparams.n_threads_batch = settings.n_threads or default_threads()
         self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=False)
         self.ctx = self._ctx.ctx
         self.memory = C.llama_get_memory(self.ctx)

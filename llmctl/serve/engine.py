@@ -297,9 +297,9 @@ def load_llama(settings: ServeSettings, **overrides: Any):
         embedding=settings.embeddings,
         verbose=False,
     )
-    if settings.n_threads:
-        kwargs["n_threads"] = settings.n_threads
-        kwargs["n_threads_batch"] = settings.n_threads
+    from llmctl.cpu import default_threads
+
+    kwargs["n_threads"] = kwargs["n_threads_batch"] = settings.n_threads or default_threads()
     kwargs.update(overrides)
     undo = _model_params_hook()
     try:

@@ -262,3 +262,30 @@ def test_requests_arriving_together_decode_their_shared_prefix_once(smoke_model)
     assert answers == alone
     prefix_tokens = len(prefix.split())  # at least one token a word
     assert len(cached) == 2 and all(n >= prefix_tokens for n in cached), cached
+
+
+def test_threads_default_to_the_physical_cores_not_llama_cpps_fixed_four(smoke_model):
+    """With `n_threads: null` the context gets the physical cores this process may use (llama.cpp's own
+    tools' default). llama.cpp's context default is a fixed 4: on a 2-core host that halved decode speed
+    (bench_grammar: 41 against llama-server's 90 tok/s)."""
+    import llama_cpp.llama_cpp as C
+
+    from llmctl.config import load_config
+    from llmctl.cpu import default_threads
+    from llmctl.paths import resolve_paths
+    from llmctl.serve.backend import Backend
+    from llmctl.serve.settings import resolve_settings
+
+    settings = dataclasses.replace(
+        resolve_settings(load_config(), resolve_paths(), "smoke", n_ctx=256), parallel=1, n_threads=None
+    )
+    backend = Backend(settings)
+    try:
+        assert C.llama_n_threads(backend.ctx) == C.llama_n_threads_batch(backend.ctx) == default_threads()
+    finally:
+        backend.close()
+    backend = Backend(dataclasses.replace(settings, n_threads=1))
+    try:
+        assert C.llama_n_threads(backend.ctx) == 1
+    finally:
+        backend.close()
