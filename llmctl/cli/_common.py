@@ -326,3 +326,15 @@ def human_bytes(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+# The services a command acts on (health, ps): the config's, completed from it.
+ServicesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[SERVICE]...",
+        help="Services from the config (default: all of them).",
+        show_default=False,
+        autocompletion=complete_services,
+    ),
+]

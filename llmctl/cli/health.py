@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmctl.cli._common import ApiKeyOpt, JsonOpt, QuietOpt, complete_services, emit_json, guard
+from llmctl.cli._common import ApiKeyOpt, JsonOpt, QuietOpt, ServicesArg, emit_json, guard
 
 HELP = "Probe services (TCP, /health, models, a one-token completion) and restart them on failure. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 
@@ -76,15 +76,7 @@ def _exit_for(_exc: Exception) -> int:
 
 @guard(exit_for=_exit_for)
 def main(
-    services: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="[SERVICE]...",
-            help="Services from the config (default: all of them).",
-            show_default=False,
-            autocompletion=complete_services,
-        ),
-    ] = None,
+    services: ServicesArg = None,
     url: Annotated[
         list[str] | None,
         typer.Option(

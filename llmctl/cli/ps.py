@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import ApiKeyOpt, JsonOpt, complete_services, emit_json, guard, human_bytes, print_table
+from llmctl.cli._common import ApiKeyOpt, JsonOpt, ServicesArg, emit_json, guard, human_bytes, print_table
 
 HELP = (
     "Show what each server runs: per model its status, memory, context and slots, busy slots, the last "
@@ -28,15 +28,7 @@ def _seconds(value: object) -> str:
 
 @guard
 def main(
-    services: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="[SERVICE]...",
-            help="Services from the config (default: all of them).",
-            show_default=False,
-            autocompletion=complete_services,
-        ),
-    ] = None,
+    services: ServicesArg = None,
     url: Annotated[
         list[str] | None,
         typer.Option("--url", metavar="URL", help="Ask this server instead (repeatable).", show_default=False),
